@@ -9,16 +9,29 @@ pub trait EpsModel {
     /// eps_theta(z_k, k) for a batch: `z_k` is [B, ...] and `k` a u32 tensor [B] of 1-based
     /// timesteps; returns a tensor shaped like `z_k`.
     fn predict_eps(&self, z_k: &Tensor, k: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// eps_theta(z_k, k) when every row shares the timestep `k` (as in sampling). Models can
+    /// override it to compute the timestep conditioning once per call instead of once per row.
+    fn predict_eps_uniform(&self, z_k: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+        let ks = Tensor::full(k as u32, z_k.dim(0)?, z_k.device())?;
+        self.predict_eps(z_k, &ks)
+    }
 }
 
 impl<T: EpsModel + ?Sized> EpsModel for &T {
     fn predict_eps(&self, z_k: &Tensor, k: &Tensor) -> candle_core::Result<Tensor> {
         (**self).predict_eps(z_k, k)
     }
+    fn predict_eps_uniform(&self, z_k: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+        (**self).predict_eps_uniform(z_k, k)
+    }
 }
 
 impl<T: EpsModel + ?Sized> EpsModel for Box<T> {
     fn predict_eps(&self, z_k: &Tensor, k: &Tensor) -> candle_core::Result<Tensor> {
         (**self).predict_eps(z_k, k)
+    }
+    fn predict_eps_uniform(&self, z_k: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+        (**self).predict_eps_uniform(z_k, k)
     }
 }

@@ -10,7 +10,7 @@
 //!
 //! Coefficients are computed in f64 on the host; every square root is of a clamped argument.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +66,7 @@ pub struct Ddpm {
 
 /// DDIM sampling on evenly spaced timesteps.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Ddim {
     /// Number of network evaluations S (1..=K); 100 in the paper's image evaluation (B.2).
     pub steps: usize,
@@ -135,10 +135,6 @@ fn step(
     Ok(next.detach())
 }
 
-fn batch_timesteps(z: &Tensor, k: usize) -> Result<Tensor, DiffusionError> {
-    Ok(Tensor::full(k as u32, z.dim(0)?, z.device())?.to_dtype(DType::U32)?)
-}
-
 impl Sampler for Ddpm {
     fn sample(
         &self,
@@ -151,7 +147,7 @@ impl Sampler for Ddpm {
         let total = schedule.steps();
         let mut z = z_init.detach();
         for (i, k) in (1..=total).rev().enumerate() {
-            let eps = model.predict_eps(&z, &batch_timesteps(&z, k)?)?;
+            let eps = model.predict_eps_uniform(&z, k)?;
             let (a, b, abar) = (schedule.alpha(k), schedule.beta(k), schedule.alpha_bar(k));
             let c_z = 1.0 / a.sqrt();
             let c_eps = b / ((1.0 - abar).max(f64::MIN_POSITIVE).sqrt() * a.sqrt());
@@ -219,7 +215,7 @@ impl Sampler for Ddim {
         for (i, j) in (0..taus.len()).rev().enumerate() {
             let k = taus[j];
             let prev = if j == 0 { 0 } else { taus[j - 1] };
-            let eps = model.predict_eps(&z, &batch_timesteps(&z, k)?)?;
+            let eps = model.predict_eps_uniform(&z, k)?;
             let (abar, abar_prev) = (schedule.alpha_bar(k), schedule.alpha_bar(prev));
             let var =
                 self.eta * self.eta * (1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev);

@@ -1,2 +1,14 @@
-//! Networks for IPLD: epsilon-networks for the latent DDPM prior and decoders g_phi.
-//! Filled in by the training issue.
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod decoder;
+mod embedding;
+mod error;
+mod init;
+mod mlp;
+
+pub use decoder::{Decoder, LinearDecoder, LinearDecoderConfig, gaussian_nll};
+pub use embedding::{sinusoidal_embedding, sinusoidal_frequencies};
+pub use error::ModelError;
+pub use init::seeded_init;
+pub use mlp::{MlpEps, MlpEpsConfig};

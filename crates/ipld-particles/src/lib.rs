@@ -1,2 +1,14 @@
-//! Particle clouds and their Langevin updates for IPLD (Algorithms 1 and 2 of Wang, Kuntz &
-//! Akyildiz 2026). Filled in by the training issue.
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod cloud;
+mod error;
+mod rng;
+mod schedule;
+mod update;
+
+pub use cloud::{INIT_STREAM, ParticleCloud};
+pub use error::ParticleError;
+pub use rng::{NoiseStream, box_muller4, philox4x32_10};
+pub use schedule::{KlAnnealing, StepSizeSchedule};
+pub use update::{AdaptiveLangevin, Langevin, ParticleUpdate, StepContext, UpdateConfig};

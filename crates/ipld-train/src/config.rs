@@ -1,13 +1,19 @@
-//! The run configuration: a serde struct per concern (data, diffusion prior, evaluation), read from
-//! TOML with unknown keys rejected, and presets mirroring the paper (`configs/*.toml`, embedded in
-//! the binary so it runs from any directory).
+//! The run configuration: one serde struct per concern (data, model, diffusion prior, particles,
+//! training, evaluation), read from TOML with unknown keys rejected, validated at the boundary,
+//! and presets mirroring the paper (`configs/*.toml`, embedded so the binary runs anywhere).
+//! `--set a.b.c=VALUE` overrides are applied to the fully resolved tree, so every valid key exists
+//! and an unknown one is reported with the valid keys beside it.
 
 use std::path::{Path, PathBuf};
 
-use ipld_data::SyntheticConfig;
+use ipld_data::SyntheticKind;
 use ipld_diffusion::{LossWeighting, SamplerConfig, ScheduleConfig};
 use ipld_eval::MmdConfig;
+use ipld_models::{LinearDecoderConfig, MlpEpsConfig};
+use ipld_particles::{KlAnnealing, StepSizeSchedule, UpdateConfig};
 use serde::{Deserialize, Serialize};
+
+use crate::optim::AdamWConfig;
 
 /// Errors reading or validating a configuration; each names the file or key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,14 @@ pub enum ConfigError {
         /// Which key and why.
         message: String,
     },
+    /// A `--set` override is malformed or names an unknown key.
+    #[error("--set {assignment}: {message}")]
+    Override {
+        /// The KEY=VALUE text.
+        assignment: String,
+        /// What is wrong.
+        message: String,
+    },
     /// No preset of that name.
     #[error("unknown preset `{name}`; valid presets: {}", PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))]
     UnknownPreset {
@@ -58,25 +72,55 @@ pub enum Method {
     Ipld,
 }
 
-/// Where the training data come from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum DataSource {
-    /// One of the paper's synthetic benchmarks (Appendix B.1).
-    Synthetic(SyntheticConfig),
-    /// A user's [M, d] float32 matrix in `.npy` or `.safetensors`.
-    File {
-        /// Path to the file.
-        path: PathBuf,
-    },
+impl Method {
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ipld => "ipld",
+        }
+    }
 }
 
-/// Data section.
+/// Training data: a synthetic benchmark, or a user's file when `path` is set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// The dataset.
-    pub source: DataSource,
+    /// Synthetic benchmark (`gmm` or `circles`, Appendix B.1), used when `path` is empty.
+    pub synthetic: SyntheticKind,
+    /// A user's [M, d] float32 matrix (`.npy` or `.safetensors`); empty = the synthetic data.
+    pub path: String,
+    /// Number of synthetic points M.
+    pub points: usize,
+    /// Ambient dimension d_x of the synthetic data.
+    pub ambient_dim: usize,
+    /// Seed of the synthetic data (independent of the run's seed).
+    pub seed: u64,
+    /// Latent dimension d_z of the particles and the prior.
+    pub latent_dim: usize,
+}
+
+impl DataConfig {
+    /// The dataset's short name: the synthetic kind or the file stem.
+    pub fn name(&self) -> String {
+        if self.path.is_empty() {
+            self.synthetic.name().to_string()
+        } else {
+            Path::new(&self.path)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "data".into())
+        }
+    }
+}
+
+/// The networks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The epsilon-network of the latent prior (Appendix B.1).
+    pub eps: MlpEpsConfig,
+    /// The Gaussian decoder p_phi(x | z).
+    pub decoder: LinearDecoderConfig,
 }
 
 /// The latent DDPM prior.
@@ -89,12 +133,49 @@ pub struct DiffusionConfig {
     pub loss: LossWeighting,
 }
 
+/// The particle cloud and its dynamics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticlesConfig {
+    /// Particles per training point N.
+    pub count: usize,
+    /// Train with one particle for this many steps, then replicate to `count` (Appendix B.3);
+    /// 0 starts with `count` particles.
+    pub warm_start_steps: u64,
+    /// Particle step size h_z and its per-epoch decay.
+    pub step_size: StepSizeSchedule,
+    /// The update rule: `adaptive-langevin` (Algorithm 2) or `langevin` (Algorithm 1).
+    pub update: UpdateConfig,
+}
+
+/// Optimisation of theta and phi, and bookkeeping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Total optimisation steps.
+    pub steps: u64,
+    /// Minibatch size |B| (training points per step; each brings its N particles).
+    pub batch_size: usize,
+    /// KL annealing gamma_t = c_KL min(1, t / T) (A.4.1).
+    pub kl: KlAnnealing,
+    /// AdamW for the prior's parameters theta.
+    pub optimizer_theta: AdamWConfig,
+    /// AdamW for the decoder's parameters phi.
+    pub optimizer_phi: AdamWConfig,
+    /// Write a metrics line every this many steps.
+    pub log_every: u64,
+    /// Write a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: u64,
+}
+
 /// Evaluation after training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
-    /// Number of generated samples compared with the data (10,000 in Appendix B.1).
+    /// Number of generated samples (10,000 in Appendix B.1).
     pub samples: usize,
+    /// Training points they are compared with (all of them if fewer).
+    pub reference_points: usize,
     /// Reverse-process sampler.
     pub sampler: SamplerConfig,
     /// MMD kernel settings.
@@ -107,12 +188,18 @@ pub struct EvalConfig {
 pub struct RunConfig {
     /// Training method.
     pub method: Method,
-    /// Seed of every random draw in the run.
+    /// Seed of every random draw of the run (particles, batches, noise, sampling).
     pub seed: u64,
     /// Training data.
     pub data: DataConfig,
+    /// Networks.
+    pub model: ModelConfig,
     /// Latent diffusion prior.
     pub diffusion: DiffusionConfig,
+    /// Particle cloud.
+    pub particles: ParticlesConfig,
+    /// Optimisation.
+    pub train: TrainConfig,
     /// Evaluation.
     pub eval: EvalConfig,
 }
@@ -122,7 +209,7 @@ impl RunConfig {
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_string(),
-            message: e.to_string(),
+            message: e.to_string().trim_end().to_string(),
         })?;
         cfg.validate(origin)?;
         Ok(cfg)
@@ -149,12 +236,36 @@ impl RunConfig {
         Self::from_toml(&text, &path.display().to_string())
     }
 
+    /// Applies `KEY=VALUE` overrides in order (dotted keys into the config) and re-validates.
+    pub fn with_overrides(&self, sets: &[String], origin: &str) -> Result<Self, ConfigError> {
+        let mut cfg = self.clone();
+        for assignment in sets {
+            let err = |message: String| ConfigError::Override {
+                assignment: assignment.clone(),
+                message,
+            };
+            let (key, raw) = assignment
+                .split_once('=')
+                .ok_or_else(|| err("expected KEY=VALUE".into()))?;
+            let key = key.trim();
+            let mut tree = toml::Value::try_from(&cfg).map_err(|e| err(e.to_string()))?;
+            set_dotted(&mut tree, key, parse_value(raw.trim())).map_err(err)?;
+            // Round-trip through the struct so defaults of a newly chosen variant appear as keys.
+            cfg = tree
+                .try_into()
+                .map_err(|e: toml::de::Error| err(e.to_string().trim_end().to_string()))?;
+        }
+        cfg.validate(&format!("{origin} with --set overrides"))?;
+        Ok(cfg)
+    }
+
     /// Checks every range the types cannot express.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             origin: origin.to_string(),
             message,
         };
+        let key = |k: &str, why: String| invalid(format!("invalid parameter `{k}`: {why}"));
         let schedule = self
             .diffusion
             .schedule
@@ -168,21 +279,73 @@ impl RunConfig {
             .mmd
             .validate()
             .map_err(|e| invalid(e.to_string()))?;
-        if self.eval.samples < 2 {
-            return Err(invalid(format!(
-                "invalid parameter `eval.samples`: must be at least 2, got {}",
-                self.eval.samples
-            )));
+        self.model
+            .eps
+            .validate()
+            .map_err(|e| invalid(e.to_string()))?;
+        self.particles
+            .update
+            .validate()
+            .map_err(|e| invalid(e.to_string()))?;
+        self.particles
+            .step_size
+            .validate()
+            .map_err(|e| invalid(e.to_string()))?;
+        self.train
+            .kl
+            .validate()
+            .map_err(|e| invalid(e.to_string()))?;
+        self.train
+            .optimizer_theta
+            .validate("train.optimizer_theta")
+            .map_err(|e| invalid(e.to_string()))?;
+        self.train
+            .optimizer_phi
+            .validate("train.optimizer_phi")
+            .map_err(|e| invalid(e.to_string()))?;
+        let positive: [(&str, u64); 7] = [
+            ("particles.count", self.particles.count as u64),
+            ("train.steps", self.train.steps),
+            ("train.batch_size", self.train.batch_size as u64),
+            ("train.log_every", self.train.log_every),
+            ("train.checkpoint_every", self.train.checkpoint_every),
+            ("data.latent_dim", self.data.latent_dim as u64),
+            ("eval.reference_points", self.eval.reference_points as u64),
+        ];
+        for (k, v) in positive {
+            if v == 0 {
+                return Err(key(k, "must be at least 1, got 0".into()));
+            }
         }
-        if let DataSource::Synthetic(s) = &self.data.source
-            && (s.points < 2 || s.ambient_dim < ipld_data::LATENT_DIM)
-        {
-            return Err(invalid(format!(
-                "invalid parameter `data.source`: need points >= 2 and ambient_dim >= {}, got {} and {}",
-                ipld_data::LATENT_DIM,
-                s.points,
-                s.ambient_dim
-            )));
+        if self.eval.samples < 2 {
+            return Err(key(
+                "eval.samples",
+                format!("must be at least 2, got {}", self.eval.samples),
+            ));
+        }
+        if !(self.model.decoder.sigma > 0.0 && self.model.decoder.sigma.is_finite()) {
+            return Err(key(
+                "model.decoder.sigma",
+                format!("must be > 0, got {}", self.model.decoder.sigma),
+            ));
+        }
+        if self.data.path.is_empty() {
+            if self.data.points < 2 {
+                return Err(key(
+                    "data.points",
+                    format!("must be at least 2, got {}", self.data.points),
+                ));
+            }
+            if self.data.ambient_dim < ipld_data::LATENT_DIM {
+                return Err(key(
+                    "data.ambient_dim",
+                    format!(
+                        "must be at least {}, got {}",
+                        ipld_data::LATENT_DIM,
+                        self.data.ambient_dim
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -191,6 +354,65 @@ impl RunConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("RunConfig serialises")
     }
+}
+
+/// A `--set` value: TOML syntax when it parses (numbers, booleans, arrays, inline tables,
+/// quoted strings), otherwise the raw text as a string (so `data.path=x.npy` needs no quotes).
+fn parse_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("key v"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+/// Sets `key` (dotted) in `tree`; every component must already exist.
+fn set_dotted(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<(), String> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("malformed key `{key}`"));
+    }
+    let mut node = tree;
+    for (i, part) in parts.iter().enumerate() {
+        let here = parts[..i].join(".");
+        let table = node
+            .as_table_mut()
+            .ok_or_else(|| format!("`{here}` is a value, not a table"))?;
+        if !table.contains_key(*part) {
+            let mut valid: Vec<String> = table
+                .keys()
+                .map(|k| {
+                    if here.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{here}.{k}")
+                    }
+                })
+                .collect();
+            valid.sort();
+            return Err(format!(
+                "unknown key `{}`; valid keys{}: {}",
+                parts[..=i].join("."),
+                if here.is_empty() {
+                    String::new()
+                } else {
+                    format!(" under `{here}`")
+                },
+                valid.join(", ")
+            ));
+        }
+        if i + 1 == parts.len() {
+            let slot = table.get_mut(*part).expect("checked");
+            if *part == "type" {
+                // A new variant: drop the old variant's fields so its defaults fill in.
+                *table = toml::Table::from_iter([("type".to_string(), value)]);
+            } else {
+                *slot = value;
+            }
+            return Ok(());
+        }
+        node = table.get_mut(*part).expect("checked");
+    }
+    unreachable!("loop returns on the last component")
 }
 
 #[cfg(test)]
@@ -206,16 +428,24 @@ mod tests {
         }
         let gmm = RunConfig::preset("gmm").unwrap();
         assert_eq!(gmm.diffusion.schedule, ScheduleConfig::default());
-        assert_eq!(gmm.eval.samples, 10_000);
+        assert_eq!(
+            (gmm.train.steps, gmm.train.batch_size, gmm.particles.count),
+            (1000, 500, 4)
+        );
+        assert_eq!(
+            (gmm.train.kl.coefficient, gmm.train.kl.warmup_steps),
+            (0.01, 1000)
+        );
+        assert_eq!(gmm.particles.step_size.initial, 0.1);
+        assert_eq!(gmm.train.optimizer_theta.lr, 1e-3);
         assert_eq!(gmm.eval.mmd.gamma, 0.1);
     }
 
     #[test]
     fn unknown_keys_and_values_are_named() {
-        let text = PRESETS[0].1.replace(
-            "seed = 0\n\n[data.source]",
-            "seed = 0\nsed = 1\n\n[data.source]",
-        );
+        let text = PRESETS[0]
+            .1
+            .replace("seed = 0\n\n[data]", "seed = 0\nsed = 1\n\n[data]");
         let e = RunConfig::from_toml(&text, "x.toml")
             .unwrap_err()
             .to_string();
@@ -230,7 +460,9 @@ mod tests {
             e.contains("ipld") && e.contains("vae"),
             "lists valid methods: {e}"
         );
-        let text = PRESETS[0].1.replace("steps = 1000", "steps = 0");
+        let text = PRESETS[0]
+            .1
+            .replace("steps = 1000\nkind", "steps = 0\nkind");
         let e = RunConfig::from_toml(&text, "x.toml")
             .unwrap_err()
             .to_string();
@@ -245,5 +477,51 @@ mod tests {
                 .to_string()
                 .contains("gmm, circles")
         );
+    }
+
+    #[test]
+    fn overrides_set_dotted_keys_and_reject_unknown_ones() {
+        let base = RunConfig::preset("gmm").unwrap();
+        let sets = |s: &[&str]| {
+            base.with_overrides(&s.iter().map(|x| x.to_string()).collect::<Vec<_>>(), "gmm")
+        };
+        let c = sets(&[
+            "particles.count=16",
+            "train.steps=200",
+            "data.path=my data.npy",
+            "method=ipld",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.particles.count, c.train.steps, c.data.path.as_str()),
+            (16, 200, "my data.npy")
+        );
+        let c = sets(&["eval.sampler.type=ddim", "eval.sampler.steps=50"]).unwrap();
+        assert_eq!(
+            c.eval.sampler,
+            SamplerConfig::Ddim(ipld_diffusion::Ddim {
+                steps: 50,
+                eta: 0.0
+            })
+        );
+        let e = sets(&["train.stpes=5"]).unwrap_err().to_string();
+        assert!(
+            e.contains("train.stpes")
+                && e.contains("train.steps")
+                && e.contains("train.batch_size"),
+            "{e}"
+        );
+        let e = sets(&["particles.count=0"]).unwrap_err().to_string();
+        assert!(e.contains("particles.count"), "{e}");
+        let e = sets(&["particles.count=many"]).unwrap_err().to_string();
+        assert!(e.contains("particles.count") || e.contains("count"), "{e}");
+        assert!(
+            sets(&["nokey"])
+                .unwrap_err()
+                .to_string()
+                .contains("KEY=VALUE")
+        );
+        let e = sets(&["bogus=1"]).unwrap_err().to_string();
+        assert!(e.contains("valid keys") && e.contains("particles"), "{e}");
     }
 }

@@ -1,10 +1,20 @@
-//! The IPLD trainer as a library: configuration (presets mirroring the paper) and, from the
-//! training issue on, the run itself. The `ipld-train` binary only parses arguments and calls in.
+//! The IPLD trainer as a library: configuration (presets mirroring the paper), the training state
+//! and its step (Algorithm 2), evaluation, and runs on disk. The `ipld-train` binary only parses
+//! arguments, builds a [`RunPlan`], and calls [`run`].
 //! The workspace README follows (its example is compiled as a doctest here).
 #![doc = include_str!("../../../README.md")]
 
 pub mod config;
+pub mod eval;
+pub mod optim;
+pub mod plot;
+pub mod run;
+pub mod trainer;
 
 pub use config::{
-    ConfigError, DataConfig, DataSource, DiffusionConfig, EvalConfig, Method, PRESETS, RunConfig,
+    ConfigError, DataConfig, DiffusionConfig, EvalConfig, Method, PRESETS, RunConfig,
 };
+pub use run::{
+    Progress, RunError, RunPlan, RunSummary, default_run_dir, eval_run, run, sample_run,
+};
+pub use trainer::{StepMetrics, TrainError, Trainer};

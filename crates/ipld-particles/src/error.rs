@@ -1,0 +1,26 @@
+//! The crate's error type.
+
+/// Errors from particle clouds and their updates.
+#[derive(Debug, thiserror::Error)]
+pub enum ParticleError {
+    /// A configuration value is out of range.
+    #[error("invalid parameter `{key}`: {reason}")]
+    Param {
+        /// Dotted name of the parameter.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Shapes, lengths or indices disagree.
+    #[error("{0}")]
+    Shape(String),
+}
+
+impl ParticleError {
+    pub(crate) fn param(key: &str, reason: impl Into<String>) -> Self {
+        Self::Param {
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+}

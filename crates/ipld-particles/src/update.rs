@@ -1,0 +1,276 @@
+//! Particle update rules, each one fused pass over the cloud's rows: minibatch rows get the drift
+//! (and moment updates), every row gets Langevin noise, with noise drawn inside the loop from the
+//! counter-based [`NoiseStream`] at global element index ((m N) + n) d + j, so the result does not
+//! depend on how rows are partitioned.
+//!
+//! `grads` is always the gradient of the minibatch loss L-hat of eq. (22)/(64) with respect to the
+//! minibatch particles, [|B|, N, d] in batch order; the rules apply the M N scaling themselves.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{NoiseStream, ParticleCloud, ParticleError};
+
+/// Quantities of the current step shared by every rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepContext {
+    /// Global step t (also the noise counter).
+    pub step: u64,
+    /// KL weight gamma_t (A.4.1): multiplies the noise variance.
+    pub gamma: f64,
+    /// Particle step size h_z at this step (after per-epoch decay).
+    pub step_size: f64,
+    /// Minibatch size |B|.
+    pub batch_size: usize,
+    /// Number of training points M in the whole dataset (not just this shard).
+    pub total_points: usize,
+    /// Whether the noise is preconditioned by G^{1/2}; the paper uses G = I on the noise during
+    /// the first epoch (A.4.2).
+    pub precondition_noise: bool,
+}
+
+/// A particle update rule.
+pub trait ParticleUpdate {
+    /// Moves the cloud one step: drift for the rows in `batch` (global indices, no repeats),
+    /// noise for every row of the cloud.
+    fn step(
+        &self,
+        cloud: &mut ParticleCloud,
+        batch: &[usize],
+        grads: &[f32],
+        ctx: &StepContext,
+        noise: &NoiseStream,
+    ) -> Result<(), ParticleError>;
+}
+
+/// Algorithm 1 / eqs. (19)-(22): unadjusted Langevin on the subsampled loss. Minibatch particles
+/// move by -(M N h) grad; every particle gets sqrt(2 h gamma_t |B| / M) W, the |B|/M matching the
+/// full-batch noise variance (Section 3.3) and gamma_t the KL annealing (A.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Langevin {}
+
+/// Algorithm 2 / eqs. (65)-(66): adaptive Langevin with momentum and an RMSProp preconditioner.
+/// For minibatch particles, with g = M N grad:
+/// M <- a M + (1 - a) g, V <- b V + (1 - b) g², G = (V + eps)^(-1/2), z <- z - h G M.
+/// The drift *descends* the loss of eq. (64); the pseudo-code's "+ h G M" would ascend it.
+/// Every particle then gets sqrt(2 h gamma_t / M) G^{1/2} W, times 1/|B| when `batch_noise_scale`
+/// (the paper's implementation, A.4.2), with G = I until `precondition_noise` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveLangevin {
+    /// Momentum coefficient a (0.9).
+    pub momentum: f64,
+    /// Second-moment coefficient b (0.999).
+    pub second_moment: f64,
+    /// epsilon inside G = (V + eps)^(-1/2).
+    pub eps: f64,
+    /// Scale the noise by 1/|B| as the paper's implementation does.
+    pub batch_noise_scale: bool,
+}
+
+impl Default for AdaptiveLangevin {
+    fn default() -> Self {
+        Self {
+            momentum: 0.9,
+            second_moment: 0.999,
+            eps: 1e-8,
+            batch_noise_scale: true,
+        }
+    }
+}
+
+/// The update rule chosen in a config: `{ type = "adaptive-langevin", ... }` or `{ type = "langevin" }`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum UpdateConfig {
+    /// Algorithm 1.
+    Langevin(Langevin),
+    /// Algorithm 2.
+    AdaptiveLangevin(AdaptiveLangevin),
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        Self::AdaptiveLangevin(AdaptiveLangevin::default())
+    }
+}
+
+impl UpdateConfig {
+    /// Checks the coefficients' ranges.
+    pub fn validate(&self) -> Result<(), ParticleError> {
+        if let Self::AdaptiveLangevin(a) = self {
+            for (key, v) in [
+                ("particles.update.momentum", a.momentum),
+                ("particles.update.second_moment", a.second_moment),
+            ] {
+                if !(0.0..1.0).contains(&v) {
+                    return Err(ParticleError::param(
+                        key,
+                        format!("must lie in [0, 1), got {v}"),
+                    ));
+                }
+            }
+            if !(a.eps > 0.0 && a.eps.is_finite()) {
+                return Err(ParticleError::param(
+                    "particles.update.eps",
+                    format!("must be > 0, got {}", a.eps),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The rule as a trait object.
+    pub fn rule(&self) -> &dyn ParticleUpdate {
+        match self {
+            Self::Langevin(r) => r,
+            Self::AdaptiveLangevin(r) => r,
+        }
+    }
+}
+
+/// Maps each local row to its position in the batch (u32::MAX if absent), checking the batch.
+fn batch_positions(
+    cloud: &ParticleCloud,
+    batch: &[usize],
+    grads: &[f32],
+) -> Result<Vec<u32>, ParticleError> {
+    let w = cloud.particles() * cloud.dim();
+    if grads.len() != batch.len() * w {
+        return Err(ParticleError::Shape(format!(
+            "{} gradient values for a batch of {} rows of {} x {} particles",
+            grads.len(),
+            batch.len(),
+            cloud.particles(),
+            cloud.dim()
+        )));
+    }
+    let mut pos = vec![u32::MAX; cloud.rows()];
+    for (p, &m) in batch.iter().enumerate() {
+        let r = cloud.local(m)?;
+        if pos[r] != u32::MAX {
+            return Err(ParticleError::Shape(format!(
+                "data index {m} appears twice in the batch"
+            )));
+        }
+        pos[r] = p as u32;
+    }
+    Ok(pos)
+}
+
+fn check_ctx(ctx: &StepContext) -> Result<(), ParticleError> {
+    if ctx.batch_size == 0 || ctx.total_points == 0 {
+        return Err(ParticleError::param(
+            "train.batch_size",
+            "batch and dataset must be non-empty",
+        ));
+    }
+    if !(ctx.step_size >= 0.0
+        && ctx.gamma >= 0.0
+        && ctx.step_size.is_finite()
+        && ctx.gamma.is_finite())
+    {
+        return Err(ParticleError::param(
+            "particles.step_size",
+            format!(
+                "step size and gamma must be finite and >= 0, got {} and {}",
+                ctx.step_size, ctx.gamma
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The fused pass shared by every rule: for each local row, draw its noise in place, then hand
+/// (z, momentum, second moment, the row's gradient if it is in the batch, noise) to `row`.
+fn fused_pass(
+    cloud: &mut ParticleCloud,
+    batch: &[usize],
+    grads: &[f32],
+    ctx: &StepContext,
+    noise: &NoiseStream,
+    mut row: impl FnMut(&mut [f32], &mut [f32], &mut [f32], Option<&[f32]>, &[f32]),
+) -> Result<(), ParticleError> {
+    check_ctx(ctx)?;
+    let pos = batch_positions(cloud, batch, grads)?;
+    let w = cloud.particles() * cloud.dim();
+    let start = cloud.start();
+    let mut w_buf = vec![0f32; w];
+    for r in 0..cloud.rows() {
+        noise.fill(ctx.step, ((start + r) * w) as u64, &mut w_buf);
+        let g =
+            (pos[r] != u32::MAX).then(|| &grads[pos[r] as usize * w..(pos[r] as usize + 1) * w]);
+        let (z, m1, m2) = cloud.row_mut(r);
+        row(z, m1, m2, g, &w_buf);
+    }
+    Ok(())
+}
+
+impl ParticleUpdate for Langevin {
+    fn step(
+        &self,
+        cloud: &mut ParticleCloud,
+        batch: &[usize],
+        grads: &[f32],
+        ctx: &StepContext,
+        noise: &NoiseStream,
+    ) -> Result<(), ParticleError> {
+        let m_total = ctx.total_points as f64;
+        let drift = (ctx.step_size * m_total * cloud.particles() as f64) as f32;
+        let sd = (2.0 * ctx.step_size * ctx.gamma * ctx.batch_size as f64 / m_total).sqrt() as f32;
+        fused_pass(cloud, batch, grads, ctx, noise, |z, _, _, g, w| match g {
+            Some(g) => {
+                for ((zi, gi), wi) in z.iter_mut().zip(g).zip(w) {
+                    *zi += -drift * gi + sd * wi;
+                }
+            }
+            None => {
+                for (zi, wi) in z.iter_mut().zip(w) {
+                    *zi += sd * wi;
+                }
+            }
+        })
+    }
+}
+
+impl ParticleUpdate for AdaptiveLangevin {
+    fn step(
+        &self,
+        cloud: &mut ParticleCloud,
+        batch: &[usize],
+        grads: &[f32],
+        ctx: &StepContext,
+        noise: &NoiseStream,
+    ) -> Result<(), ParticleError> {
+        let m_total = ctx.total_points as f64;
+        let scale = (m_total * cloud.particles() as f64) as f32;
+        let (a, b, eps, h) = (
+            self.momentum as f32,
+            self.second_moment as f32,
+            self.eps as f32,
+            ctx.step_size as f32,
+        );
+        let mut sd = (2.0 * ctx.step_size * ctx.gamma / m_total).sqrt();
+        if self.batch_noise_scale {
+            sd /= ctx.batch_size.max(1) as f64;
+        }
+        let sd = sd as f32;
+        let precondition = ctx.precondition_noise;
+        fused_pass(cloud, batch, grads, ctx, noise, |z, m1, m2, g, w| {
+            for i in 0..z.len() {
+                if let Some(g) = g {
+                    let gi = scale * g[i];
+                    m1[i] = a * m1[i] + (1.0 - a) * gi;
+                    m2[i] = b * m2[i] + (1.0 - b) * gi * gi;
+                    z[i] -= h * m1[i] / (m2[i] + eps).sqrt();
+                }
+                let noise_sd = if precondition {
+                    sd / (m2[i] + eps).sqrt().sqrt()
+                } else {
+                    sd
+                };
+                z[i] += noise_sd * w[i];
+            }
+        })
+    }
+}

@@ -1,0 +1,256 @@
+//! The update rules against closed forms.
+
+use ipld_particles::{
+    AdaptiveLangevin, Langevin, NoiseStream, ParticleCloud, ParticleUpdate, StepContext,
+};
+
+fn ctx(
+    step: u64,
+    gamma: f64,
+    h: f64,
+    batch: usize,
+    total: usize,
+    precondition: bool,
+) -> StepContext {
+    StepContext {
+        step,
+        gamma,
+        step_size: h,
+        batch_size: batch,
+        total_points: total,
+        precondition_noise: precondition,
+    }
+}
+
+/// Langevin on U(z) = ||z - mu||² / (2 s²) with the full batch: the chain
+/// z' = z - h (z - mu)/s² + sqrt(2h) W has stationary law N(mu, v) with
+/// v = 2h / (1 - (1 - h/s²)²) = s² / (1 - h / (2 s²)) (exact for the discretised chain).
+#[test]
+fn langevin_on_a_quadratic_reaches_the_discrete_stationary_law() {
+    let (rows, n, d) = (2000usize, 2usize, 2usize);
+    let (mu, s2, h) = ([1.5f32, -2.0], 0.8f64, 0.1f64);
+    let mut cloud = ParticleCloud::gaussian(0, rows, n, d, 1).unwrap();
+    let batch: Vec<usize> = (0..rows).collect();
+    let noise = NoiseStream::new(2, 1);
+    // The rule applies M N h to d L-hat/dz; L-hat = (1/(N|B|)) sum U, so pass grad U / (M N).
+    let scale = 1.0 / (rows * n) as f32;
+    for t in 0..300 {
+        let grads: Vec<f32> = cloud
+            .z()
+            .iter()
+            .enumerate()
+            .map(|(i, z)| (z - mu[i % d]) / s2 as f32 * scale)
+            .collect();
+        Langevin {}
+            .step(
+                &mut cloud,
+                &batch,
+                &grads,
+                &ctx(t, 1.0, h, rows, rows, false),
+                &noise,
+            )
+            .unwrap();
+    }
+    // After 300 steps the initial law has contracted by 0.875^300 ~ 4e-18: samples are stationary.
+    let v = s2 / (1.0 - h / (2.0 * s2));
+    let count = (rows * n) as f64;
+    for j in 0..d {
+        let xs: Vec<f64> = cloud
+            .z()
+            .iter()
+            .skip(j)
+            .step_by(d)
+            .map(|x| *x as f64)
+            .collect();
+        let mean = xs.iter().sum::<f64>() / count;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (count - 1.0);
+        assert!(
+            (mean - mu[j] as f64).abs() < 5.0 * (v / count).sqrt(),
+            "coord {j}: mean {mean}"
+        );
+        assert!(
+            (var - v).abs() < 5.0 * v * (2.0 / (count - 1.0)).sqrt(),
+            "coord {j}: var {var} vs {v}"
+        );
+    }
+}
+
+#[test]
+fn adaptive_drift_matches_a_hand_computed_step() {
+    // One training point in the batch (of M = 4), N = 2, d = 1; gamma = 0 switches noise off.
+    let z = vec![0.5f32, -1.0, 2.0, 3.0, 0.0, 0.0, 7.0, 7.0];
+    let m1 = vec![0.2f32, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0];
+    let m2 = vec![0.04f32, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0];
+    let mut cloud =
+        ParticleCloud::from_parts(0, [4, 2, 1], z.clone(), m1.clone(), m2.clone()).unwrap();
+    let rule = AdaptiveLangevin {
+        momentum: 0.9,
+        second_moment: 0.999,
+        eps: 1e-8,
+        batch_noise_scale: true,
+    };
+    let grads = [0.01f32, -0.02]; // d L-hat / dz for point 0's two particles
+    rule.step(
+        &mut cloud,
+        &[0],
+        &grads,
+        &ctx(0, 0.0, 0.1, 1, 4, true),
+        &NoiseStream::new(0, 0),
+    )
+    .unwrap();
+    // By hand: g = M N grad = 8 * (0.01, -0.02) = (0.08, -0.16)
+    // M = 0.9 * (0.2, 0) + 0.1 * g = (0.188, -0.016)
+    // V = 0.999 * (0.04, 0) + 0.001 * g² = (0.0399664, 0.0000256)
+    // z = z - 0.1 * M / sqrt(V + 1e-8) = (0.4059605..., -0.6838340...)
+    let want_m = [0.188f64, -0.016];
+    let want_v = [0.039_966_4f64, 0.000_025_6];
+    let want_z = [
+        0.5 - 0.1 * 0.188 / (0.039_966_4f64 + 1e-8).sqrt(),
+        -1.0 + 0.1 * 0.016 / (0.000_025_6f64 + 1e-8).sqrt(),
+    ];
+    for i in 0..2 {
+        assert!((cloud.momentum()[i] as f64 - want_m[i]).abs() < 1e-7);
+        assert!((cloud.second_moment()[i] as f64 - want_v[i]).abs() < 1e-9);
+        assert!(
+            (cloud.z()[i] as f64 - want_z[i]).abs() < 1e-5,
+            "{} vs {}",
+            cloud.z()[i],
+            want_z[i]
+        );
+    }
+    assert!((want_z[0] - 0.405_960_5).abs() < 1e-6 && (want_z[1] + 0.683_834_0).abs() < 1e-6);
+    // Rows outside the batch are untouched when there is no noise.
+    assert_eq!(&cloud.z()[2..], &z[2..]);
+    assert_eq!(&cloud.momentum()[2..], &m1[2..]);
+}
+
+#[test]
+fn adaptive_drift_descends_the_loss() {
+    // A positive gradient must decrease z (the sign issue in the paper's pseudo-code).
+    let mut cloud = ParticleCloud::zeros(0, 1, 1, 3).unwrap();
+    let rule = AdaptiveLangevin::default();
+    rule.step(
+        &mut cloud,
+        &[0],
+        &[1.0, -1.0, 0.0],
+        &ctx(0, 0.0, 0.1, 1, 1, false),
+        &NoiseStream::new(0, 0),
+    )
+    .unwrap();
+    assert!(
+        cloud.z()[0] < 0.0 && cloud.z()[1] > 0.0 && cloud.z()[2] == 0.0,
+        "{:?}",
+        cloud.z()
+    );
+}
+
+#[test]
+fn adaptive_noise_has_the_stated_scale() {
+    // Rows outside the batch get only noise: sqrt(2 h gamma / M) / |B| * (V + eps)^(-1/4).
+    let (rows, n, d) = (5000usize, 2usize, 2usize);
+    let v = 0.25f32;
+    let mut cloud = ParticleCloud::from_parts(
+        0,
+        [rows, n, d],
+        vec![0.0; rows * n * d],
+        vec![0.0; rows * n * d],
+        vec![v; rows * n * d],
+    )
+    .unwrap();
+    let (h, gamma, batch_size, m_total) = (0.1f64, 0.5f64, 10usize, 10_000usize);
+    let rule = AdaptiveLangevin {
+        batch_noise_scale: true,
+        ..Default::default()
+    };
+    for precondition in [false, true] {
+        let mut c = cloud.clone();
+        rule.step(
+            &mut c,
+            &[],
+            &[],
+            &ctx(3, gamma, h, batch_size, m_total, precondition),
+            &NoiseStream::new(5, 1),
+        )
+        .unwrap();
+        let mut sd = (2.0 * h * gamma / m_total as f64).sqrt() / batch_size as f64;
+        if precondition {
+            sd /= (v as f64 + 1e-8).powf(0.25);
+        }
+        let count = c.z().len() as f64;
+        let var = c.z().iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / count;
+        assert!(
+            (var / (sd * sd) - 1.0).abs() < 5.0 * (2.0 / count).sqrt(),
+            "precondition={precondition}: {var} vs {}",
+            sd * sd
+        );
+    }
+    cloud = ParticleCloud::zeros(0, rows, n, d).unwrap();
+    Langevin {}
+        .step(
+            &mut cloud,
+            &[],
+            &[],
+            &ctx(0, gamma, h, batch_size, m_total, false),
+            &NoiseStream::new(5, 1),
+        )
+        .unwrap();
+    let want = 2.0 * h * gamma * batch_size as f64 / m_total as f64;
+    let count = cloud.z().len() as f64;
+    let var = cloud.z().iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / count;
+    assert!(
+        (var / want - 1.0).abs() < 5.0 * (2.0 / count).sqrt(),
+        "Langevin noise {var} vs {want}"
+    );
+}
+
+#[test]
+fn shards_update_like_the_whole_cloud() {
+    let whole0 = ParticleCloud::gaussian(0, 12, 3, 2, 11).unwrap();
+    let batch = [1usize, 7, 10];
+    let grads: Vec<f32> = (0..batch.len() * 6)
+        .map(|i| (i as f32 - 8.0) * 0.01)
+        .collect();
+    let c = ctx(4, 0.3, 0.1, 3, 12, true);
+    let noise = NoiseStream::new(8, 1);
+    let rule = AdaptiveLangevin::default();
+    let mut whole = whole0.clone();
+    rule.step(&mut whole, &batch, &grads, &c, &noise).unwrap();
+    let mut lo = ParticleCloud::gaussian(0, 6, 3, 2, 11).unwrap();
+    let mut hi = ParticleCloud::gaussian(6, 6, 3, 2, 11).unwrap();
+    rule.step(&mut lo, &batch[..1], &grads[..6], &c, &noise)
+        .unwrap();
+    rule.step(&mut hi, &batch[1..], &grads[6..], &c, &noise)
+        .unwrap();
+    for m in 0..12 {
+        let shard = if m < 6 { &lo } else { &hi };
+        assert_eq!(
+            whole.particles_of(m).unwrap(),
+            shard.particles_of(m).unwrap(),
+            "row {m}"
+        );
+    }
+}
+
+#[test]
+fn bad_batches_are_rejected() {
+    let mut cloud = ParticleCloud::zeros(0, 3, 1, 1).unwrap();
+    let rule = AdaptiveLangevin::default();
+    let c = ctx(0, 0.1, 0.1, 2, 3, false);
+    let noise = NoiseStream::new(0, 0);
+    assert!(
+        rule.step(&mut cloud, &[0, 0], &[0.0, 0.0], &c, &noise)
+            .unwrap_err()
+            .to_string()
+            .contains("twice")
+    );
+    assert!(
+        rule.step(&mut cloud, &[5], &[0.0], &c, &noise)
+            .unwrap_err()
+            .to_string()
+            .contains("outside")
+    );
+    assert!(
+        rule.step(&mut cloud, &[0], &[0.0, 1.0], &c, &noise)
+            .is_err()
+    );
+}

@@ -1,0 +1,515 @@
+//! One IPLD training state and its step (Algorithm 2 with the loss of eq. 64):
+//!
+//! 1. draw the minibatch B (a fresh permutation of [M] each epoch);
+//! 2. L-hat = 1/(N|B|) sum_{m in B, n} [gamma_t L_simple(theta, z^{m,n}) - log p_phi(x^m | z^{m,n})];
+//! 3. backward once: gradients for theta, phi and the minibatch particles;
+//! 4. move the particles (adaptive Langevin, noise on all of them), then AdamW on theta and phi.
+//!
+//! Every random draw is a pure function of (seed, step): the epoch permutation, the timesteps and
+//! noise of the loss estimate, and the particle noise (counter-based). Resuming from a checkpoint
+//! therefore needs no generator state beyond the step, and reproduces an uninterrupted run exactly.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use ipld_data::{Dataset, InMemoryDataset};
+use ipld_diffusion::{DiffusionLoss, NoiseSchedule, gaussian, sample_timesteps, timestep_tensor};
+use ipld_models::{Decoder, LinearDecoder, MlpEps, gaussian_nll};
+use ipld_particles::{NoiseStream, ParticleCloud, StepContext};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::RunConfig;
+use crate::optim::AdamW;
+
+/// Errors while building, stepping, saving or loading a training state.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The configuration does not fit the data or the checkpoint.
+    #[error("{0}")]
+    Invalid(String),
+    /// The loss or a gradient became NaN/Inf.
+    #[error("training diverged at step {step}: {what} is not finite")]
+    NonFinite {
+        /// The step at which it happened.
+        step: u64,
+        /// What turned non-finite.
+        what: String,
+    },
+    /// A checkpoint file is unreadable, truncated or does not match the run.
+    #[error("checkpoint {}: {reason}", path.display())]
+    Checkpoint {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Data loading failed.
+    #[error(transparent)]
+    Data(#[from] ipld_data::DataError),
+    /// Another crate's error.
+    #[error("{0}")]
+    Other(String),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+macro_rules! other {
+    ($e:expr) => {
+        $e.map_err(|e| TrainError::Other(e.to_string()))
+    };
+}
+
+/// Stream ids that keep the run's random draws independent.
+const STREAM_BATCH: u64 = 1;
+const STREAM_LOSS: u64 = 2;
+/// Noise-stream id of the particle updates.
+pub const PARTICLE_NOISE_STREAM: u32 = 7;
+
+/// SplitMix64 finaliser: mixes (seed, a, b) into one well-spread 64-bit seed.
+pub fn mix_seed(seed: u64, a: u64, b: u64) -> u64 {
+    let f = |mut z: u64| {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    f(seed ^ f(a ^ f(b)))
+}
+
+/// What one step measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepMetrics {
+    /// The step just taken (0-based).
+    pub step: u64,
+    /// L-hat of eq. (64).
+    pub loss: f64,
+    /// Mean simple diffusion loss (before the gamma_t weight).
+    pub diffusion_loss: f64,
+    /// Mean decoder negative log-likelihood.
+    pub nll: f64,
+    /// gamma_t.
+    pub gamma: f64,
+    /// Particle step size h_z.
+    pub particle_step_size: f64,
+    /// Mean ||z|| over the minibatch's particles after the update.
+    pub particle_norm: f64,
+    /// Mean over minibatch points of the per-coordinate standard deviation across its particles.
+    pub particle_spread: f64,
+}
+
+/// The training state: data, networks, optimisers, particles and the step counter.
+pub struct Trainer {
+    /// The run's configuration.
+    pub cfg: RunConfig,
+    device: Device,
+    data: InMemoryDataset,
+    schedule: NoiseSchedule,
+    loss: DiffusionLoss,
+    theta: VarMap,
+    phi: VarMap,
+    eps: MlpEps,
+    decoder: LinearDecoder,
+    opt_theta: AdamW,
+    opt_phi: AdamW,
+    cloud: ParticleCloud,
+    step: u64,
+}
+
+fn sorted_vars(map: &VarMap) -> Vec<(String, Var)> {
+    let mut v: Vec<(String, Var)> = map
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+impl Trainer {
+    /// Builds a fresh state at step 0 for `data` ([M, d_x]).
+    pub fn new(cfg: RunConfig, data: InMemoryDataset, device: Device) -> Result<Self, TrainError> {
+        let (m, dx, dz) = (data.len(), data.dim(), cfg.data.latent_dim);
+        if m < 2 {
+            return Err(TrainError::Invalid(format!(
+                "the dataset has {m} points; IPLD needs at least 2"
+            )));
+        }
+        let schedule = other!(cfg.diffusion.schedule.build())?;
+        let loss = other!(DiffusionLoss::new(&schedule, cfg.diffusion.loss, &device))?;
+        let theta = VarMap::new();
+        let eps = other!(MlpEps::new(
+            &cfg.model.eps,
+            dz,
+            VarBuilder::from_varmap(&theta, DType::F32, &device).pp("eps")
+        ))?;
+        let phi = VarMap::new();
+        let decoder = other!(LinearDecoder::new(
+            &cfg.model.decoder,
+            dz,
+            dx,
+            VarBuilder::from_varmap(&phi, DType::F32, &device).pp("decoder")
+        ))?;
+        // candle's CPU generator cannot be seeded: redraw the weights from the run's seed.
+        other!(ipld_models::seeded_init(&theta, mix_seed(cfg.seed, 0, 1)))?;
+        other!(ipld_models::seeded_init(&phi, mix_seed(cfg.seed, 0, 2)))?;
+        let opt_theta = AdamW::new(cfg.train.optimizer_theta, sorted_vars(&theta))?;
+        let opt_phi = AdamW::new(cfg.train.optimizer_phi, sorted_vars(&phi))?;
+        let n0 = if cfg.particles.warm_start_steps > 0 {
+            1
+        } else {
+            cfg.particles.count
+        };
+        let cloud = other!(ParticleCloud::gaussian(0, m, n0, dz, cfg.seed))?;
+        Ok(Self {
+            cfg,
+            device,
+            data,
+            schedule,
+            loss,
+            theta,
+            phi,
+            eps,
+            decoder,
+            opt_theta,
+            opt_phi,
+            cloud,
+            step: 0,
+        })
+    }
+
+    /// Steps taken so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+    /// The particle cloud.
+    pub fn cloud(&self) -> &ParticleCloud {
+        &self.cloud
+    }
+    /// The training data.
+    pub fn data(&self) -> &InMemoryDataset {
+        &self.data
+    }
+    /// The epsilon-network.
+    pub fn eps_model(&self) -> &MlpEps {
+        &self.eps
+    }
+    /// The decoder.
+    pub fn decoder(&self) -> &LinearDecoder {
+        &self.decoder
+    }
+    /// The noise schedule.
+    pub fn schedule(&self) -> &NoiseSchedule {
+        &self.schedule
+    }
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Effective minibatch size min(|B|, M) and steps per epoch floor(M / |B|).
+    pub fn batching(&self) -> (usize, u64) {
+        let b = self.cfg.train.batch_size.min(self.data.len());
+        (b, (self.data.len() / b).max(1) as u64)
+    }
+
+    /// The minibatch of step `t`: a slice of epoch `t / steps_per_epoch`'s permutation.
+    pub fn batch_indices(&self, t: u64) -> Vec<usize> {
+        let (b, per_epoch) = self.batching();
+        let (epoch, pos) = (t / per_epoch, (t % per_epoch) as usize);
+        let mut perm: Vec<usize> = (0..self.data.len()).collect();
+        perm.shuffle(&mut ChaCha8Rng::seed_from_u64(mix_seed(
+            self.cfg.seed,
+            STREAM_BATCH,
+            epoch,
+        )));
+        perm[pos * b..(pos + 1) * b].to_vec()
+    }
+
+    /// Takes one step of Algorithm 2.
+    pub fn train_step(&mut self) -> Result<StepMetrics, TrainError> {
+        let t = self.step;
+        let pc = &self.cfg.particles;
+        if pc.warm_start_steps > 0
+            && t == pc.warm_start_steps
+            && self.cloud.particles() == 1
+            && pc.count > 1
+        {
+            other!(self.cloud.replicate(pc.count))?;
+        }
+        let (b, per_epoch) = self.batching();
+        let epoch = t / per_epoch;
+        let batch = self.batch_indices(t);
+        let (n, dz) = (self.cloud.particles(), self.cloud.dim());
+        let rows = b * n;
+
+        // Each data row repeated N times, aligned with the [B, N, d] particle layout.
+        let repeat: Vec<usize> = batch
+            .iter()
+            .flat_map(|&m| std::iter::repeat_n(m, n))
+            .collect();
+        let x = self.data.gather(&repeat, &self.device)?;
+        let mut zb = Vec::with_capacity(rows * dz);
+        other!(self.cloud.gather_into(&batch, &mut zb))?;
+        let z = Var::from_tensor(&Tensor::from_vec(zb, (rows, dz), &self.device)?)?;
+
+        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(self.cfg.seed, STREAM_LOSS, t));
+        let k = other!(timestep_tensor(
+            &sample_timesteps(&mut rng, rows, self.schedule.steps()),
+            self.schedule.steps(),
+            &self.device
+        ))?;
+        let noise = gaussian(&mut rng, (rows, dz), DType::F32, &self.device)?;
+        let gamma = self.cfg.train.kl.gamma(t);
+
+        let terms = other!(self.loss.per_sample(&self.eps, z.as_tensor(), &noise, &k))?;
+        let nll = gaussian_nll(
+            &x,
+            &self.decoder.decode(z.as_tensor())?,
+            self.cfg.model.decoder.sigma,
+        )?;
+        let loss = (terms.total.affine(gamma, 0.0)? + &nll)?.mean_all()?;
+        let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !loss_v.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: t,
+                what: "the loss".into(),
+            });
+        }
+        let grads = loss.backward()?;
+        let gz: Vec<f32> = match grads.get(z.as_tensor()) {
+            Some(g) => g.flatten_all()?.to_vec1()?,
+            None => vec![0.0; rows * dz],
+        };
+        if gz.iter().any(|g| !g.is_finite()) {
+            return Err(TrainError::NonFinite {
+                step: t,
+                what: "the particle gradient".into(),
+            });
+        }
+
+        let step_size = pc.step_size.at_epoch(epoch);
+        let ctx = StepContext {
+            step: t,
+            gamma,
+            step_size,
+            batch_size: b,
+            total_points: self.data.len(),
+            precondition_noise: epoch >= 1,
+        };
+        let stream = NoiseStream::new(self.cfg.seed, PARTICLE_NOISE_STREAM);
+        other!(
+            pc.update
+                .rule()
+                .step(&mut self.cloud, &batch, &gz, &ctx, &stream)
+        )?;
+        self.opt_theta
+            .step(&grads, self.cfg.train.optimizer_theta.lr)?;
+        self.opt_phi.step(&grads, self.cfg.train.optimizer_phi.lr)?;
+        self.step += 1;
+
+        let mut after = Vec::with_capacity(rows * dz);
+        other!(self.cloud.gather_into(&batch, &mut after))?;
+        let (particle_norm, particle_spread) = particle_stats(&after, b, n, dz);
+        Ok(StepMetrics {
+            step: t,
+            loss: loss_v,
+            diffusion_loss: terms.total.mean_all()?.to_dtype(DType::F64)?.to_scalar()?,
+            nll: nll.mean_all()?.to_dtype(DType::F64)?.to_scalar()?,
+            gamma,
+            particle_step_size: step_size,
+            particle_norm,
+            particle_spread,
+        })
+    }
+
+    /// All tensors of the state, by checkpoint name.
+    fn named_tensors(&self) -> Result<Vec<(String, Tensor)>, TrainError> {
+        let mut out = Vec::new();
+        for (prefix, map) in [("theta", &self.theta), ("phi", &self.phi)] {
+            for (name, var) in sorted_vars(map) {
+                out.push((format!("{prefix}/{name}"), var.as_tensor().clone()));
+            }
+        }
+        for (prefix, opt) in [("opt_theta", &self.opt_theta), ("opt_phi", &self.opt_phi)] {
+            for (name, t) in opt.state() {
+                out.push((format!("{prefix}/{name}"), t));
+            }
+        }
+        let shape = self.cloud.shape();
+        for (name, buf) in [
+            ("z", self.cloud.z()),
+            ("momentum", self.cloud.momentum()),
+            ("second_moment", self.cloud.second_moment()),
+        ] {
+            out.push((
+                format!("particles/{name}"),
+                Tensor::from_slice(buf, (shape[0], shape[1], shape[2]), &Device::Cpu)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The checkpoint as safetensors bytes: every tensor plus metadata (step, optimiser steps,
+    /// seed, and the rule that regenerates all random draws from them).
+    pub fn checkpoint_bytes(&self) -> Result<Vec<u8>, TrainError> {
+        let tensors = self.named_tensors()?;
+        let mut raw: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+        for (name, t) in tensors {
+            let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            raw.push((
+                name,
+                t.dims().to_vec(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
+        }
+        let views = raw
+            .iter()
+            .map(|(n, s, b)| {
+                Ok((
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
+                        .map_err(|e| TrainError::Other(e.to_string()))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        let meta: HashMap<String, String> = [
+            ("format", "ipld-checkpoint-v1".to_string()),
+            ("step", self.step.to_string()),
+            ("opt_theta_steps", self.opt_theta.steps().to_string()),
+            ("opt_phi_steps", self.opt_phi.steps().to_string()),
+            ("seed", self.cfg.seed.to_string()),
+            ("particles_start", self.cloud.start().to_string()),
+            (
+                "rng",
+                "counter-based: every draw is a function of (seed, step)".to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Ok(other!(safetensors::serialize(views, Some(meta)))?)
+    }
+
+    /// Restores the state saved in `path` (written by [`Trainer::checkpoint_bytes`]).
+    pub fn load_checkpoint(&mut self, path: &Path) -> Result<(), TrainError> {
+        let ck = |reason: String| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| ck(e.to_string()))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| ck(format!("unreadable or truncated: {e}")))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| ck(e.to_string()))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let get = |k: &str| -> Result<u64, TrainError> {
+            meta.get(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| ck(format!("metadata `{k}` is missing or not a number")))
+        };
+        if meta.get("format").map(String::as_str) != Some("ipld-checkpoint-v1") {
+            return Err(ck("not an ipld checkpoint (format tag missing)".into()));
+        }
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != Dtype::F32 {
+                return Err(ck(format!(
+                    "tensor `{name}` has dtype {:?}, expected F32",
+                    view.dtype()
+                )));
+            }
+            let v: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            tensors.insert(
+                name.to_string(),
+                Tensor::from_vec(v, view.shape().to_vec(), &self.device)?,
+            );
+        }
+        for (prefix, map) in [("theta", &self.theta), ("phi", &self.phi)] {
+            for (name, var) in sorted_vars(map) {
+                let key = format!("{prefix}/{name}");
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| ck(format!("missing tensor `{key}`")))?;
+                if t.dims() != var.dims() {
+                    return Err(ck(format!(
+                        "tensor `{key}` has shape {:?} but the config builds {:?}",
+                        t.dims(),
+                        var.dims()
+                    )));
+                }
+                var.set(t)?;
+            }
+        }
+        for (prefix, opt, steps) in [
+            ("opt_theta", &mut self.opt_theta, get("opt_theta_steps")?),
+            ("opt_phi", &mut self.opt_phi, get("opt_phi_steps")?),
+        ] {
+            let sub: HashMap<String, Tensor> = tensors
+                .iter()
+                .filter_map(|(k, v)| {
+                    k.strip_prefix(&format!("{prefix}/"))
+                        .map(|s| (s.to_string(), v.clone()))
+                })
+                .collect();
+            opt.load_state(steps, &sub).map_err(ck)?;
+        }
+        let part = |name: &str| -> Result<(Vec<usize>, Vec<f32>), TrainError> {
+            let t = tensors
+                .get(&format!("particles/{name}"))
+                .ok_or_else(|| ck(format!("missing tensor `particles/{name}`")))?;
+            Ok((t.dims().to_vec(), t.flatten_all()?.to_vec1()?))
+        };
+        let (shape, z) = part("z")?;
+        let (_, momentum) = part("momentum")?;
+        let (_, second) = part("second_moment")?;
+        if shape.len() != 3 || shape[0] != self.data.len() || shape[2] != self.cfg.data.latent_dim {
+            return Err(ck(format!(
+                "particles have shape {shape:?}, expected [{}, N, {}] for this data and config",
+                self.data.len(),
+                self.cfg.data.latent_dim
+            )));
+        }
+        self.cloud = ParticleCloud::from_parts(
+            get("particles_start")? as usize,
+            [shape[0], shape[1], shape[2]],
+            z,
+            momentum,
+            second,
+        )
+        .map_err(|e| ck(e.to_string()))?;
+        self.step = get("step")?;
+        Ok(())
+    }
+}
+
+/// Mean particle norm and mean within-point spread of a [b, n, d] buffer.
+fn particle_stats(z: &[f32], b: usize, n: usize, d: usize) -> (f64, f64) {
+    let norm = z
+        .chunks_exact(d)
+        .map(|p| p.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt())
+        .sum::<f64>()
+        / (b * n) as f64;
+    if n < 2 {
+        return (norm, 0.0);
+    }
+    let mut spread = 0.0;
+    for point in z.chunks_exact(n * d) {
+        for j in 0..d {
+            let xs = point.iter().skip(j).step_by(d).map(|v| *v as f64);
+            let mean = xs.clone().sum::<f64>() / n as f64;
+            spread += (xs.map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+        }
+    }
+    (norm, spread / (b * d) as f64)
+}

@@ -1,0 +1,173 @@
+//! Training-loop properties: exact resume, reproducibility, learning, and divergence handling.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ipld_train::run::{CHECKPOINT_FILE, METRICS_FILE};
+use ipld_train::{Progress, RunPlan, run};
+use safetensors::SafeTensors;
+
+fn tensors(path: &Path) -> HashMap<String, (Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), (v.shape().to_vec(), v.data().to_vec())))
+        .collect()
+}
+
+fn plan(cfg: ipld_train::RunConfig, dir: &Path, resume: bool) -> RunPlan {
+    RunPlan {
+        config: cfg,
+        run_dir: dir.to_path_buf(),
+        resume,
+        progress: Progress::Quiet,
+    }
+}
+
+#[test]
+fn resume_is_exact_tensor_for_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (straight, split) = (tmp.path().join("straight"), tmp.path().join("split"));
+    run(plan(common::tiny(30), &straight, false)).unwrap();
+    run(plan(common::tiny(15), &split, false)).unwrap();
+    // Resume to 30 total steps, as `--resume DIR --set train.steps=30` does.
+    let resumed = common::tiny(30);
+    let s = run(plan(resumed, &split, true)).unwrap();
+    assert_eq!((s.steps, s.steps_this_invocation), (30, 15));
+    let (a, b) = (
+        tensors(&straight.join(CHECKPOINT_FILE)),
+        tensors(&split.join(CHECKPOINT_FILE)),
+    );
+    assert_eq!(a.len(), b.len());
+    assert!(a.contains_key("particles/z") && a.contains_key("opt_theta/m/eps.l0.weight"));
+    for (name, ta) in &a {
+        assert_eq!(Some(ta), b.get(name), "tensor {name} differs after resume");
+    }
+    // Metrics are not duplicated: one line per 5 steps.
+    let steps: Vec<u64> = std::fs::read_to_string(split.join(METRICS_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, vec![5, 10, 15, 20, 25, 30]);
+}
+
+#[test]
+fn same_seed_same_run_and_another_seed_differs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s1 = run(plan(common::tiny(10), &tmp.path().join("a"), false)).unwrap();
+    let s2 = run(plan(common::tiny(10), &tmp.path().join("b"), false)).unwrap();
+    assert_eq!(s1.mmd, s2.mmd);
+    assert_eq!(
+        tensors(&tmp.path().join("a").join(CHECKPOINT_FILE)),
+        tensors(&tmp.path().join("b").join(CHECKPOINT_FILE))
+    );
+    let mut other = common::tiny(10);
+    other.seed = 1;
+    let s3 = run(plan(other, &tmp.path().join("c"), false)).unwrap();
+    assert_ne!(s1.mmd, s3.mmd);
+}
+
+#[test]
+fn training_fits_the_data() {
+    // 1000 steps on the tiny problem: the decoder's NLL must collapse, and generated samples must
+    // be closer to the data than an untrained model's. Measured with 1000 eval samples (release,
+    // seeds 0-2): untrained MMD² 0.0293 each, trained 0.019, 0.018, 0.021; the bound is 0.8x.
+    let tmp = tempfile::tempdir().unwrap();
+    let with_eval = |steps| {
+        common::tiny(steps)
+            .with_overrides(&["eval.samples=1000".to_string()], "test")
+            .unwrap()
+    };
+    let untrained = run(plan(with_eval(1), &tmp.path().join("u"), false)).unwrap();
+    let trained = run(plan(with_eval(1000), &tmp.path().join("t"), false)).unwrap();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(tmp.path().join("t").join(METRICS_FILE))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let first = lines.first().unwrap()["nll"].as_f64().unwrap();
+    let last = lines.last().unwrap()["nll"].as_f64().unwrap();
+    assert!(last < 0.05 * first, "nll {first} -> {last}");
+    assert!(
+        trained.mmd < 0.8 * untrained.mmd,
+        "mmd {} -> {}",
+        untrained.mmd,
+        trained.mmd
+    );
+    assert!(tmp.path().join("t").join("samples.png").exists());
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("t").join("summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["steps"], 1000);
+}
+
+#[test]
+fn divergence_stops_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("nan");
+    let sets = [
+        "train.checkpoint_every=1".to_string(),
+        "train.optimizer_phi.lr=1e37".to_string(),
+    ];
+    let cfg = common::tiny(20).with_overrides(&sets, "test").unwrap();
+    let err = run(plan(cfg, &dir, false)).unwrap_err().to_string();
+    assert!(
+        err.contains("not finite") && err.contains("last good checkpoint"),
+        "{err}"
+    );
+    // The checkpoint on disk is a valid earlier state.
+    let t = ipld_train::run::open_run(&dir, &[]).unwrap();
+    assert!(t.step() >= 1 && t.step() < 20, "step {}", t.step());
+}
+
+#[test]
+fn resume_refuses_changes_that_break_exactness() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("r");
+    run(plan(common::tiny(5), &dir, false)).unwrap();
+    let mut changed = common::tiny(10);
+    changed.particles.count = 3;
+    let err = run(plan(changed, &dir, true)).unwrap_err().to_string();
+    assert!(err.contains("particles.count"), "{err}");
+    let mut ok = common::tiny(10);
+    ok.eval.samples = 100;
+    assert_eq!(run(plan(ok, &dir, true)).unwrap().steps, 10);
+}
+
+#[test]
+fn warm_start_replicates_one_particle_to_n() {
+    // Appendix B.3: train with one particle, then copy it N times; Langevin noise separates them.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("w");
+    let sets = [
+        "particles.warm_start_steps=5".to_string(),
+        "particles.count=3".to_string(),
+    ];
+    let cfg = |steps| common::tiny(steps).with_overrides(&sets, "test").unwrap();
+    run(plan(cfg(5), &dir, false)).unwrap();
+    assert_eq!(
+        ipld_train::run::open_run(&dir, &[])
+            .unwrap()
+            .cloud()
+            .particles(),
+        1
+    );
+    run(plan(cfg(40), &dir, true)).unwrap();
+    let t = ipld_train::run::open_run(&dir, &[]).unwrap();
+    assert_eq!(t.cloud().particles(), 3);
+    let p = t.cloud().particles_of(0).unwrap();
+    assert!(
+        p[0..2] != p[2..4] && p[2..4] != p[4..6],
+        "copies separated: {p:?}"
+    );
+}
