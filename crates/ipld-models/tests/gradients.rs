@@ -189,3 +189,52 @@ fn uniform_timestep_path_equals_the_general_path_and_the_concatenation() {
         }
     }
 }
+
+#[test]
+fn diffusion_vae_loss_reaches_encoder_decoder_and_prior() {
+    // loss = nll(x, g(z)) + gamma (L_simple(theta, z) - H(q(z|x))), z = mu + sigma eps.
+    use ipld_models::LinearGaussianEncoder;
+    let dev = Device::Cpu;
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F64, &dev);
+    let eps_net = MlpEps::new(
+        &MlpEpsConfig {
+            hidden: 8,
+            layers: 3,
+            time_embedding: 4,
+        },
+        2,
+        vb.pp("eps"),
+    )
+    .unwrap();
+    let dec = LinearDecoder::new(&LinearDecoderConfig::default(), 2, 4, vb.pp("dec")).unwrap();
+    let enc = LinearGaussianEncoder::new(4, 2, vb.pp("enc")).unwrap();
+    let schedule = ScheduleConfig::default().build().unwrap();
+    let loss = DiffusionLoss::new(&schedule, LossWeighting::Simple, &dev).unwrap();
+    let x = Tensor::new(&[[1.0f64, 0.0, -1.0, 0.5], [0.0, 1.0, 0.3, -0.2]], &dev).unwrap();
+    let noise = Tensor::new(&[[0.5f64, -1.0], [0.1, 0.2]], &dev).unwrap();
+    let e = Tensor::new(&[[0.3f64, 0.9], [-1.2, 0.4]], &dev).unwrap();
+    let k = timestep_tensor(&[5, 700], 1000, &dev).unwrap();
+    let all = named(&vars);
+    let refs: Vec<(&str, Var)> = all.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+    let f = |_: &[Tensor]| -> candle_core::Result<Tensor> {
+        let (mu, lv) = enc.encode(&x)?;
+        let z = LinearGaussianEncoder::sample(&mu, &lv, &e)?;
+        let d = loss
+            .per_sample(&eps_net, &z, &noise, &k)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+            .total;
+        let kl = (d - LinearGaussianEncoder::entropy(&lv)?)?;
+        (gaussian_nll(&x, &dec.decode(&z)?, 1.0)? + (kl * 0.1)?)?.mean_all()
+    };
+    assert_gradients_flow(&f, &refs).unwrap();
+    check_finite_differences(
+        &f,
+        &refs,
+        &FdConfig {
+            max_entries_per_var: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}

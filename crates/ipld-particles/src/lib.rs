@@ -11,4 +11,6 @@ pub use cloud::{INIT_STREAM, ParticleCloud};
 pub use error::ParticleError;
 pub use rng::{NoiseStream, box_muller4, philox4x32_10};
 pub use schedule::{KlAnnealing, StepSizeSchedule};
-pub use update::{AdaptiveLangevin, Langevin, ParticleUpdate, StepContext, UpdateConfig};
+pub use update::{
+    AdaptiveLangevin, KineticLangevin, Langevin, ParticleUpdate, StepContext, UpdateConfig,
+};

@@ -56,7 +56,7 @@ pub struct Langevin {}
 /// Every particle then gets sqrt(2 h gamma_t / M) G^{1/2} W, times 1/|B| when `batch_noise_scale`
 /// (the paper's implementation, A.4.2), with G = I until `precondition_noise` is set.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct AdaptiveLangevin {
     /// Momentum coefficient a (0.9).
     pub momentum: f64,
@@ -79,6 +79,25 @@ impl Default for AdaptiveLangevin {
     }
 }
 
+/// Momentum particle descent (Lim et al. 2024): kinetic (underdamped) Langevin on the particles,
+/// with the velocity kept in the cloud's momentum buffer. Each step, for every particle,
+/// v <- a v - h M N grad (grad = 0 outside the minibatch) + sqrt((1 - a²) T) W, then
+/// z <- z + h v, where a = `damping` = exp(-friction h) and T = gamma_t |B| / M is the same
+/// temperature as Algorithm 1's noise. The velocity update is the exact Ornstein-Uhlenbeck step
+/// for the friction and noise, so with grad = 0 the velocities stay at N(0, T I).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KineticLangevin {
+    /// Velocity damping a in [0, 1) per step.
+    pub damping: f64,
+}
+
+impl Default for KineticLangevin {
+    fn default() -> Self {
+        Self { damping: 0.9 }
+    }
+}
+
 /// The update rule chosen in a config: `{ type = "adaptive-langevin", ... }` or `{ type = "langevin" }`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -87,6 +106,8 @@ pub enum UpdateConfig {
     Langevin(Langevin),
     /// Algorithm 2.
     AdaptiveLangevin(AdaptiveLangevin),
+    /// Momentum particle descent (MPGD).
+    KineticLangevin(KineticLangevin),
 }
 
 impl Default for UpdateConfig {
@@ -98,6 +119,14 @@ impl Default for UpdateConfig {
 impl UpdateConfig {
     /// Checks the coefficients' ranges.
     pub fn validate(&self) -> Result<(), ParticleError> {
+        if let Self::KineticLangevin(k) = self
+            && !(0.0..1.0).contains(&k.damping)
+        {
+            return Err(ParticleError::param(
+                "particles.update.damping",
+                format!("must lie in [0, 1), got {}", k.damping),
+            ));
+        }
         if let Self::AdaptiveLangevin(a) = self {
             for (key, v) in [
                 ("particles.update.momentum", a.momentum),
@@ -120,11 +149,21 @@ impl UpdateConfig {
         Ok(())
     }
 
+    /// The config name of the rule's type.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Langevin(_) => "langevin",
+            Self::AdaptiveLangevin(_) => "adaptive-langevin",
+            Self::KineticLangevin(_) => "kinetic-langevin",
+        }
+    }
+
     /// The rule as a trait object.
     pub fn rule(&self) -> &dyn ParticleUpdate {
         match self {
             Self::Langevin(r) => r,
             Self::AdaptiveLangevin(r) => r,
+            Self::KineticLangevin(r) => r,
         }
     }
 }
@@ -270,6 +309,31 @@ impl ParticleUpdate for AdaptiveLangevin {
                     sd
                 };
                 z[i] += noise_sd * w[i];
+            }
+        })
+    }
+}
+
+impl ParticleUpdate for KineticLangevin {
+    fn step(
+        &self,
+        cloud: &mut ParticleCloud,
+        batch: &[usize],
+        grads: &[f32],
+        ctx: &StepContext,
+        noise: &NoiseStream,
+    ) -> Result<(), ParticleError> {
+        let m_total = ctx.total_points as f64;
+        let force = (ctx.step_size * m_total * cloud.particles() as f64) as f32;
+        let temperature = ctx.gamma * ctx.batch_size as f64 / m_total;
+        let a = self.damping;
+        let sd = ((1.0 - a * a) * temperature).sqrt() as f32;
+        let (a, h) = (a as f32, ctx.step_size as f32);
+        fused_pass(cloud, batch, grads, ctx, noise, |z, v, _, g, w| {
+            for i in 0..z.len() {
+                let gi = g.map_or(0.0, |g| g[i]);
+                v[i] = a * v[i] - force * gi + sd * w[i];
+                z[i] += h * v[i];
             }
         })
     }

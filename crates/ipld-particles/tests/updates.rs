@@ -254,3 +254,73 @@ fn bad_batches_are_rejected() {
             .is_err()
     );
 }
+
+/// Kinetic Langevin on U(z) = (z - mu)² / (2 s²), full batch, gamma = 1 (so T = 1): the chain
+/// (z, v) -> A (z, v) + noise is linear, with A = [[1 - h² c, h a], [-h c, a]], c = 1/s², and
+/// noise (h e, e), e ~ N(0, (1 - a²)). Its stationary covariance solves S = A S A^T + Q; we
+/// iterate that recursion (independently of the update code) and compare Var(z), Var(v).
+#[test]
+fn kinetic_langevin_reaches_the_discrete_stationary_law() {
+    use ipld_particles::KineticLangevin;
+    let (rows, d) = (4000usize, 1usize);
+    let (mu, s2, h, a) = (0.5f32, 0.5f64, 0.1f64, 0.8f64);
+    let mut cloud = ParticleCloud::gaussian(0, rows, 1, d, 3).unwrap();
+    let batch: Vec<usize> = (0..rows).collect();
+    let noise = NoiseStream::new(4, 1);
+    let rule = KineticLangevin { damping: a };
+    for t in 0..600 {
+        let grads: Vec<f32> = cloud
+            .z()
+            .iter()
+            .map(|z| (z - mu) / s2 as f32 / rows as f32)
+            .collect();
+        rule.step(
+            &mut cloud,
+            &batch,
+            &grads,
+            &ctx(t, 1.0, h, rows, rows, false),
+            &noise,
+        )
+        .unwrap();
+    }
+    let c = 1.0 / s2;
+    let aa = [[1.0 - h * h * c, h * a], [-h * c, a]];
+    let q = 1.0 - a * a;
+    let qm = [[h * h * q, h * q], [h * q, q]];
+    let mut sig = [[0.0f64; 2]; 2];
+    for _ in 0..20_000 {
+        let mut next = qm;
+        for i in 0..2 {
+            for j in 0..2 {
+                for k in 0..2 {
+                    for l in 0..2 {
+                        next[i][j] += aa[i][k] * sig[k][l] * aa[j][l];
+                    }
+                }
+            }
+        }
+        sig = next;
+    }
+    let n = rows as f64;
+    let z: Vec<f64> = cloud.z().iter().map(|x| *x as f64).collect();
+    let v: Vec<f64> = cloud.momentum().iter().map(|x| *x as f64).collect();
+    let mean = z.iter().sum::<f64>() / n;
+    let var_z = z.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let var_v = v.iter().map(|x| x * x).sum::<f64>() / n;
+    assert!(
+        (mean - mu as f64).abs() < 5.0 * (sig[0][0] / n).sqrt(),
+        "mean {mean}"
+    );
+    assert!(
+        (var_z / sig[0][0] - 1.0).abs() < 5.0 * (2.0 / n).sqrt(),
+        "Var z {var_z} vs {}",
+        sig[0][0]
+    );
+    assert!(
+        (var_v / sig[1][1] - 1.0).abs() < 5.0 * (2.0 / n).sqrt(),
+        "Var v {var_v} vs {}",
+        sig[1][1]
+    );
+    // And close to the continuous-time law N(mu, s²), N(0, 1) for this small step.
+    assert!((sig[0][0] - s2).abs() < 0.1 * s2 && (sig[1][1] - 1.0).abs() < 0.1);
+}

@@ -68,8 +68,17 @@ pub const PRESETS: &[(&str, &str)] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
-    /// Interacting Particle Latent Diffusion (Algorithm 2).
+    /// Interacting Particle Latent Diffusion (Algorithm 2; Algorithm 1 with the `langevin` rule).
     Ipld,
+    /// VAE with a diffusion prior (Wehenkel & Louppe 2021) as the paper re-implements it: a linear
+    /// Gaussian encoder, N reparameterised samples per point, the same decoder, prior and KL
+    /// annealing.
+    DiffusionVae,
+    /// Particle gradient descent (Kuntz et al. 2023): plain Langevin particles (`langevin` rule).
+    Pgd,
+    /// Momentum particle descent (Lim et al. 2024): kinetic Langevin particles
+    /// (`kinetic-langevin` rule).
+    Mpgd,
 }
 
 impl Method {
@@ -77,6 +86,24 @@ impl Method {
     pub fn name(self) -> &'static str {
         match self {
             Self::Ipld => "ipld",
+            Self::DiffusionVae => "diffusion-vae",
+            Self::Pgd => "pgd",
+            Self::Mpgd => "mpgd",
+        }
+    }
+
+    /// Whether the method keeps a particle cloud (all but DiffusionVAE).
+    pub fn uses_particles(self) -> bool {
+        self != Self::DiffusionVae
+    }
+
+    /// The particle rules (`particles.update.type`) the method may run with.
+    pub fn allowed_updates(self) -> &'static [&'static str] {
+        match self {
+            Self::Ipld => &["adaptive-langevin", "langevin"],
+            Self::DiffusionVae => &["adaptive-langevin", "langevin", "kinetic-langevin"],
+            Self::Pgd => &["langevin"],
+            Self::Mpgd => &["kinetic-langevin"],
         }
     }
 }
@@ -162,6 +189,11 @@ pub struct TrainConfig {
     pub optimizer_theta: AdamWConfig,
     /// AdamW for the decoder's parameters phi.
     pub optimizer_phi: AdamWConfig,
+    /// AdamW for the encoder (DiffusionVAE only).
+    pub optimizer_encoder: AdamWConfig,
+    /// Two-stage ablation (Table 4): the particles see only the decoder's likelihood; the
+    /// diffusion loss trains theta on detached particles.
+    pub two_stage: bool,
     /// Write a metrics line every this many steps.
     pub log_every: u64,
     /// Write a checkpoint every this many steps (and at the end).
@@ -303,6 +335,28 @@ impl RunConfig {
             .optimizer_phi
             .validate("train.optimizer_phi")
             .map_err(|e| invalid(e.to_string()))?;
+        self.train
+            .optimizer_encoder
+            .validate("train.optimizer_encoder")
+            .map_err(|e| invalid(e.to_string()))?;
+        let rule = self.particles.update.name();
+        if !self.method.allowed_updates().contains(&rule) {
+            return Err(key(
+                "particles.update.type",
+                format!(
+                    "method `{}` runs with {}, got `{rule}` (e.g. --set particles.update.type={})",
+                    self.method.name(),
+                    self.method.allowed_updates().join(" or "),
+                    self.method.allowed_updates()[0]
+                ),
+            ));
+        }
+        if self.train.two_stage && self.method == Method::DiffusionVae {
+            return Err(key(
+                "train.two_stage",
+                "is an IPLD/particle ablation; DiffusionVAE has no particles".into(),
+            ));
+        }
         let positive: [(&str, u64); 7] = [
             ("particles.count", self.particles.count as u64),
             ("train.steps", self.train.steps),

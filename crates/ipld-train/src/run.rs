@@ -386,7 +386,7 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
     let summary = RunSummary {
         method: cfg.method.name().into(),
         dataset: cfg.data.name(),
-        particles: trainer.cloud().particles(),
+        particles: trainer.particles_per_point(),
         steps: trainer.step(),
         steps_this_invocation: steps_now,
         seed: cfg.seed,
@@ -448,7 +448,7 @@ fn write_plot(trainer: &Trainer, samples: &Samples, dir: &Path) -> Result<(), Ru
         "{} on {}, N = {}, {} steps",
         trainer.cfg.method.name(),
         trainer.cfg.data.name(),
-        trainer.cloud().particles(),
+        trainer.particles_per_point(),
         trainer.step()
     );
     let result = plot::scatter_pair(

@@ -1,9 +1,14 @@
-//! One IPLD training state and its step (Algorithm 2 with the loss of eq. 64):
+//! One training state and its step, for IPLD (Algorithm 2 with the loss of eq. 64) and the
+//! baselines that share its data, decoder, prior and evaluation:
 //!
 //! 1. draw the minibatch B (a fresh permutation of [M] each epoch);
-//! 2. L-hat = 1/(N|B|) sum_{m in B, n} [gamma_t L_simple(theta, z^{m,n}) - log p_phi(x^m | z^{m,n})];
-//! 3. backward once: gradients for theta, phi and the minibatch particles;
-//! 4. move the particles (adaptive Langevin, noise on all of them), then AdamW on theta and phi.
+//! 2. latents: the minibatch's particles (IPLD, PGD, MPGD), or N reparameterised draws from the
+//!    encoder (DiffusionVAE);
+//! 3. L-hat = 1/(N|B|) sum_{m in B, n} [gamma_t L_simple(theta, z^{m,n}) - log p_phi(x^m | z^{m,n})]
+//!    (eq. 64), minus gamma_t times the encoder's entropy for DiffusionVAE (Section 2's VI
+//!    analogue of the free energy, eq. 6);
+//! 4. backward once; move the particles by the method's rule (or step the encoder), then AdamW on
+//!    theta and phi.
 //!
 //! Every random draw is a pure function of (seed, step): the epoch permutation, the timesteps and
 //! noise of the loss estimate, and the particle noise (counter-based). Resuming from a checkpoint
@@ -16,7 +21,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use ipld_data::{Dataset, InMemoryDataset};
 use ipld_diffusion::{DiffusionLoss, NoiseSchedule, gaussian, sample_timesteps, timestep_tensor};
-use ipld_models::{Decoder, LinearDecoder, MlpEps, gaussian_nll};
+use ipld_models::{Decoder, LinearDecoder, LinearGaussianEncoder, MlpEps, gaussian_nll};
 use ipld_particles::{NoiseStream, ParticleCloud, StepContext};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -103,7 +108,20 @@ pub struct StepMetrics {
     pub particle_spread: f64,
 }
 
-/// The training state: data, networks, optimisers, particles and the step counter.
+/// Where a method's latents come from.
+enum Latents {
+    /// A particle cloud moved by a Langevin-type rule (IPLD, PGD, MPGD).
+    Particles(ParticleCloud),
+    /// An amortised Gaussian encoder and its optimiser (DiffusionVAE); `n` samples per point.
+    Encoder {
+        encoder: LinearGaussianEncoder,
+        vars: VarMap,
+        opt: AdamW,
+        n: usize,
+    },
+}
+
+/// The training state: data, networks, optimisers, latents and the step counter.
 pub struct Trainer {
     /// The run's configuration.
     pub cfg: RunConfig,
@@ -117,7 +135,7 @@ pub struct Trainer {
     decoder: LinearDecoder,
     opt_theta: AdamW,
     opt_phi: AdamW,
-    cloud: ParticleCloud,
+    latents: Latents,
     step: u64,
 }
 
@@ -162,12 +180,29 @@ impl Trainer {
         other!(ipld_models::seeded_init(&phi, mix_seed(cfg.seed, 0, 2)))?;
         let opt_theta = AdamW::new(cfg.train.optimizer_theta, sorted_vars(&theta))?;
         let opt_phi = AdamW::new(cfg.train.optimizer_phi, sorted_vars(&phi))?;
-        let n0 = if cfg.particles.warm_start_steps > 0 {
-            1
+        let latents = if cfg.method.uses_particles() {
+            let n0 = if cfg.particles.warm_start_steps > 0 {
+                1
+            } else {
+                cfg.particles.count
+            };
+            Latents::Particles(other!(ParticleCloud::gaussian(0, m, n0, dz, cfg.seed))?)
         } else {
-            cfg.particles.count
+            let vars = VarMap::new();
+            let encoder = other!(LinearGaussianEncoder::new(
+                dx,
+                dz,
+                VarBuilder::from_varmap(&vars, DType::F32, &device).pp("encoder")
+            ))?;
+            other!(ipld_models::seeded_init(&vars, mix_seed(cfg.seed, 0, 3)))?;
+            let opt = AdamW::new(cfg.train.optimizer_encoder, sorted_vars(&vars))?;
+            Latents::Encoder {
+                encoder,
+                vars,
+                opt,
+                n: cfg.particles.count,
+            }
         };
-        let cloud = other!(ParticleCloud::gaussian(0, m, n0, dz, cfg.seed))?;
         Ok(Self {
             cfg,
             device,
@@ -180,7 +215,7 @@ impl Trainer {
             decoder,
             opt_theta,
             opt_phi,
-            cloud,
+            latents,
             step: 0,
         })
     }
@@ -189,9 +224,19 @@ impl Trainer {
     pub fn step(&self) -> u64 {
         self.step
     }
-    /// The particle cloud.
-    pub fn cloud(&self) -> &ParticleCloud {
-        &self.cloud
+    /// The particle cloud (None for DiffusionVAE).
+    pub fn cloud(&self) -> Option<&ParticleCloud> {
+        match &self.latents {
+            Latents::Particles(c) => Some(c),
+            Latents::Encoder { .. } => None,
+        }
+    }
+    /// Particles (or encoder samples) per training point in use now.
+    pub fn particles_per_point(&self) -> usize {
+        match &self.latents {
+            Latents::Particles(c) => c.particles(),
+            Latents::Encoder { n, .. } => *n,
+        }
     }
     /// The training data.
     pub fn data(&self) -> &InMemoryDataset {
@@ -233,21 +278,22 @@ impl Trainer {
         perm[pos * b..(pos + 1) * b].to_vec()
     }
 
-    /// Takes one step of Algorithm 2.
+    /// Takes one training step of the configured method.
     pub fn train_step(&mut self) -> Result<StepMetrics, TrainError> {
         let t = self.step;
-        let pc = &self.cfg.particles;
-        if pc.warm_start_steps > 0
+        let pc = self.cfg.particles.clone();
+        if let Latents::Particles(cloud) = &mut self.latents
+            && pc.warm_start_steps > 0
             && t == pc.warm_start_steps
-            && self.cloud.particles() == 1
+            && cloud.particles() == 1
             && pc.count > 1
         {
-            other!(self.cloud.replicate(pc.count))?;
+            other!(cloud.replicate(pc.count))?;
         }
         let (b, per_epoch) = self.batching();
         let epoch = t / per_epoch;
         let batch = self.batch_indices(t);
-        let (n, dz) = (self.cloud.particles(), self.cloud.dim());
+        let (n, dz) = (self.particles_per_point(), self.cfg.data.latent_dim);
         let rows = b * n;
 
         // Each data row repeated N times, aligned with the [B, N, d] particle layout.
@@ -256,10 +302,6 @@ impl Trainer {
             .flat_map(|&m| std::iter::repeat_n(m, n))
             .collect();
         let x = self.data.gather(&repeat, &self.device)?;
-        let mut zb = Vec::with_capacity(rows * dz);
-        other!(self.cloud.gather_into(&batch, &mut zb))?;
-        let z = Var::from_tensor(&Tensor::from_vec(zb, (rows, dz), &self.device)?)?;
-
         let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(self.cfg.seed, STREAM_LOSS, t));
         let k = other!(timestep_tensor(
             &sample_timesteps(&mut rng, rows, self.schedule.steps()),
@@ -269,13 +311,38 @@ impl Trainer {
         let noise = gaussian(&mut rng, (rows, dz), DType::F32, &self.device)?;
         let gamma = self.cfg.train.kl.gamma(t);
 
-        let terms = other!(self.loss.per_sample(&self.eps, z.as_tensor(), &noise, &k))?;
-        let nll = gaussian_nll(
-            &x,
-            &self.decoder.decode(z.as_tensor())?,
-            self.cfg.model.decoder.sigma,
-        )?;
-        let loss = (terms.total.affine(gamma, 0.0)? + &nll)?.mean_all()?;
+        // Latents: a Var over the minibatch's particles, or reparameterised encoder draws.
+        let (z, particle_var, entropy) = match &self.latents {
+            Latents::Particles(cloud) => {
+                let mut zb = Vec::with_capacity(rows * dz);
+                other!(cloud.gather_into(&batch, &mut zb))?;
+                let var = Var::from_tensor(&Tensor::from_vec(zb, (rows, dz), &self.device)?)?;
+                (var.as_tensor().clone(), Some(var), None)
+            }
+            Latents::Encoder { encoder, .. } => {
+                let (mu, logvar) = encoder.encode(&self.data.gather(&batch, &self.device)?)?;
+                let rep: Vec<u32> = (0..b as u32)
+                    .flat_map(|i| std::iter::repeat_n(i, n))
+                    .collect();
+                let rep = Tensor::from_vec(rep, rows, &self.device)?;
+                let (mu, logvar) = (mu.index_select(&rep, 0)?, logvar.index_select(&rep, 0)?);
+                let e = gaussian(&mut rng, (rows, dz), DType::F32, &self.device)?;
+                let z = LinearGaussianEncoder::sample(&mu, &logvar, &e)?;
+                (z, None, Some(LinearGaussianEncoder::entropy(&logvar)?))
+            }
+        };
+        let z_prior = if self.cfg.train.two_stage {
+            z.detach()
+        } else {
+            z.clone()
+        };
+        let terms = other!(self.loss.per_sample(&self.eps, &z_prior, &noise, &k))?;
+        let nll = gaussian_nll(&x, &self.decoder.decode(&z)?, self.cfg.model.decoder.sigma)?;
+        let kl = match &entropy {
+            Some(h) => (&terms.total - h)?,
+            None => terms.total.clone(),
+        };
+        let loss = (kl.affine(gamma, 0.0)? + &nll)?.mean_all()?;
         let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss_v.is_finite() {
             return Err(TrainError::NonFinite {
@@ -284,40 +351,47 @@ impl Trainer {
             });
         }
         let grads = loss.backward()?;
-        let gz: Vec<f32> = match grads.get(z.as_tensor()) {
-            Some(g) => g.flatten_all()?.to_vec1()?,
-            None => vec![0.0; rows * dz],
-        };
-        if gz.iter().any(|g| !g.is_finite()) {
-            return Err(TrainError::NonFinite {
-                step: t,
-                what: "the particle gradient".into(),
-            });
-        }
 
         let step_size = pc.step_size.at_epoch(epoch);
-        let ctx = StepContext {
-            step: t,
-            gamma,
-            step_size,
-            batch_size: b,
-            total_points: self.data.len(),
-            precondition_noise: epoch >= 1,
+        let stats = match &mut self.latents {
+            Latents::Particles(cloud) => {
+                let var = particle_var.expect("particle methods make a Var");
+                let gz: Vec<f32> = match grads.get(var.as_tensor()) {
+                    Some(g) => g.flatten_all()?.to_vec1()?,
+                    None => vec![0.0; rows * dz],
+                };
+                if gz.iter().any(|g| !g.is_finite()) {
+                    return Err(TrainError::NonFinite {
+                        step: t,
+                        what: "the particle gradient".into(),
+                    });
+                }
+                let ctx = StepContext {
+                    step: t,
+                    gamma,
+                    step_size,
+                    batch_size: b,
+                    total_points: self.data.len(),
+                    precondition_noise: epoch >= 1,
+                };
+                let stream = NoiseStream::new(self.cfg.seed, PARTICLE_NOISE_STREAM);
+                other!(pc.update.rule().step(cloud, &batch, &gz, &ctx, &stream))?;
+                let mut after = Vec::with_capacity(rows * dz);
+                other!(cloud.gather_into(&batch, &mut after))?;
+                particle_stats(&after, b, n, dz)
+            }
+            Latents::Encoder { opt, .. } => {
+                let lr = opt.config().lr;
+                opt.step(&grads, lr)?;
+                let zs: Vec<f32> = z.flatten_all()?.to_vec1()?;
+                particle_stats(&zs, b, n, dz)
+            }
         };
-        let stream = NoiseStream::new(self.cfg.seed, PARTICLE_NOISE_STREAM);
-        other!(
-            pc.update
-                .rule()
-                .step(&mut self.cloud, &batch, &gz, &ctx, &stream)
-        )?;
         self.opt_theta
             .step(&grads, self.cfg.train.optimizer_theta.lr)?;
         self.opt_phi.step(&grads, self.cfg.train.optimizer_phi.lr)?;
         self.step += 1;
 
-        let mut after = Vec::with_capacity(rows * dz);
-        other!(self.cloud.gather_into(&batch, &mut after))?;
-        let (particle_norm, particle_spread) = particle_stats(&after, b, n, dz);
         Ok(StepMetrics {
             step: t,
             loss: loss_v,
@@ -325,8 +399,8 @@ impl Trainer {
             nll: nll.mean_all()?.to_dtype(DType::F64)?.to_scalar()?,
             gamma,
             particle_step_size: step_size,
-            particle_norm,
-            particle_spread,
+            particle_norm: stats.0,
+            particle_spread: stats.1,
         })
     }
 
@@ -343,16 +417,28 @@ impl Trainer {
                 out.push((format!("{prefix}/{name}"), t));
             }
         }
-        let shape = self.cloud.shape();
-        for (name, buf) in [
-            ("z", self.cloud.z()),
-            ("momentum", self.cloud.momentum()),
-            ("second_moment", self.cloud.second_moment()),
-        ] {
-            out.push((
-                format!("particles/{name}"),
-                Tensor::from_slice(buf, (shape[0], shape[1], shape[2]), &Device::Cpu)?,
-            ));
+        match &self.latents {
+            Latents::Particles(cloud) => {
+                let shape = cloud.shape();
+                for (name, buf) in [
+                    ("z", cloud.z()),
+                    ("momentum", cloud.momentum()),
+                    ("second_moment", cloud.second_moment()),
+                ] {
+                    out.push((
+                        format!("particles/{name}"),
+                        Tensor::from_slice(buf, (shape[0], shape[1], shape[2]), &Device::Cpu)?,
+                    ));
+                }
+            }
+            Latents::Encoder { vars, opt, .. } => {
+                for (name, var) in sorted_vars(vars) {
+                    out.push((format!("encoder/{name}"), var.as_tensor().clone()));
+                }
+                for (name, t) in opt.state() {
+                    out.push((format!("opt_encoder/{name}"), t));
+                }
+            }
         }
         Ok(out)
     }
@@ -386,7 +472,19 @@ impl Trainer {
             ("opt_theta_steps", self.opt_theta.steps().to_string()),
             ("opt_phi_steps", self.opt_phi.steps().to_string()),
             ("seed", self.cfg.seed.to_string()),
-            ("particles_start", self.cloud.start().to_string()),
+            ("method", self.cfg.method.name().to_string()),
+            (
+                "particles_start",
+                self.cloud().map_or(0, |c| c.start()).to_string(),
+            ),
+            (
+                "opt_encoder_steps",
+                match &self.latents {
+                    Latents::Encoder { opt, .. } => opt.steps(),
+                    Latents::Particles(_) => 0,
+                }
+                .to_string(),
+            ),
             (
                 "rng",
                 "counter-based: every draw is a function of (seed, step)".to_string(),
@@ -464,30 +562,65 @@ impl Trainer {
                 .collect();
             opt.load_state(steps, &sub).map_err(ck)?;
         }
-        let part = |name: &str| -> Result<(Vec<usize>, Vec<f32>), TrainError> {
-            let t = tensors
-                .get(&format!("particles/{name}"))
-                .ok_or_else(|| ck(format!("missing tensor `particles/{name}`")))?;
-            Ok((t.dims().to_vec(), t.flatten_all()?.to_vec1()?))
-        };
-        let (shape, z) = part("z")?;
-        let (_, momentum) = part("momentum")?;
-        let (_, second) = part("second_moment")?;
-        if shape.len() != 3 || shape[0] != self.data.len() || shape[2] != self.cfg.data.latent_dim {
+        if meta.get("method").map(String::as_str) != Some(self.cfg.method.name()) {
             return Err(ck(format!(
-                "particles have shape {shape:?}, expected [{}, N, {}] for this data and config",
-                self.data.len(),
-                self.cfg.data.latent_dim
+                "was written by method `{}`, but the config says `{}`",
+                meta.get("method").map_or("?", String::as_str),
+                self.cfg.method.name()
             )));
         }
-        self.cloud = ParticleCloud::from_parts(
-            get("particles_start")? as usize,
-            [shape[0], shape[1], shape[2]],
-            z,
-            momentum,
-            second,
-        )
-        .map_err(|e| ck(e.to_string()))?;
+        let (data_len, latent_dim) = (self.data.len(), self.cfg.data.latent_dim);
+        match &mut self.latents {
+            Latents::Particles(cloud) => {
+                let part = |name: &str| -> Result<(Vec<usize>, Vec<f32>), TrainError> {
+                    let t = tensors
+                        .get(&format!("particles/{name}"))
+                        .ok_or_else(|| ck(format!("missing tensor `particles/{name}`")))?;
+                    Ok((t.dims().to_vec(), t.flatten_all()?.to_vec1()?))
+                };
+                let (shape, z) = part("z")?;
+                let (_, momentum) = part("momentum")?;
+                let (_, second) = part("second_moment")?;
+                if shape.len() != 3 || shape[0] != data_len || shape[2] != latent_dim {
+                    return Err(ck(format!(
+                        "particles have shape {shape:?}, expected [{data_len}, N, {latent_dim}] for this data and config"
+                    )));
+                }
+                *cloud = ParticleCloud::from_parts(
+                    get("particles_start")? as usize,
+                    [shape[0], shape[1], shape[2]],
+                    z,
+                    momentum,
+                    second,
+                )
+                .map_err(|e| ck(e.to_string()))?;
+            }
+            Latents::Encoder { vars, opt, .. } => {
+                for (name, var) in sorted_vars(vars) {
+                    let key = format!("encoder/{name}");
+                    let t = tensors
+                        .get(&key)
+                        .ok_or_else(|| ck(format!("missing tensor `{key}`")))?;
+                    if t.dims() != var.dims() {
+                        return Err(ck(format!(
+                            "tensor `{key}` has shape {:?} but the config builds {:?}",
+                            t.dims(),
+                            var.dims()
+                        )));
+                    }
+                    var.set(t)?;
+                }
+                let sub: HashMap<String, Tensor> = tensors
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        k.strip_prefix("opt_encoder/")
+                            .map(|s| (s.to_string(), v.clone()))
+                    })
+                    .collect();
+                opt.load_state(get("opt_encoder_steps")?, &sub)
+                    .map_err(ck)?;
+            }
+        }
         self.step = get("step")?;
         Ok(())
     }

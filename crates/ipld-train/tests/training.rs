@@ -158,14 +158,13 @@ fn warm_start_replicates_one_particle_to_n() {
     assert_eq!(
         ipld_train::run::open_run(&dir, &[])
             .unwrap()
-            .cloud()
-            .particles(),
+            .particles_per_point(),
         1
     );
     run(plan(cfg(40), &dir, true)).unwrap();
     let t = ipld_train::run::open_run(&dir, &[]).unwrap();
-    assert_eq!(t.cloud().particles(), 3);
-    let p = t.cloud().particles_of(0).unwrap();
+    assert_eq!(t.particles_per_point(), 3);
+    let p = t.cloud().unwrap().particles_of(0).unwrap();
     assert!(
         p[0..2] != p[2..4] && p[2..4] != p[4..6],
         "copies separated: {p:?}"
