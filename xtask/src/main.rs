@@ -2,6 +2,13 @@
 //!
 //! - `synth`: write one of the paper's synthetic datasets (Appendix B.1) to `.npy`/`.safetensors`,
 //!   e.g. to inspect it in NumPy or to feed it back through `data.path`.
+//! - `experiment figure1`: the paper's synthetic experiment (Figures 1 and 2), resumable.
+
+mod figure1;
+
+// Training runs in-process here: same allocator as `ipld-train` (see its main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,7 +31,46 @@ enum Kind {
 }
 
 #[derive(Debug, Subcommand)]
+enum Experiment {
+    /// Figures 1 and 2: MMD² of IPLD and DiffusionVAE against N on gmm and circles.
+    Figure1 {
+        /// Seeds per cell (the paper uses 50).
+        #[arg(long, default_value_t = 5)]
+        seeds: u64,
+        /// Particle counts N, comma-separated (the paper: 1,4,16,64,256).
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        particles: Vec<usize>,
+        /// Methods, comma-separated (ipld, diffusion-vae, pgd, mpgd).
+        #[arg(long, value_delimiter = ',', default_value = "ipld,diffusion-vae")]
+        methods: Vec<String>,
+        /// Datasets, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "gmm,circles")]
+        datasets: Vec<String>,
+        /// Training steps per run.
+        #[arg(long, default_value_t = 1000)]
+        steps: u64,
+        /// Evaluation samples per run.
+        #[arg(long, default_value_t = 10_000)]
+        samples: usize,
+        /// The paper's full grid: 50 seeds, N in 1,4,16,64,256 (days on a 2-core machine).
+        #[arg(long)]
+        paper: bool,
+        /// Cache of run directories (finished cells are not recomputed).
+        #[arg(long, default_value = "target/experiments/figure1")]
+        work_dir: PathBuf,
+        /// Where the CSV, table and figures are written.
+        #[arg(long, default_value = "docs/results/figure1")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
+    /// Reproduce an experiment of the paper.
+    Experiment {
+        #[command(subcommand)]
+        which: Experiment,
+    },
     /// Write a synthetic dataset (observations, and optionally latents) to .npy or .safetensors.
     Synth {
         /// Which dataset.
@@ -50,6 +96,36 @@ enum Command {
 
 fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
+        Command::Experiment {
+            which:
+                Experiment::Figure1 {
+                    seeds,
+                    particles,
+                    methods,
+                    datasets,
+                    steps,
+                    samples,
+                    paper,
+                    work_dir,
+                    out,
+                },
+        } => {
+            let (seeds, particles) = if paper {
+                (50, vec![1, 4, 16, 64, 256])
+            } else {
+                (seeds, particles)
+            };
+            figure1::run(&figure1::Figure1 {
+                datasets,
+                methods,
+                particles,
+                seeds,
+                steps,
+                samples,
+                work_dir,
+                out_dir: out,
+            })?;
+        }
         Command::Synth {
             kind,
             out,

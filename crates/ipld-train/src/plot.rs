@@ -8,7 +8,8 @@ use plotters::prelude::*;
 
 static FONT: Once = Once::new();
 
-fn register_font() {
+/// Registers the embedded sans-serif font with plotters (idempotent).
+pub fn register_font() {
     FONT.call_once(|| {
         // Ubuntu Light, shipped inside the epaint_default_fonts crate (Ubuntu font licence).
         let _ = plotters::style::register_font(

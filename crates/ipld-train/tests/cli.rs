@@ -289,12 +289,28 @@ fn print_config_shows_the_resolved_default() {
 #[test]
 fn every_method_runs_on_user_data() {
     let tmp = tempfile::tempdir().unwrap();
-    npy(&tmp.path().join("u.npy"), 200, 5, |i| ((i * 31) % 17) as f32 * 0.3 - 2.0);
+    npy(&tmp.path().join("u.npy"), 200, 5, |i| {
+        ((i * 31) % 17) as f32 * 0.3 - 2.0
+    });
     let methods: [&[&str]; 4] = [
         &["--set", "method=ipld"],
         &["--set", "method=diffusion-vae"],
-        &["--set", "method=pgd", "--set", "particles.update.type=langevin", "--set", "particles.step_size.initial=0.01"],
-        &["--set", "method=mpgd", "--set", "particles.update.type=kinetic-langevin", "--set", "particles.step_size.initial=0.03"],
+        &[
+            "--set",
+            "method=pgd",
+            "--set",
+            "particles.update.type=langevin",
+            "--set",
+            "particles.step_size.initial=0.01",
+        ],
+        &[
+            "--set",
+            "method=mpgd",
+            "--set",
+            "particles.update.type=kinetic-langevin",
+            "--set",
+            "particles.step_size.initial=0.03",
+        ],
     ];
     for (i, m) in methods.iter().enumerate() {
         let mut args = TINY.to_vec();
@@ -303,9 +319,16 @@ fn every_method_runs_on_user_data() {
         let out_dir = format!("m{i}");
         args.extend(["--out", out_dir.as_str()]);
         let out = bin(&args, tmp.path());
-        assert!(out.status.success(), "{m:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{m:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let j = last_json(&out);
-        assert_eq!(j["method"].as_str(), Some(m[1].trim_start_matches("method=")));
+        assert_eq!(
+            j["method"].as_str(),
+            Some(m[1].trim_start_matches("method="))
+        );
         assert!(j["mmd"].as_f64().unwrap().is_finite());
     }
 }

@@ -37,8 +37,16 @@ pub fn method_sets(method: &str) -> Vec<String> {
     let v: &[&str] = match method {
         "ipld" => &["method=ipld"],
         "diffusion-vae" => &["method=diffusion-vae"],
-        "pgd" => &["method=pgd", "particles.update.type=langevin", "particles.step_size.initial=0.01"],
-        "mpgd" => &["method=mpgd", "particles.update.type=kinetic-langevin", "particles.step_size.initial=0.03"],
+        "pgd" => &[
+            "method=pgd",
+            "particles.update.type=langevin",
+            "particles.step_size.initial=0.01",
+        ],
+        "mpgd" => &[
+            "method=mpgd",
+            "particles.update.type=kinetic-langevin",
+            "particles.step_size.initial=0.03",
+        ],
         other => panic!("unknown method {other}"),
     };
     v.iter().map(|s| s.to_string()).collect()

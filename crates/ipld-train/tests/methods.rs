@@ -9,7 +9,12 @@ use ipld_train::run::{CHECKPOINT_FILE, METRICS_FILE, open_run};
 use ipld_train::{Progress, RunConfig, RunPlan, run};
 
 fn plan(cfg: RunConfig, dir: &Path, resume: bool) -> RunPlan {
-    RunPlan { config: cfg, run_dir: dir.to_path_buf(), resume, progress: Progress::Quiet }
+    RunPlan {
+        config: cfg,
+        run_dir: dir.to_path_buf(),
+        resume,
+        progress: Progress::Quiet,
+    }
 }
 
 fn tiny(method: &str, steps: u64, extra: &[&str]) -> RunConfig {
@@ -19,9 +24,15 @@ fn tiny(method: &str, steps: u64, extra: &[&str]) -> RunConfig {
 }
 
 fn nll_drop(dir: &Path) -> (f64, f64) {
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(dir.join(METRICS_FILE)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    (lines[0]["nll"].as_f64().unwrap(), lines.last().unwrap()["nll"].as_f64().unwrap())
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join(METRICS_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        lines[0]["nll"].as_f64().unwrap(),
+        lines.last().unwrap()["nll"].as_f64().unwrap(),
+    )
 }
 
 #[test]
@@ -32,7 +43,12 @@ fn every_method_learns_the_tiny_problem() {
     let tmp = tempfile::tempdir().unwrap();
     for (method, steps) in [("diffusion-vae", 3000), ("pgd", 1000), ("mpgd", 1000)] {
         let dir = tmp.path().join(method);
-        let s = run(plan(tiny(method, steps, &["eval.samples=1000"]), &dir, false)).unwrap();
+        let s = run(plan(
+            tiny(method, steps, &["eval.samples=1000"]),
+            &dir,
+            false,
+        ))
+        .unwrap();
         let (first, last) = nll_drop(&dir);
         assert!(last < 0.1 * first, "{method}: nll {first} -> {last}");
         assert!(s.mmd < 0.025, "{method}: MMD² {}", s.mmd);
@@ -49,20 +65,36 @@ fn diffusion_vae_resumes_exactly() {
     run(plan(tiny("diffusion-vae", 20, &[]), &b, true)).unwrap();
     let read = |p: &Path| std::fs::read(p.join(CHECKPOINT_FILE)).unwrap();
     let (ba, bb) = (read(&a), read(&b));
-    let (sa, sb) = (safetensors::SafeTensors::deserialize(&ba).unwrap(), safetensors::SafeTensors::deserialize(&bb).unwrap());
+    let (sa, sb) = (
+        safetensors::SafeTensors::deserialize(&ba).unwrap(),
+        safetensors::SafeTensors::deserialize(&bb).unwrap(),
+    );
     let mut names = sa.names();
     names.sort();
-    assert!(names.iter().any(|n| n.starts_with("encoder/")) && !names.iter().any(|n| n.starts_with("particles/")));
+    assert!(
+        names.iter().any(|n| n.starts_with("encoder/"))
+            && !names.iter().any(|n| n.starts_with("particles/"))
+    );
     for n in names {
-        assert_eq!(sa.tensor(n).unwrap().data(), sb.tensor(n).unwrap().data(), "{n}");
+        assert_eq!(
+            sa.tensor(n).unwrap().data(),
+            sb.tensor(n).unwrap().data(),
+            "{n}"
+        );
     }
     // A checkpoint of one method does not load under another.
     let mut other = tiny("diffusion-vae", 20, &[]);
     other.method = ipld_train::Method::Ipld;
     other.particles.update = ipld_particles::UpdateConfig::default();
     std::fs::write(a.join("config.toml"), other.to_toml()).unwrap();
-    let err = open_run(&a, &[]).err().expect("method mismatch must fail").to_string();
-    assert!(err.contains("diffusion-vae") && err.contains("ipld"), "{err}");
+    let err = open_run(&a, &[])
+        .err()
+        .expect("method mismatch must fail")
+        .to_string();
+    assert!(
+        err.contains("diffusion-vae") && err.contains("ipld"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -76,7 +108,12 @@ fn two_stage_particles_do_not_see_the_prior() {
         let cfg = tiny(
             "ipld",
             5,
-            &["train.kl.warmup_steps=0", "train.kl.coefficient=1.0", &format!("train.two_stage={two_stage}"), &format!("model.eps.hidden={hidden}")],
+            &[
+                "train.kl.warmup_steps=0",
+                "train.kl.coefficient=1.0",
+                &format!("train.two_stage={two_stage}"),
+                &format!("model.eps.hidden={hidden}"),
+            ],
         );
         run(plan(cfg, &dir, false)).unwrap();
         open_run(&dir, &[]).unwrap().cloud().unwrap().z().to_vec()
@@ -89,7 +126,12 @@ fn two_stage_particles_do_not_see_the_prior() {
 fn likelihood_weighted_loss_trains() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lw");
-    let s = run(plan(tiny("ipld", 200, &["diffusion.loss=likelihood-weighted"]), &dir, false)).unwrap();
+    let s = run(plan(
+        tiny("ipld", 200, &["diffusion.loss=likelihood-weighted"]),
+        &dir,
+        false,
+    ))
+    .unwrap();
     assert!(s.mmd.is_finite());
     let (first, last) = nll_drop(&dir);
     assert!(last < first);
@@ -98,8 +140,20 @@ fn likelihood_weighted_loss_trains() {
 #[test]
 fn methods_reject_mismatched_particle_rules() {
     let base = RunConfig::preset("gmm").unwrap();
-    let e = base.with_overrides(&["method=pgd".to_string()], "gmm").unwrap_err().to_string();
-    assert!(e.contains("particles.update.type") && e.contains("langevin"), "{e}");
-    let e = base.with_overrides(&["method=diffusion-vae".into(), "train.two_stage=true".into()], "gmm").unwrap_err().to_string();
+    let e = base
+        .with_overrides(&["method=pgd".to_string()], "gmm")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("particles.update.type") && e.contains("langevin"),
+        "{e}"
+    );
+    let e = base
+        .with_overrides(
+            &["method=diffusion-vae".into(), "train.two_stage=true".into()],
+            "gmm",
+        )
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("train.two_stage"), "{e}");
 }

@@ -1,0 +1,401 @@
+//! `cargo xtask experiment figure1`: the paper's synthetic experiment (Section 5.1, Figures 1 and
+//! 2). Runs methods x N x seeds on `gmm` and `circles` (1000 steps, MMD² on 10,000 samples),
+//! caching every finished cell so an interrupted experiment picks up where it stopped, then writes
+//! a CSV of every run, a markdown table of mean +- standard error, MMD-vs-N plots with error bands,
+//! and a grid of IPLD sample scatters per N.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use ipld_diffusion::{Ddpm, SamplerConfig};
+use ipld_train::run::{CHECKPOINT_FILE, SUMMARY_FILE, open_run};
+use ipld_train::{Progress, RunConfig, RunPlan, RunSummary};
+use plotters::prelude::*;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Figure1 {
+    /// Datasets (presets).
+    pub datasets: Vec<String>,
+    /// Methods.
+    pub methods: Vec<String>,
+    /// Particle counts N.
+    pub particles: Vec<usize>,
+    /// Seeds 0..seeds.
+    pub seeds: u64,
+    /// Training steps per run.
+    pub steps: u64,
+    /// Evaluation samples per run.
+    pub samples: usize,
+    /// Where the run directories live (cache).
+    pub work_dir: PathBuf,
+    /// Where the CSV, table and figures go.
+    pub out_dir: PathBuf,
+}
+
+/// Per-method overrides: PGD and MPGD need their own particle rule and a smaller step.
+fn method_sets(method: &str) -> anyhow::Result<Vec<String>> {
+    let v: &[&str] = match method {
+        "ipld" => &["method=ipld"],
+        "diffusion-vae" => &["method=diffusion-vae"],
+        "pgd" => &[
+            "method=pgd",
+            "particles.update.type=langevin",
+            "particles.step_size.initial=0.01",
+        ],
+        "mpgd" => &[
+            "method=mpgd",
+            "particles.update.type=kinetic-langevin",
+            "particles.step_size.initial=0.03",
+        ],
+        other => bail!("unknown method `{other}`; valid: ipld, diffusion-vae, pgd, mpgd"),
+    };
+    Ok(v.iter().map(|s| s.to_string()).collect())
+}
+
+#[derive(Debug, Clone)]
+struct Cell {
+    dataset: String,
+    method: String,
+    particles: usize,
+    seed: u64,
+}
+
+impl Cell {
+    fn dir(&self, root: &Path) -> PathBuf {
+        root.join(format!(
+            "{}-{}-n{}-seed{}",
+            self.dataset, self.method, self.particles, self.seed
+        ))
+    }
+
+    fn config(&self, exp: &Figure1) -> anyhow::Result<RunConfig> {
+        let mut sets = method_sets(&self.method)?;
+        sets.extend([
+            format!("particles.count={}", self.particles),
+            format!("seed={}", self.seed),
+            format!("train.steps={}", exp.steps),
+            format!("eval.samples={}", exp.samples),
+        ]);
+        Ok(RunConfig::preset(&self.dataset)?.with_overrides(&sets, &self.dataset)?)
+    }
+}
+
+fn read_summary(dir: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join(SUMMARY_FILE)).ok()?).ok()
+}
+
+/// Runs (or loads) every cell, then writes the results.
+pub fn run(exp: &Figure1) -> anyhow::Result<()> {
+    // Seeds outermost: an interrupted experiment holds complete seed sets, so rerunning with
+    // fewer --seeds writes results at once from the cache.
+    let mut cells = Vec::new();
+    for seed in 0..exp.seeds {
+        for d in &exp.datasets {
+            for &n in &exp.particles {
+                for m in &exp.methods {
+                    cells.push(Cell {
+                        dataset: d.clone(),
+                        method: m.clone(),
+                        particles: n,
+                        seed,
+                    });
+                }
+            }
+        }
+    }
+    std::fs::create_dir_all(&exp.work_dir)
+        .with_context(|| format!("creating {}", exp.work_dir.display()))?;
+    let bar = indicatif::ProgressBar::new(cells.len() as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "figure1 {bar:30} {pos}/{len} cells [{elapsed_precise}<{eta_precise}] {msg}",
+    )?);
+    let mut rows: Vec<(Cell, serde_json::Value)> = Vec::new();
+    for cell in cells {
+        let dir = cell.dir(&exp.work_dir);
+        bar.set_message(format!(
+            "{} {} N={} seed {}",
+            cell.dataset, cell.method, cell.particles, cell.seed
+        ));
+        let summary = match read_summary(&dir) {
+            Some(s)
+                if s["steps"].as_u64() == Some(exp.steps)
+                    && s["samples"].as_u64() == Some(exp.samples as u64) =>
+            {
+                s
+            }
+            _ => {
+                let config = cell.config(exp)?;
+                let resume = dir.join(CHECKPOINT_FILE).exists();
+                let s: RunSummary = ipld_train::run(RunPlan {
+                    config,
+                    run_dir: dir.clone(),
+                    resume,
+                    progress: Progress::Quiet,
+                })
+                .with_context(|| format!("cell {}", dir.display()))?;
+                serde_json::to_value(s)?
+            }
+        };
+        rows.push((cell, summary));
+        bar.inc(1);
+    }
+    bar.finish();
+    std::fs::create_dir_all(&exp.out_dir)?;
+    write_csv(&exp.out_dir.join("runs.csv"), &rows)?;
+    let stats = aggregate(&rows);
+    write_table(&exp.out_dir.join("table.md"), &stats, exp)?;
+    for d in &exp.datasets {
+        plot_mmd(
+            &exp.out_dir.join(format!("mmd-vs-n-{d}.png")),
+            d,
+            &stats,
+            &exp.methods,
+        )?;
+    }
+    plot_grid(&exp.out_dir.join("samples-grid.png"), exp)?;
+    println!("wrote {}", exp.out_dir.display());
+    Ok(())
+}
+
+fn write_csv(path: &Path, rows: &[(Cell, serde_json::Value)]) -> anyhow::Result<()> {
+    let mut s =
+        String::from("dataset,method,particles,seed,steps,mmd,train_seconds,sample_seconds\n");
+    for (c, v) in rows {
+        writeln!(
+            s,
+            "{},{},{},{},{},{},{},{}",
+            c.dataset,
+            c.method,
+            c.particles,
+            c.seed,
+            v["steps"],
+            v["mmd"],
+            v["train_seconds"],
+            v["sample_seconds"]
+        )?;
+    }
+    ipld_data::write_atomically(path, s.as_bytes())?;
+    Ok(())
+}
+
+/// (dataset, method, N) -> (mean, standard error, count), standard error = sd / sqrt(n) with
+/// numpy's default sd (ddof = 0), as in Appendix B.1.
+type Stats = BTreeMap<(String, String, usize), (f64, f64, usize)>;
+
+fn aggregate(rows: &[(Cell, serde_json::Value)]) -> Stats {
+    let mut groups: BTreeMap<(String, String, usize), Vec<f64>> = BTreeMap::new();
+    for (c, v) in rows {
+        if let Some(m) = v["mmd"].as_f64() {
+            groups
+                .entry((c.dataset.clone(), c.method.clone(), c.particles))
+                .or_default()
+                .push(m);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(k, v)| {
+            let n = v.len() as f64;
+            let mean = v.iter().sum::<f64>() / n;
+            let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+            (k, (mean, sd / n.sqrt(), v.len()))
+        })
+        .collect()
+}
+
+fn write_table(path: &Path, stats: &Stats, exp: &Figure1) -> anyhow::Result<()> {
+    let mut s = format!(
+        "MMD² (mean ± standard error over {} seeds; {} steps; {} samples; sd with ddof = 0 as in Appendix B.1)\n\n",
+        exp.seeds, exp.steps, exp.samples
+    );
+    for d in &exp.datasets {
+        writeln!(s, "### {d}\n")?;
+        write!(s, "| N |")?;
+        for m in &exp.methods {
+            write!(s, " {m} |")?;
+        }
+        writeln!(s)?;
+        writeln!(s, "|---|{}", "---|".repeat(exp.methods.len()))?;
+        for &n in &exp.particles {
+            write!(s, "| {n} |")?;
+            for m in &exp.methods {
+                match stats.get(&(d.clone(), m.clone(), n)) {
+                    Some((mean, se, _)) => write!(s, " {mean:.5} ± {se:.5} |")?,
+                    None => write!(s, " – |")?,
+                }
+            }
+            writeln!(s)?;
+        }
+        writeln!(s)?;
+    }
+    ipld_data::write_atomically(path, s.as_bytes())?;
+    Ok(())
+}
+
+fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("plotting: {e}")
+}
+
+/// One method's points (log2 N, mean, standard error).
+type Curve<'a> = (&'a String, Vec<(f64, f64, f64)>);
+
+fn plot_mmd(path: &Path, dataset: &str, stats: &Stats, methods: &[String]) -> anyhow::Result<()> {
+    ipld_train::plot::register_font();
+    let pts: Vec<Curve> = methods
+        .iter()
+        .map(|m| {
+            let v = stats
+                .iter()
+                .filter(|((d, mm, _), _)| d == dataset && mm == m)
+                .map(|((_, _, n), (mean, se, _))| ((*n as f64).log2(), *mean, *se))
+                .collect();
+            (m, v)
+        })
+        .collect();
+    let all: Vec<&(f64, f64, f64)> = pts.iter().flat_map(|(_, v)| v.iter()).collect();
+    if all.is_empty() {
+        return Ok(());
+    }
+    let (xmin, xmax) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
+        (a.0.min(p.0), a.1.max(p.0))
+    });
+    let (ymin, ymax) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
+        (a.0.min(p.1 - p.2), a.1.max(p.1 + p.2))
+    });
+    let pad = (ymax - ymin).max(1e-4) * 0.15;
+    let root = BitMapBackend::new(path, (640, 440)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("MMD² vs particles N: {dataset}"),
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(
+            (xmin - 0.3)..(xmax + 0.3),
+            (ymin - pad).max(0.0)..(ymax + pad),
+        )
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("N (log scale)")
+        .y_desc("MMD²")
+        .x_label_formatter(&|x| format!("{}", 2f64.powf(*x).round()))
+        .y_label_formatter(&|y| format!("{y:.4}"))
+        .draw()
+        .map_err(plot_err)?;
+    let colors = [
+        RGBColor(200, 60, 40),
+        RGBColor(40, 90, 160),
+        RGBColor(60, 150, 60),
+        RGBColor(150, 80, 170),
+    ];
+    for (i, (m, v)) in pts.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let band: Vec<(f64, f64)> = v
+            .iter()
+            .map(|p| (p.0, p.1 + p.2))
+            .chain(v.iter().rev().map(|p| (p.0, p.1 - p.2)))
+            .collect();
+        chart
+            .draw_series(std::iter::once(Polygon::new(band, c.mix(0.2).filled())))
+            .map_err(plot_err)?;
+        let style = if *m == "ipld" {
+            c.stroke_width(3)
+        } else {
+            c.stroke_width(2)
+        };
+        chart
+            .draw_series(LineSeries::new(v.iter().map(|p| (p.0, p.1)), style))
+            .map_err(plot_err)?
+            .label(m.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3)));
+        chart
+            .draw_series(v.iter().map(|p| Circle::new((p.0, p.1), 3, c.filled())))
+            .map_err(plot_err)?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err)?;
+    Ok(())
+}
+
+/// Figure 2: IPLD samples (first two coordinates) for each N, seed 0, one row per dataset.
+fn plot_grid(path: &Path, exp: &Figure1) -> anyhow::Result<()> {
+    if !exp.methods.iter().any(|m| m == "ipld") {
+        return Ok(());
+    }
+    ipld_train::plot::register_font();
+    let n_points = 2000;
+    let mut panels: Vec<(String, Vec<(f32, f32)>)> = Vec::new();
+    for d in &exp.datasets {
+        for &n in &exp.particles {
+            let cell = Cell {
+                dataset: d.clone(),
+                method: "ipld".into(),
+                particles: n,
+                seed: 0,
+            };
+            let trainer = open_run(&cell.dir(&exp.work_dir), &[])?;
+            let s = ipld_train::eval::generate(
+                &trainer,
+                n_points,
+                &SamplerConfig::Ddpm(Ddpm::default()),
+                0,
+                &mut |_| {},
+            )?;
+            let dx = s.data.len() / n_points;
+            panels.push((
+                format!("{d}, N = {n}"),
+                s.data.chunks_exact(dx).map(|r| (r[0], r[1])).collect(),
+            ));
+        }
+    }
+    let (rows, cols) = (exp.datasets.len(), exp.particles.len());
+    let root = BitMapBackend::new(path, (260 * cols as u32, 280 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let root = root
+        .titled(
+            "IPLD samples, first two of 64 coordinates (cf. Figure 2)",
+            ("sans-serif", 18),
+        )
+        .map_err(plot_err)?;
+    for (area, (title, pts)) in root.split_evenly((rows, cols)).iter().zip(&panels) {
+        let lim = pts
+            .iter()
+            .fold(1.0f32, |a, p| a.max(p.0.abs()).max(p.1.abs()))
+            .min(40.0)
+            * 1.05;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 15))
+            .margin(6)
+            .x_label_area_size(18)
+            .y_label_area_size(28)
+            .build_cartesian_2d(-lim..lim, -lim..lim)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(4)
+            .y_labels(4)
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(
+                pts.iter()
+                    .map(|p| Circle::new(*p, 1, RGBColor(200, 60, 40).mix(0.35).filled())),
+            )
+            .map_err(plot_err)?;
+    }
+    root.present().map_err(plot_err)?;
+    Ok(())
+}
