@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use ipld_diffusion::{Ddpm, SamplerConfig};
 use ipld_train::run::{CHECKPOINT_FILE, SUMMARY_FILE, open_run};
 use ipld_train::{Progress, RunConfig, RunPlan, RunSummary};
@@ -35,26 +35,6 @@ pub struct Figure1 {
     pub out_dir: PathBuf,
 }
 
-/// Per-method overrides: PGD and MPGD need their own particle rule and a smaller step.
-fn method_sets(method: &str) -> anyhow::Result<Vec<String>> {
-    let v: &[&str] = match method {
-        "ipld" => &["method=ipld"],
-        "diffusion-vae" => &["method=diffusion-vae"],
-        "pgd" => &[
-            "method=pgd",
-            "particles.update.type=langevin",
-            "particles.step_size.initial=0.01",
-        ],
-        "mpgd" => &[
-            "method=mpgd",
-            "particles.update.type=kinetic-langevin",
-            "particles.step_size.initial=0.03",
-        ],
-        other => bail!("unknown method `{other}`; valid: ipld, diffusion-vae, pgd, mpgd"),
-    };
-    Ok(v.iter().map(|s| s.to_string()).collect())
-}
-
 #[derive(Debug, Clone)]
 struct Cell {
     dataset: String,
@@ -72,7 +52,7 @@ impl Cell {
     }
 
     fn config(&self, exp: &Figure1) -> anyhow::Result<RunConfig> {
-        let mut sets = method_sets(&self.method)?;
+        let mut sets = ipld_train::config::method_overrides(&self.method)?;
         sets.extend([
             format!("particles.count={}", self.particles),
             format!("seed={}", self.seed),

@@ -108,6 +108,33 @@ impl Method {
     }
 }
 
+/// `--set` overrides that select `method` together with the particle rule and step size it runs
+/// with on the synthetic benchmarks: PGD and MPGD have no preconditioner and diverge at IPLD's
+/// step 0.1 (step sizes measured in docs/baselines.md).
+pub fn method_overrides(method: &str) -> Result<Vec<String>, ConfigError> {
+    let v: &[&str] = match method {
+        "ipld" => &["method=ipld"],
+        "diffusion-vae" => &["method=diffusion-vae"],
+        "pgd" => &[
+            "method=pgd",
+            "particles.update.type=langevin",
+            "particles.step_size.initial=0.01",
+        ],
+        "mpgd" => &[
+            "method=mpgd",
+            "particles.update.type=kinetic-langevin",
+            "particles.step_size.initial=0.03",
+        ],
+        other => {
+            return Err(ConfigError::Invalid {
+                origin: "method".into(),
+                message: format!("unknown method `{other}`; valid: ipld, diffusion-vae, pgd, mpgd"),
+            });
+        }
+    };
+    Ok(v.iter().map(|s| s.to_string()).collect())
+}
+
 /// Training data: a synthetic benchmark, or a user's file when `path` is set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -534,32 +534,13 @@ impl Trainer {
             );
         }
         for (prefix, map) in [("theta", &self.theta), ("phi", &self.phi)] {
-            for (name, var) in sorted_vars(map) {
-                let key = format!("{prefix}/{name}");
-                let t = tensors
-                    .get(&key)
-                    .ok_or_else(|| ck(format!("missing tensor `{key}`")))?;
-                if t.dims() != var.dims() {
-                    return Err(ck(format!(
-                        "tensor `{key}` has shape {:?} but the config builds {:?}",
-                        t.dims(),
-                        var.dims()
-                    )));
-                }
-                var.set(t)?;
-            }
+            restore_vars(prefix, map, &tensors).map_err(ck)?;
         }
         for (prefix, opt, steps) in [
             ("opt_theta", &mut self.opt_theta, get("opt_theta_steps")?),
             ("opt_phi", &mut self.opt_phi, get("opt_phi_steps")?),
         ] {
-            let sub: HashMap<String, Tensor> = tensors
-                .iter()
-                .filter_map(|(k, v)| {
-                    k.strip_prefix(&format!("{prefix}/"))
-                        .map(|s| (s.to_string(), v.clone()))
-                })
-                .collect();
+            let sub = with_prefix(prefix, &tensors);
             opt.load_state(steps, &sub).map_err(ck)?;
         }
         if meta.get("method").map(String::as_str) != Some(self.cfg.method.name()) {
@@ -596,27 +577,8 @@ impl Trainer {
                 .map_err(|e| ck(e.to_string()))?;
             }
             Latents::Encoder { vars, opt, .. } => {
-                for (name, var) in sorted_vars(vars) {
-                    let key = format!("encoder/{name}");
-                    let t = tensors
-                        .get(&key)
-                        .ok_or_else(|| ck(format!("missing tensor `{key}`")))?;
-                    if t.dims() != var.dims() {
-                        return Err(ck(format!(
-                            "tensor `{key}` has shape {:?} but the config builds {:?}",
-                            t.dims(),
-                            var.dims()
-                        )));
-                    }
-                    var.set(t)?;
-                }
-                let sub: HashMap<String, Tensor> = tensors
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        k.strip_prefix("opt_encoder/")
-                            .map(|s| (s.to_string(), v.clone()))
-                    })
-                    .collect();
+                restore_vars("encoder", vars, &tensors).map_err(ck)?;
+                let sub = with_prefix("opt_encoder", &tensors);
                 opt.load_state(get("opt_encoder_steps")?, &sub)
                     .map_err(ck)?;
             }
@@ -624,6 +586,38 @@ impl Trainer {
         self.step = get("step")?;
         Ok(())
     }
+}
+
+/// Sets every variable of `vars` from `tensors["<prefix>/<name>"]`, checking shapes.
+fn restore_vars(
+    prefix: &str,
+    vars: &VarMap,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<(), String> {
+    for (name, var) in sorted_vars(vars) {
+        let key = format!("{prefix}/{name}");
+        let t = tensors
+            .get(&key)
+            .ok_or_else(|| format!("missing tensor `{key}`"))?;
+        if t.dims() != var.dims() {
+            return Err(format!(
+                "tensor `{key}` has shape {:?} but the config builds {:?}",
+                t.dims(),
+                var.dims()
+            ));
+        }
+        var.set(t).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The tensors under `prefix/`, with the prefix stripped.
+fn with_prefix(prefix: &str, tensors: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    let p = format!("{prefix}/");
+    tensors
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(&p).map(|s| (s.to_string(), v.clone())))
+        .collect()
 }
 
 /// Mean particle norm and mean within-point spread of a [b, n, d] buffer.

@@ -31,23 +31,7 @@ pub fn tiny(steps: u64) -> RunConfig {
         .unwrap()
 }
 
-/// Overrides that select `method` with the particle rule and step size it runs with on the
-/// synthetic data (PGD and MPGD diverge at IPLD's preconditioned step 0.1).
+/// Overrides that select `method` with its particle rule and step size.
 pub fn method_sets(method: &str) -> Vec<String> {
-    let v: &[&str] = match method {
-        "ipld" => &["method=ipld"],
-        "diffusion-vae" => &["method=diffusion-vae"],
-        "pgd" => &[
-            "method=pgd",
-            "particles.update.type=langevin",
-            "particles.step_size.initial=0.01",
-        ],
-        "mpgd" => &[
-            "method=mpgd",
-            "particles.update.type=kinetic-langevin",
-            "particles.step_size.initial=0.03",
-        ],
-        other => panic!("unknown method {other}"),
-    };
-    v.iter().map(|s| s.to_string()).collect()
+    ipld_train::config::method_overrides(method).unwrap()
 }
