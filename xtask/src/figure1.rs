@@ -141,18 +141,20 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
 }
 
 fn write_csv(path: &Path, rows: &[(Cell, serde_json::Value)]) -> anyhow::Result<()> {
-    let mut s =
-        String::from("dataset,method,particles,seed,steps,mmd,train_seconds,sample_seconds\n");
+    let mut s = String::from(
+        "dataset,method,particles,seed,steps,mmd,final_loss,train_seconds,sample_seconds\n",
+    );
     for (c, v) in rows {
         writeln!(
             s,
-            "{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{}",
             c.dataset,
             c.method,
             c.particles,
             c.seed,
             v["steps"],
             v["mmd"],
+            v["final_loss"],
             v["train_seconds"],
             v["sample_seconds"]
         )?;
@@ -161,9 +163,9 @@ fn write_csv(path: &Path, rows: &[(Cell, serde_json::Value)]) -> anyhow::Result<
     Ok(())
 }
 
-/// (dataset, method, N) -> (mean, standard error, count), standard error = sd / sqrt(n) with
+/// (dataset, method, N) -> (mean, standard error, median), standard error = sd / sqrt(n) with
 /// numpy's default sd (ddof = 0), as in Appendix B.1.
-type Stats = BTreeMap<(String, String, usize), (f64, f64, usize)>;
+type Stats = BTreeMap<(String, String, usize), (f64, f64, f64)>;
 
 fn aggregate(rows: &[(Cell, serde_json::Value)]) -> Stats {
     let mut groups: BTreeMap<(String, String, usize), Vec<f64>> = BTreeMap::new();
@@ -181,7 +183,15 @@ fn aggregate(rows: &[(Cell, serde_json::Value)]) -> Stats {
             let n = v.len() as f64;
             let mean = v.iter().sum::<f64>() / n;
             let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
-            (k, (mean, sd / n.sqrt(), v.len()))
+            let mut sorted = v.clone();
+            sorted.sort_by(f64::total_cmp);
+            let mid = sorted.len() / 2;
+            let median = if !sorted.len().is_multiple_of(2) {
+                sorted[mid]
+            } else {
+                0.5 * (sorted[mid - 1] + sorted[mid])
+            };
+            (k, (mean, sd / n.sqrt(), median))
         })
         .collect()
 }
@@ -192,24 +202,27 @@ fn write_table(path: &Path, stats: &Stats, exp: &Figure1) -> anyhow::Result<()> 
         exp.seeds, exp.steps, exp.samples
     );
     for d in &exp.datasets {
-        writeln!(s, "### {d}\n")?;
-        write!(s, "| N |")?;
-        for m in &exp.methods {
-            write!(s, " {m} |")?;
-        }
-        writeln!(s)?;
-        writeln!(s, "|---|{}", "---|".repeat(exp.methods.len()))?;
-        for &n in &exp.particles {
-            write!(s, "| {n} |")?;
+        for (title, median) in [("mean ± s.e.", false), ("median", true)] {
+            writeln!(s, "### {d}: {title}\n")?;
+            write!(s, "| N |")?;
             for m in &exp.methods {
-                match stats.get(&(d.clone(), m.clone(), n)) {
-                    Some((mean, se, _)) => write!(s, " {mean:.5} ± {se:.5} |")?,
-                    None => write!(s, " – |")?,
+                write!(s, " {m} |")?;
+            }
+            writeln!(s)?;
+            writeln!(s, "|---|{}", "---|".repeat(exp.methods.len()))?;
+            for &n in &exp.particles {
+                write!(s, "| {n} |")?;
+                for m in &exp.methods {
+                    match stats.get(&(d.clone(), m.clone(), n)) {
+                        Some((_, _, med)) if median => write!(s, " {med:.5} |")?,
+                        Some((mean, se, _)) => write!(s, " {mean:.5} ± {se:.5} |")?,
+                        None => write!(s, " – |")?,
+                    }
                 }
+                writeln!(s)?;
             }
             writeln!(s)?;
         }
-        writeln!(s)?;
     }
     ipld_data::write_atomically(path, s.as_bytes())?;
     Ok(())
@@ -246,6 +259,7 @@ fn plot_mmd(path: &Path, dataset: &str, stats: &Stats, methods: &[String]) -> an
         (a.0.min(p.1 - p.2), a.1.max(p.1 + p.2))
     });
     let pad = (ymax - ymin).max(1e-4) * 0.15;
+    let ns: Vec<f64> = all.iter().map(|p| p.0).collect();
     let root = BitMapBackend::new(path, (640, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -264,8 +278,17 @@ fn plot_mmd(path: &Path, dataset: &str, stats: &Stats, methods: &[String]) -> an
     chart
         .configure_mesh()
         .x_desc("N (log scale)")
+        .disable_x_mesh()
         .y_desc("MMD²")
-        .x_label_formatter(&|x| format!("{}", 2f64.powf(*x).round()))
+        .x_labels(64)
+        .x_label_formatter(&|x| {
+            // Label only the N values that were run (ticks fall on a fine grid of log2 N).
+            if ns.iter().any(|n| (n - x).abs() < 1e-6) {
+                format!("{}", 2f64.powf(*x).round())
+            } else {
+                String::new()
+            }
+        })
         .y_label_formatter(&|y| format!("{y:.4}"))
         .draw()
         .map_err(plot_err)?;
