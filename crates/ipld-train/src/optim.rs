@@ -114,20 +114,15 @@ impl AdamW {
         {
             let theta = var.as_tensor();
             let decayed = theta.affine(1.0 - lr * c.weight_decay, 0.0)?;
-            let next = match grads.get(theta) {
-                Some(g) => {
-                    *m = (m.affine(c.beta1, 0.0)? + g.affine(1.0 - c.beta1, 0.0)?)?;
-                    *v = (v.affine(c.beta2, 0.0)? + g.sqr()?.affine(1.0 - c.beta2, 0.0)?)?;
-                    let denom = v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, c.eps)?;
-                    (decayed - m.affine(lr / bc1, 0.0)?.div(&denom)?)?
-                }
-                None => {
-                    *m = m.affine(c.beta1, 0.0)?;
-                    *v = v.affine(c.beta2, 0.0)?;
-                    let denom = v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, c.eps)?;
-                    (decayed - m.affine(lr / bc1, 0.0)?.div(&denom)?)?
-                }
+            // A missing gradient (pruned from the graph) is a zero gradient.
+            let g = match grads.get(theta) {
+                Some(g) => g.clone(),
+                None => theta.zeros_like()?,
             };
+            *m = (m.affine(c.beta1, 0.0)? + g.affine(1.0 - c.beta1, 0.0)?)?;
+            *v = (v.affine(c.beta2, 0.0)? + g.sqr()?.affine(1.0 - c.beta2, 0.0)?)?;
+            let denom = v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, c.eps)?;
+            let next = (decayed - m.affine(lr / bc1, 0.0)?.div(&denom)?)?;
             var.set(&next.detach())?;
         }
         Ok(())
