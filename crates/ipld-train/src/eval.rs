@@ -76,9 +76,8 @@ pub fn reference(trainer: &Trainer) -> Result<Vec<f32>, TrainError> {
     Ok(out)
 }
 
-/// MMD² between generated samples and the reference set.
-pub fn mmd(trainer: &Trainer, samples: &Samples) -> Result<f64, TrainError> {
-    let reference = reference(trainer)?;
+/// MMD² between generated samples and the reference set (from [`reference`]).
+pub fn mmd(trainer: &Trainer, samples: &Samples, reference: &[f32]) -> Result<f64, TrainError> {
     if samples.data.iter().any(|v| !v.is_finite()) {
         return Err(TrainError::NonFinite {
             step: trainer.step(),
@@ -87,7 +86,7 @@ pub fn mmd(trainer: &Trainer, samples: &Samples) -> Result<f64, TrainError> {
     }
     mmd2_unbiased(
         &samples.data,
-        &reference,
+        reference,
         trainer.data().dim(),
         &trainer.cfg.eval.mmd,
     )

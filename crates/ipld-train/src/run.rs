@@ -381,8 +381,9 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
         cfg.seed,
         plan.progress,
     )?;
-    let mmd = mmd(&trainer, &samples)?;
-    write_plot(&trainer, &samples, &dir)?;
+    let reference = reference(&trainer)?;
+    let mmd = mmd(&trainer, &samples, &reference)?;
+    write_plot(&trainer, &samples, &reference, &dir)?;
     let summary = RunSummary {
         method: cfg.method.name().into(),
         dataset: cfg.data.name(),
@@ -440,8 +441,12 @@ fn sample_with_progress(
     Ok(s)
 }
 
-fn write_plot(trainer: &Trainer, samples: &Samples, dir: &Path) -> Result<(), RunError> {
-    let reference = reference(trainer)?;
+fn write_plot(
+    trainer: &Trainer,
+    samples: &Samples,
+    reference: &[f32],
+    dir: &Path,
+) -> Result<(), RunError> {
     let path = dir.join(SAMPLES_PNG);
     let tmp = dir.join(format!(".{SAMPLES_PNG}.tmp{}.png", std::process::id()));
     let title = format!(
@@ -451,15 +456,9 @@ fn write_plot(trainer: &Trainer, samples: &Samples, dir: &Path) -> Result<(), Ru
         trainer.particles_per_point(),
         trainer.step()
     );
-    let result = plot::scatter_pair(
-        &tmp,
-        &title,
-        &reference,
-        &samples.data,
-        trainer.data().dim(),
-    )
-    .map_err(|e| io(&path, e))
-    .and_then(|_| fs::rename(&tmp, &path).map_err(|e| io(&path, e)));
+    let result = plot::scatter_pair(&tmp, &title, reference, &samples.data, trainer.data().dim())
+        .map_err(|e| io(&path, e))
+        .and_then(|_| fs::rename(&tmp, &path).map_err(|e| io(&path, e)));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -512,7 +511,7 @@ pub fn eval_run(
         seed.unwrap_or(trainer.cfg.seed),
         progress,
     )?;
-    let mmd = mmd(&trainer, &s)?;
+    let mmd = mmd(&trainer, &s, &reference(&trainer)?)?;
     Ok(serde_json::json!({
         "run_dir": dir.display().to_string(),
         "steps": trainer.step(),
