@@ -29,6 +29,8 @@ pub struct Figure1 {
     pub steps: u64,
     /// Evaluation samples per run.
     pub samples: usize,
+    /// Extra `--set` overrides for every run (ablations), applied after the method's.
+    pub sets: Vec<String>,
     /// Where the run directories live (cache).
     pub work_dir: PathBuf,
     /// Where the CSV, table and figures go.
@@ -44,9 +46,15 @@ struct Cell {
 }
 
 impl Cell {
-    fn dir(&self, root: &Path) -> PathBuf {
+    /// The cell's run directory; ablations (extra overrides) get their own, tagged by a hash.
+    fn dir(&self, root: &Path, sets: &[String]) -> PathBuf {
+        let tag = if sets.is_empty() {
+            String::new()
+        } else {
+            format!("-x{:08x}", fnv1a(sets.join("\n").as_bytes()) as u32)
+        };
         root.join(format!(
-            "{}-{}-n{}-seed{}",
+            "{}-{}-n{}-seed{}{tag}",
             self.dataset, self.method, self.particles, self.seed
         ))
     }
@@ -59,12 +67,29 @@ impl Cell {
             format!("train.steps={}", exp.steps),
             format!("eval.samples={}", exp.samples),
         ]);
+        sets.extend(exp.sets.iter().cloned());
         Ok(RunConfig::preset(&self.dataset)?.with_overrides(&sets, &self.dataset)?)
     }
 }
 
+/// FNV-1a, a stable (toolchain-independent) hash for directory tags.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
 fn read_summary(dir: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&std::fs::read_to_string(dir.join(SUMMARY_FILE)).ok()?).ok()
+}
+
+/// Whether the cached run in `dir` was made with `config` up to the keys a resume may change
+/// (a changed preset or default makes a cell stale, so it is recomputed, not silently reused).
+fn same_config(dir: &Path, config: &RunConfig) -> bool {
+    std::fs::read_to_string(dir.join(ipld_train::run::CONFIG_FILE))
+        .ok()
+        .and_then(|s| RunConfig::from_toml(&s, "cached config").ok())
+        .is_some_and(|saved| ipld_train::run::check_resumable(&saved, config).is_ok())
 }
 
 /// Runs (or loads) every cell, then writes the results.
@@ -94,20 +119,31 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
     )?);
     let mut rows: Vec<(Cell, serde_json::Value)> = Vec::new();
     for cell in cells {
-        let dir = cell.dir(&exp.work_dir);
+        let dir = cell.dir(&exp.work_dir, &exp.sets);
         bar.set_message(format!(
             "{} {} N={} seed {}",
             cell.dataset, cell.method, cell.particles, cell.seed
         ));
+        let config = cell.config(exp)?;
+        let fresh = same_config(&dir, &config);
         let summary = match read_summary(&dir) {
             Some(s)
-                if s["steps"].as_u64() == Some(exp.steps)
+                if fresh
+                    && s["steps"].as_u64() == Some(exp.steps)
                     && s["samples"].as_u64() == Some(exp.samples as u64) =>
             {
                 s
             }
             _ => {
-                let config = cell.config(exp)?;
+                if dir.exists() && !fresh {
+                    // The cache is ours: a run made with another configuration is discarded.
+                    bar.println(format!(
+                        "stale cell {} (config changed): rerun",
+                        dir.display()
+                    ));
+                    std::fs::remove_dir_all(&dir)
+                        .with_context(|| format!("removing stale {}", dir.display()))?;
+                }
                 let resume = dir.join(CHECKPOINT_FILE).exists();
                 let s: RunSummary = ipld_train::run(RunPlan {
                     config,
@@ -348,7 +384,7 @@ fn plot_grid(path: &Path, exp: &Figure1) -> anyhow::Result<()> {
                 particles: n,
                 seed: 0,
             };
-            let trainer = open_run(&cell.dir(&exp.work_dir), &[])?;
+            let trainer = open_run(&cell.dir(&exp.work_dir, &exp.sets), &[])?;
             let s = ipld_train::eval::generate(
                 &trainer,
                 n_points,

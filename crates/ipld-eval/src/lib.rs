@@ -2,7 +2,9 @@
 #![warn(missing_docs)]
 
 mod error;
+mod fid;
 mod mmd;
 
 pub use error::EvalError;
+pub use fid::{GaussianStats, frechet_distance, trace_sqrt_product};
 pub use mmd::{MmdConfig, mmd2_unbiased, mmd2_unbiased_tensors};
