@@ -62,6 +62,80 @@ pub fn seeded_init(vars: &VarMap, seed: u64) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// How one tensor is initialised by [`seeded_init_with`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum InitRule {
+    /// PyTorch's default for `nn.Linear`/`nn.Conv2d`: U(+-1/sqrt(fan_in)) for the weight, and for
+    /// `*.bias` the same bound from the matching weight's fan-in.
+    TorchDefault,
+    /// Glorot/Xavier uniform: U(+-sqrt(6 / (fan_in + fan_out))).
+    XavierUniform,
+    /// N(0, std²).
+    Normal(f64),
+    /// A constant (0 for adaLN-Zero and biases, 1 for norm scales).
+    Const(f64),
+}
+
+/// fan_in, fan_out of a weight [out, in, k...] as PyTorch computes them.
+fn fans(dims: &[usize]) -> (usize, usize) {
+    let receptive: usize = dims.iter().skip(2).product();
+    match dims {
+        [] => (1, 1),
+        [n] => (*n, *n),
+        [o, i, ..] => (i * receptive, o * receptive),
+    }
+}
+
+/// Re-initialises every tensor in `vars` from `seed` by the rule `rule(name, dims)` returns,
+/// visiting names in sorted order so the result is a pure function of the seed and the names.
+pub fn seeded_init_with(
+    vars: &VarMap,
+    seed: u64,
+    rule: impl Fn(&str, &[usize]) -> InitRule,
+) -> Result<(), ModelError> {
+    let data = vars.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for name in names {
+        let var = &data[name];
+        let dims = var.dims().to_vec();
+        let n = var.elem_count();
+        let uniform = |rng: &mut ChaCha8Rng, b: f64| -> Vec<f32> {
+            (0..n).map(|_| rng.random_range(-b..b) as f32).collect()
+        };
+        let values: Vec<f32> = match rule(name, &dims) {
+            InitRule::Const(v) => vec![v as f32; n],
+            InitRule::Normal(std) => (0..n)
+                .map(|_| {
+                    let z: f64 =
+                        rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng);
+                    (z * std) as f32
+                })
+                .collect(),
+            InitRule::XavierUniform => {
+                let (fi, fo) = fans(&dims);
+                uniform(&mut rng, (6.0 / (fi + fo) as f64).sqrt())
+            }
+            InitRule::TorchDefault => {
+                let fan_in = if name == "bias" || name.ends_with(".bias") {
+                    let weight = format!("{}weight", &name[..name.len() - "bias".len()]);
+                    let w = data.get(&weight).ok_or_else(|| {
+                        ModelError::param(name, "a bias without a matching `.weight`")
+                    })?;
+                    fans(w.dims()).0
+                } else {
+                    fans(&dims).0
+                };
+                uniform(&mut rng, 1.0 / (fan_in.max(1) as f64).sqrt())
+            }
+        };
+        let t = Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

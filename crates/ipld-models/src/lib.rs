@@ -1,16 +1,20 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod conv_decoder;
 mod decoder;
+mod dit;
 mod embedding;
 mod encoder;
 mod error;
 mod init;
 mod mlp;
 
+pub use conv_decoder::{ConvDecoder, ConvDecoderConfig};
 pub use decoder::{Decoder, LinearDecoder, LinearDecoderConfig, gaussian_nll};
+pub use dit::{Dit, DitConfig, sincos_2d};
 pub use embedding::{sinusoidal_embedding, sinusoidal_frequencies};
 pub use encoder::LinearGaussianEncoder;
 pub use error::ModelError;
-pub use init::seeded_init;
+pub use init::{InitRule, seeded_init, seeded_init_with};
 pub use mlp::{MlpEps, MlpEpsConfig};
