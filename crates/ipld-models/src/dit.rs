@@ -237,9 +237,8 @@ impl Dit {
     /// (adaLN-Zero: each block starts as the identity and the output as 0).
     pub fn init(vars: &VarMap, seed: u64) -> Result<(), ModelError> {
         seeded_init_with(vars, seed, |name, _| {
-            if name.contains("adaln") || name.starts_with("final.linear") {
-                InitRule::Const(0.0)
-            } else if name.ends_with(".bias") {
+            if name.contains("adaln") || name.starts_with("final.linear") || name.ends_with(".bias")
+            {
                 InitRule::Const(0.0)
             } else if name.starts_with("t_embed") {
                 InitRule::Normal(0.02)
