@@ -4,7 +4,8 @@
 //! with nearest-neighbour 2x upsampling (+ 3x3 conv) between levels, GroupNorm(32) + SiLU and a
 //! 3x3 conv_out. Residual block: GN, SiLU, conv3x3, GN, SiLU, conv3x3, with a 1x1 shortcut when
 //! the width changes. The latent [4, 8, 8] becomes a 3 x 32 x 32 image for mults (1, 2, 3) and
-//! 3 x 64 x 64 for (1, 2, 2, 3). Input and output may be flat (CHW) or 4-d.
+//! 3 x 64 x 64 for (1, 2, 2, 3). Input and output may be flat (CHW) or 4-d. [`ConvEncoder`] is
+//! the mirrored encoder DiffusionVAE needs on images.
 
 use candle_core::Tensor;
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Module, VarBuilder, VarMap};
@@ -219,5 +220,92 @@ impl Decoder for ConvDecoder {
         }
         let out = self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)?;
         if flat { out.flatten_from(1) } else { Ok(out) }
+    }
+}
+
+/// The mirrored encoder for DiffusionVAE on images (the LDM encoder without attention): conv_in
+/// 3x3 to `base`, per level `res_blocks` residual blocks and a stride-2 3x3 downsampling conv
+/// (zero padding on the bottom/right only, as in LDM) except at the deepest level, a middle of
+/// two residual blocks, GroupNorm + SiLU and a 3x3 conv_out to 2 x latent channels: the mean
+/// and log-variance of a diagonal Gaussian q(z | x), flattened CHW.
+#[derive(Debug, Clone)]
+pub struct ConvEncoder {
+    cfg: ConvDecoderConfig,
+    conv_in: Conv2d,
+    levels: Vec<(Vec<ResBlock>, Option<Conv2d>)>,
+    mid: [ResBlock; 2],
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl ConvEncoder {
+    /// Builds the encoder mirroring the decoder described by `cfg` (images of
+    /// `cfg.out_channels` x `cfg.image_size()`², latents `cfg.latent_channels` x
+    /// `cfg.latent_size`²).
+    pub fn new(cfg: &ConvDecoderConfig, vb: VarBuilder) -> Result<Self, ModelError> {
+        cfg.validate()?;
+        let g = cfg.groups;
+        let conv_in = conv(cfg.out_channels, cfg.base_channels, 3, vb.pp("conv_in"))?;
+        let mut cin = cfg.base_channels;
+        let mut levels = Vec::new();
+        for (level, m) in cfg.channel_mult.iter().enumerate() {
+            let cout = cfg.base_channels * m;
+            let vb_l = vb.pp(format!("down.{level}"));
+            let mut blocks = Vec::new();
+            for i in 0..cfg.res_blocks {
+                blocks.push(ResBlock::new(cin, cout, g, vb_l.pp(format!("block.{i}")))?);
+                cin = cout;
+            }
+            let down = (level + 1 < cfg.channel_mult.len())
+                .then(|| {
+                    candle_nn::conv2d(
+                        cin,
+                        cin,
+                        3,
+                        Conv2dConfig {
+                            stride: 2,
+                            ..Default::default()
+                        },
+                        vb_l.pp("downsample"),
+                    )
+                })
+                .transpose()?;
+            levels.push((blocks, down));
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            conv_in,
+            levels,
+            mid: [
+                ResBlock::new(cin, cin, g, vb.pp("mid.0"))?,
+                ResBlock::new(cin, cin, g, vb.pp("mid.1"))?,
+            ],
+            norm_out: candle_nn::group_norm(g, cin, 1e-6, vb.pp("norm_out"))?,
+            conv_out: conv(cin, 2 * cfg.latent_channels, 3, vb.pp("conv_out"))?,
+        })
+    }
+
+    /// Mean and log-variance of q(z | x), each [B, C H W], for images [B, C, H, W] or flat.
+    pub fn encode(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let c = &self.cfg;
+        let (b, s) = (x.dim(0)?, c.image_size());
+        let mut h = self
+            .conv_in
+            .forward(&x.reshape((b, c.out_channels, s, s))?)?;
+        for (blocks, down) in &self.levels {
+            for blk in blocks {
+                h = blk.forward(&h)?;
+            }
+            if let Some(conv) = down {
+                h = conv.forward(&h.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?)?;
+            }
+        }
+        for m in &self.mid {
+            h = m.forward(&h)?;
+        }
+        let out = self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)?;
+        let d = c.latent_channels * c.latent_size * c.latent_size;
+        let out = out.flatten_from(1)?;
+        Ok((out.narrow(1, 0, d)?, out.narrow(1, d, d)?))
     }
 }
