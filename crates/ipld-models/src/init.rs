@@ -14,52 +14,29 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::ModelError;
 
-/// Re-initialises every linear layer in `vars` from `seed`, visiting names in sorted order.
+/// Re-initialises every linear layer in `vars` from `seed`, visiting names in sorted order:
+/// [`InitRule::TorchDefault`] for every tensor, after checking that each is a 2-d `*.weight` or
+/// a `*.bias` with a matching weight.
 pub fn seeded_init(vars: &VarMap, seed: u64) -> Result<(), ModelError> {
-    let data = vars.data().lock().expect("varmap lock");
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    for name in names {
-        let var = &data[name];
-        let (fan_in, values): (usize, Vec<f32>) = if name == "weight" || name.ends_with(".weight") {
-            let (_, fan_in) = var.dims2().map_err(|_| {
-                ModelError::param(
+    {
+        let data = vars.data().lock().expect("varmap lock");
+        for (name, var) in data.iter() {
+            if name == "weight" || name.ends_with(".weight") {
+                var.dims2().map_err(|_| {
+                    ModelError::param(
+                        name,
+                        format!("expected a 2-d weight, got shape {:?}", var.dims()),
+                    )
+                })?;
+            } else if !(name == "bias" || name.ends_with(".bias")) {
+                return Err(ModelError::param(
                     name,
-                    format!("expected a 2-d weight, got shape {:?}", var.dims()),
-                )
-            })?;
-            let bound = 1.0 / (fan_in as f64).sqrt();
-            (
-                fan_in,
-                (0..var.elem_count())
-                    .map(|_| rng.random_range(-bound..bound) as f32)
-                    .collect(),
-            )
-        } else if name == "bias" || name.ends_with(".bias") {
-            let weight = format!("{}weight", &name[..name.len() - "bias".len()]);
-            let w = data
-                .get(&weight)
-                .ok_or_else(|| ModelError::param(name, "a bias without a matching `.weight`"))?;
-            let fan_in = w.dims2()?.1;
-            let bound = 1.0 / (fan_in as f64).sqrt();
-            (
-                fan_in,
-                (0..var.elem_count())
-                    .map(|_| rng.random_range(-bound..bound) as f32)
-                    .collect(),
-            )
-        } else {
-            return Err(ModelError::param(
-                name,
-                "seeded_init knows only `*.weight` and `*.bias` tensors",
-            ));
-        };
-        debug_assert!(fan_in > 0);
-        let t = Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?;
-        var.set(&t)?;
+                    "seeded_init knows only `*.weight` and `*.bias` tensors",
+                ));
+            }
+        }
     }
-    Ok(())
+    seeded_init_with(vars, seed, |_, _| InitRule::TorchDefault)
 }
 
 /// How one tensor is initialised by [`seeded_init_with`].
