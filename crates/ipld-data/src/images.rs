@@ -104,6 +104,81 @@ impl ImageSet {
         self
     }
 
+    /// All pixels rescaled to 0..=255 (`round(v * 255 / max_value)`), images concatenated: the
+    /// 8-bit form FID and PNG writers expect.
+    pub fn pixels_255(&self) -> Vec<u8> {
+        if self.max_value == 255 {
+            return self.pixels.clone();
+        }
+        let s = 255.0 / self.max_value as f32;
+        self.pixels
+            .iter()
+            .map(|&v| (v as f32 * s).round() as u8)
+            .collect()
+    }
+
+    /// The images at `indices` (in that order) as a new set.
+    pub fn select(&self, indices: &[usize]) -> Result<Self, DataError> {
+        let per = self.dim();
+        let mut pixels = Vec::with_capacity(indices.len() * per);
+        let mut labels = self
+            .labels
+            .as_ref()
+            .map(|_| Vec::with_capacity(indices.len()));
+        for &i in indices {
+            if i >= self.len {
+                return Err(DataError::Shape(format!(
+                    "{}: index {i} out of range for {} images",
+                    self.source, self.len
+                )));
+            }
+            pixels.extend_from_slice(self.image(i));
+            if let (Some(l), Some(all)) = (&mut labels, &self.labels) {
+                l.push(all[i]);
+            }
+        }
+        Self::new(
+            pixels,
+            self.shape(),
+            self.max_value,
+            labels,
+            &format!("{} (subset)", self.source),
+        )
+    }
+
+    /// Images `range` as a new set (the same shape and scale).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Result<Self, DataError> {
+        if range.start >= range.end || range.end > self.len {
+            return Err(DataError::Shape(format!(
+                "{}: images {range:?} out of range for {} images",
+                self.source, self.len
+            )));
+        }
+        let per = self.dim();
+        Self::new(
+            self.pixels[range.start * per..range.end * per].to_vec(),
+            self.shape(),
+            self.max_value,
+            self.labels.as_ref().map(|l| l[range.clone()].to_vec()),
+            &format!("{} [{}..{}]", self.source, range.start, range.end),
+        )
+    }
+
+    /// Builds a set from f32 images in [-1, 1] (e.g. decoded samples), clamping and rounding to
+    /// 8 bits.
+    pub fn from_f32(values: &[f32], shape: [usize; 3], source: &str) -> Result<Self, DataError> {
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(DataError::Shape(format!(
+                "{source}: non-finite value at {i}"
+            )));
+        }
+        let pixels = values
+            .iter()
+            .map(|&v| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8)
+            .collect();
+        Self::new(pixels, shape, 255, None, source)
+    }
+
     /// Image `i` as f32 in [-1, 1] (CHW).
     pub fn image_f32(&self, i: usize) -> Vec<f32> {
         let s = 2.0 / self.max_value as f32;
@@ -198,6 +273,29 @@ impl ImageSourceConfig {
             | Self::MnistIdx { path }
             | Self::Folder { path, .. }
             | Self::Csv { path, .. } => path,
+        }
+    }
+
+    /// The [channels, height, width] the source yields (MNIST IDX: the standard 28 x 28).
+    pub fn shape(&self) -> [usize; 3] {
+        match self {
+            Self::Cifar10 { .. } | Self::Svhn { .. } => [3, 32, 32],
+            Self::MnistIdx { .. } => [1, 28, 28],
+            Self::Folder { size, rgb, .. } => {
+                [if *rgb { 3 } else { 1 }, *size as usize, *size as usize]
+            }
+            Self::Csv { height, width, .. } => [1, *height, *width],
+        }
+    }
+
+    /// Replaces the file or folder.
+    pub fn set_path(&mut self, new: PathBuf) {
+        match self {
+            Self::Cifar10 { path }
+            | Self::Svhn { path }
+            | Self::MnistIdx { path }
+            | Self::Folder { path, .. }
+            | Self::Csv { path, .. } => *path = new,
         }
     }
 
@@ -513,6 +611,128 @@ pub fn load_image_folder(
         None,
         &dir.display().to_string(),
     )
+}
+
+/// The data directory outside the repository where `cargo xtask fetch-data` / `fetch-inception`
+/// put downloads: `$IPLD_DATA_DIR`, else `$HOME/.cache/ipld/data`.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("IPLD_DATA_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/ipld/data")))
+        .unwrap_or_else(|| PathBuf::from("ipld-data"))
+}
+
+/// Loads every `.png`, `.jpg` and `.jpeg` under `dir` (recursively, sorted by path) at its own
+/// size as RGB (grey images repeated to three channels); all images must have the same size.
+/// This is what FID reads: no resampling besides Inception's own.
+pub fn load_image_folder_native(dir: &Path) -> Result<ImageSet, DataError> {
+    let mut files = Vec::new();
+    collect_images(dir, &mut files)?;
+    if files.is_empty() {
+        return Err(DataError::format(
+            dir,
+            "no .png/.jpg/.jpeg images in this folder",
+        ));
+    }
+    files.sort();
+    let mut size = None;
+    let mut pixels = Vec::new();
+    for f in &files {
+        let img = image::ImageReader::open(f)
+            .map_err(|e| DataError::io(f, e))?
+            .with_guessed_format()
+            .map_err(|e| DataError::io(f, e))?
+            .decode()
+            .map_err(|e| DataError::format(f, format!("cannot decode image ({e})")))?;
+        let (w, h) = (img.width(), img.height());
+        match size {
+            None => size = Some((w, h)),
+            Some((w0, h0)) if (w0, h0) != (w, h) => {
+                return Err(DataError::format(
+                    f,
+                    format!(
+                        "image is {w} x {h}, but {} is {w0} x {h0}; all must match",
+                        files[0].display()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        let rgb = img.to_rgb8();
+        for c in 0..3 {
+            pixels.extend(rgb.pixels().map(|p| p.0[c]));
+        }
+    }
+    let (w, h) = size.expect("at least one image");
+    ImageSet::new(
+        pixels,
+        [3, h as usize, w as usize],
+        255,
+        None,
+        &dir.display().to_string(),
+    )
+}
+
+/// Writes each image of `set` as `prefix{i:05}.png` into `dir` (created if missing); files are
+/// written to a temporary name and renamed.
+pub fn save_image_folder(set: &ImageSet, dir: &Path, prefix: &str) -> Result<(), DataError> {
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    let [c, h, w] = set.shape();
+    let px = set.pixels_255();
+    let per = c * h * w;
+    for i in 0..set.len() {
+        let img = &px[i * per..(i + 1) * per];
+        let path = dir.join(format!("{prefix}{i:05}.png"));
+        let tmp = dir.join(format!(".{prefix}{i:05}.png.tmp"));
+        let result = if c == 1 {
+            image::GrayImage::from_raw(w as u32, h as u32, img.to_vec())
+                .expect("sized buffer")
+                .save_with_format(&tmp, image::ImageFormat::Png)
+        } else {
+            let hwc: Vec<u8> = (0..h * w)
+                .flat_map(|p| (0..3).map(move |ch| img[ch * h * w + p]))
+                .collect();
+            image::RgbImage::from_raw(w as u32, h as u32, hwc)
+                .expect("sized buffer")
+                .save_with_format(&tmp, image::ImageFormat::Png)
+        };
+        result.map_err(|e| DataError::format(&tmp, format!("cannot write PNG ({e})")))?;
+        std::fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// Tiles the first `rows * cols` images of `set` into one PNG grid with a 2-pixel border.
+pub fn save_image_grid(
+    set: &ImageSet,
+    rows: usize,
+    cols: usize,
+    path: &Path,
+) -> Result<(), DataError> {
+    let [c, h, w] = set.shape();
+    let n = (rows * cols).min(set.len());
+    let pad = 2;
+    let (gw, gh) = (cols * (w + pad) + pad, rows * (h + pad) + pad);
+    let px = set.pixels_255();
+    let mut grid = image::RgbImage::from_pixel(gw as u32, gh as u32, image::Rgb([255, 255, 255]));
+    for i in 0..n {
+        let img = &px[i * c * h * w..(i + 1) * c * h * w];
+        let (x0, y0) = ((i % cols) * (w + pad) + pad, (i / cols) * (h + pad) + pad);
+        for y in 0..h {
+            for x in 0..w {
+                let v = |ch: usize| img[(ch.min(c - 1)) * h * w + y * w + x];
+                grid.put_pixel(
+                    (x0 + x) as u32,
+                    (y0 + y) as u32,
+                    image::Rgb([v(0), v(1), v(2)]),
+                );
+            }
+        }
+    }
+    let tmp = path.with_extension("png.tmp");
+    grid.save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| DataError::format(&tmp, format!("cannot write PNG ({e})")))?;
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
 }
 
 fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {

@@ -10,8 +10,9 @@ mod synthetic;
 pub use dataset::{Dataset, InMemoryDataset};
 pub use error::DataError;
 pub use images::{
-    ImageSet, ImageSourceConfig, load_cifar10, load_csv_images, load_image_folder, load_mnist_idx,
-    load_svhn_mat,
+    ImageSet, ImageSourceConfig, default_data_dir, load_cifar10, load_csv_images,
+    load_image_folder, load_image_folder_native, load_mnist_idx, load_svhn_mat, save_image_folder,
+    save_image_grid,
 };
 pub use io::{SAFETENSORS_KEY, load_matrix, save_matrix, write_atomically};
 pub use synthetic::{

@@ -317,3 +317,65 @@ fn image_source_config_parses_from_toml() {
         .to_string();
     assert!(err.contains("size"), "{err}");
 }
+
+#[test]
+fn native_folder_keeps_sizes_repeats_grey_and_rejects_mixed_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_rgb(&dir.path().join("a.png"), 4, 3, |x, y| {
+        [x as u8 * 10, y as u8 * 20, 7]
+    });
+    image::GrayImage::from_fn(4, 3, |x, y| image::Luma([(x + y) as u8]))
+        .save(dir.path().join("b.png"))
+        .unwrap();
+    let set = ipld_data::load_image_folder_native(dir.path()).unwrap();
+    assert_eq!((set.len(), set.shape()), (2, [3, 3, 4]));
+    // a.png, red plane, (row 2, col 3) = 30; green plane at row 2 = 40.
+    assert_eq!(set.image(0)[2 * 4 + 3], 30);
+    assert_eq!(set.image(0)[12 + 2 * 4], 40);
+    // b.png: grey repeated to three identical planes.
+    let b = set.image(1);
+    assert_eq!(&b[..12], &b[12..24]);
+    assert_eq!(b[2 * 4 + 3], 5);
+    write_rgb(&dir.path().join("c.png"), 5, 5, |_, _| [0, 0, 0]);
+    let err = ipld_data::load_image_folder_native(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("c.png") && err.contains("5 x 5"), "{err}");
+}
+
+#[test]
+fn image_set_subsets_rescaling_and_png_round_trip() {
+    // Pixels 0..=16 of scikit-learn's digits scale to 0..=255.
+    let px: Vec<u8> = (0..3 * 4).map(|i| (i % 17) as u8).collect();
+    let set =
+        ipld_data::ImageSet::new(px.clone(), [1, 2, 2], 16, Some(vec![7, 8, 9]), "t").unwrap();
+    let p255 = set.pixels_255();
+    assert_eq!(p255[0], 0);
+    assert_eq!(p255[8], 128); // round(8 * 255 / 16) = round(127.5)
+    let sel = set.select(&[2, 0]).unwrap();
+    assert_eq!(sel.labels().unwrap(), &[9, 7]);
+    assert_eq!(sel.image(0), set.image(2));
+    let sl = set.slice(1..3).unwrap();
+    assert_eq!(sl.image(0), set.image(1));
+    assert!(set.slice(2..5).is_err() && set.select(&[3]).is_err());
+    // f32 in [-1, 1] -> 8 bits, clamped; NaN is rejected.
+    let f = ipld_data::ImageSet::from_f32(&[-1.0, 0.0, 1.0, 2.0], [1, 2, 2], "f").unwrap();
+    assert_eq!(f.image(0), &[0, 128, 255, 255]);
+    assert!(ipld_data::ImageSet::from_f32(&[f32::NAN, 0.0, 0.0, 0.0], [1, 2, 2], "f").is_err());
+
+    // PNG folder and grid writers read back with the native loader.
+    let dir = tempfile::tempdir().unwrap();
+    let rgb: Vec<u8> = (0..2 * 3 * 2 * 3).map(|i| (i * 9) as u8).collect();
+    let set = ipld_data::ImageSet::new(rgb, [3, 2, 3], 255, None, "rgb").unwrap();
+    ipld_data::save_image_folder(&set, &dir.path().join("out"), "s").unwrap();
+    let back = ipld_data::load_image_folder_native(&dir.path().join("out")).unwrap();
+    assert_eq!(back.len(), 2);
+    assert_eq!(back.image(1), set.image(1));
+    let grid = dir.path().join("grid.png");
+    ipld_data::save_image_grid(&set, 1, 2, &grid).unwrap();
+    let g = image::open(&grid).unwrap().to_rgb8();
+    assert_eq!((g.width(), g.height()), (2 * (3 + 2) + 2, 2 + 2 + 2));
+    // Image 1's pixel (0, 0) sits at (2 + 3 + 2, 2); channels are planes of the CHW buffer.
+    let im1 = set.image(1);
+    assert_eq!(g.get_pixel(7, 2).0, [im1[0], im1[6], im1[12]]);
+}

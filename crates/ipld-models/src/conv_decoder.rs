@@ -8,7 +8,7 @@
 //! the mirrored encoder DiffusionVAE needs on images.
 
 use candle_core::Tensor;
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Module, VarBuilder, VarMap};
+use candle_nn::{GroupNorm, Module, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use crate::{Decoder, InitRule, ModelError, seeded_init_with};
@@ -93,21 +93,122 @@ impl ConvDecoderConfig {
     }
 }
 
-fn conv(cin: usize, cout: usize, k: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: k / 2,
-        ..Default::default()
+/// A 2-d convolution (weights `[out, in, k, k]` and bias, as `candle_nn::Conv2d` names them)
+/// computed as im2col + one batched matmul from primitive ops. candle 0.11's CPU conv backward
+/// runs `conv_transpose2d` as a direct loop, which profiling showed to dominate an image
+/// training step; with shifted views and a matmul both directions are GEMMs.
+#[derive(Debug, Clone)]
+pub struct Conv {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv {
+    /// A k x k convolution under `vb` (`weight`, `bias`).
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let bound = 1.0 / ((cin * k * k) as f64).sqrt();
+        let init = candle_nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        Ok(Self {
+            weight: vb.get_with_hints((cout, cin, k, k), "weight", init)?,
+            bias: vb.get_with_hints(cout, "bias", init)?,
+            stride,
+            padding,
+        })
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        conv2d_im2col(x, &self.weight, Some(&self.bias), self.stride, self.padding)
+    }
+}
+
+/// `conv2d(x, w) + b` with zero padding `padding` on every side and stride `stride`, from
+/// narrow/stack/matmul so that its backward needs no convolution kernels.
+pub fn conv2d_im2col(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let (n, cin, _, _) = x.dims4()?;
+    let (cout, cin_w, kh, kw) = w.dims4()?;
+    if cin != cin_w || stride == 0 {
+        candle_core::bail!(
+            "conv2d_im2col: input has {cin} channels, weight {cin_w}; stride {stride}"
+        );
+    }
+    let xp = if padding > 0 {
+        x.pad_with_zeros(2, padding, padding)?
+            .pad_with_zeros(3, padding, padding)?
+    } else {
+        x.clone()
     };
-    candle_nn::conv2d(cin, cout, k, cfg, vb)
+    let (hp, wp) = (xp.dim(2)?, xp.dim(3)?);
+    if hp < kh || wp < kw {
+        candle_core::bail!("conv2d_im2col: input {hp} x {wp} smaller than the kernel");
+    }
+    let (ho, wo) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
+    let y = if kh == 1 && kw == 1 && stride == 1 {
+        // 1 x 1: the input is its own column matrix.
+        let wm = w.reshape((cout, cin))?;
+        wm.broadcast_matmul(&xp.reshape((n, cin, ho * wo))?)?
+    } else {
+        let mut cols = Vec::with_capacity(kh * kw);
+        for i in 0..kh {
+            for j in 0..kw {
+                let v =
+                    xp.narrow(2, i, (ho - 1) * stride + 1)?
+                        .narrow(3, j, (wo - 1) * stride + 1)?;
+                let v = if stride > 1 {
+                    // Keep every stride-th row and column: pad to a multiple, split, take 0.
+                    v.pad_with_zeros(2, 0, stride - 1)?
+                        .pad_with_zeros(3, 0, stride - 1)?
+                        .reshape((n, cin, ho, stride, wo, stride))?
+                        .narrow(3, 0, 1)?
+                        .narrow(5, 0, 1)?
+                        .reshape((n, cin, ho, wo))?
+                } else {
+                    v
+                };
+                cols.push(v);
+            }
+        }
+        // [n, cin, k*k, ho, wo] -> [n, cin*k*k, ho*wo], matching the weight's (in, ky, kx) order.
+        let cols = Tensor::stack(&cols, 2)?.reshape((n, cin * kh * kw, ho * wo))?;
+        w.reshape((cout, cin * kh * kw))?.broadcast_matmul(&cols)?
+    };
+    let y = y.reshape((n, cout, ho, wo))?;
+    match b {
+        Some(b) => y.broadcast_add(&b.reshape((1, cout, 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+fn conv(cin: usize, cout: usize, k: usize, vb: VarBuilder) -> candle_core::Result<Conv> {
+    Conv::new(cin, cout, k, 1, k / 2, vb)
 }
 
 #[derive(Debug, Clone)]
 struct ResBlock {
     norm1: GroupNorm,
-    conv1: Conv2d,
+    conv1: Conv,
     norm2: GroupNorm,
-    conv2: Conv2d,
-    shortcut: Option<Conv2d>,
+    conv2: Conv,
+    shortcut: Option<Conv>,
 }
 
 impl ResBlock {
@@ -137,12 +238,12 @@ impl ResBlock {
 #[derive(Debug, Clone)]
 pub struct ConvDecoder {
     cfg: ConvDecoderConfig,
-    conv_in: Conv2d,
+    conv_in: Conv,
     mid: [ResBlock; 2],
     /// Deepest level first: its residual blocks and the upsampling conv (none for the last).
-    levels: Vec<(Vec<ResBlock>, Option<Conv2d>)>,
+    levels: Vec<(Vec<ResBlock>, Option<Conv>)>,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv,
 }
 
 impl ConvDecoder {
@@ -231,11 +332,11 @@ impl Decoder for ConvDecoder {
 #[derive(Debug, Clone)]
 pub struct ConvEncoder {
     cfg: ConvDecoderConfig,
-    conv_in: Conv2d,
-    levels: Vec<(Vec<ResBlock>, Option<Conv2d>)>,
+    conv_in: Conv,
+    levels: Vec<(Vec<ResBlock>, Option<Conv>)>,
     mid: [ResBlock; 2],
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv,
 }
 
 impl ConvEncoder {
@@ -257,18 +358,7 @@ impl ConvEncoder {
                 cin = cout;
             }
             let down = (level + 1 < cfg.channel_mult.len())
-                .then(|| {
-                    candle_nn::conv2d(
-                        cin,
-                        cin,
-                        3,
-                        Conv2dConfig {
-                            stride: 2,
-                            ..Default::default()
-                        },
-                        vb_l.pp("downsample"),
-                    )
-                })
+                .then(|| Conv::new(cin, cin, 3, 2, 0, vb_l.pp("downsample")))
                 .transpose()?;
             levels.push((blocks, down));
         }
@@ -306,6 +396,9 @@ impl ConvEncoder {
         let out = self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)?;
         let d = c.latent_channels * c.latent_size * c.latent_size;
         let out = out.flatten_from(1)?;
-        Ok((out.narrow(1, 0, d)?, out.narrow(1, d, d)?))
+        Ok((
+            out.narrow(1, 0, d)?.contiguous()?,
+            out.narrow(1, d, d)?.contiguous()?,
+        ))
     }
 }

@@ -10,7 +10,7 @@ mod error;
 mod init;
 mod mlp;
 
-pub use conv_decoder::{ConvDecoder, ConvDecoderConfig, ConvEncoder};
+pub use conv_decoder::{Conv, ConvDecoder, ConvDecoderConfig, ConvEncoder, conv2d_im2col};
 pub use decoder::{Decoder, LinearDecoder, LinearDecoderConfig, gaussian_nll};
 pub use dit::{Dit, DitConfig, sincos_2d};
 pub use embedding::{sinusoidal_embedding, sinusoidal_frequencies};

@@ -260,3 +260,80 @@ fn conv_encoder_mirrors_the_decoder_and_gets_gradients() {
     .unwrap();
     assert!(report.checked > 80, "{}", report.checked);
 }
+
+#[test]
+fn im2col_convolution_matches_candle_conv2d_values_and_gradients() {
+    // candle's conv2d (forward and its conv_transpose-based backward) is the reference.
+    let dev = Device::Cpu;
+    for (cin, cout, k, stride, pad, h) in [
+        (3, 4, 3, 1, 1, 6),
+        (2, 3, 3, 2, 0, 7),
+        (2, 3, 3, 2, 0, 8),
+        (4, 2, 1, 1, 0, 5),
+    ] {
+        let x = Var::from_tensor(
+            &seq(2 * cin * h * h, 1.0, &dev)
+                .reshape((2, cin, h, h))
+                .unwrap(),
+        )
+        .unwrap();
+        let w = Var::from_tensor(
+            &seq(cout * cin * k * k, 0.3, &dev)
+                .reshape((cout, cin, k, k))
+                .unwrap(),
+        )
+        .unwrap();
+        let b = Var::from_tensor(&seq(cout, 0.5, &dev)).unwrap();
+        let ours = ipld_models::conv2d_im2col(
+            x.as_tensor(),
+            w.as_tensor(),
+            Some(b.as_tensor()),
+            stride,
+            pad,
+        )
+        .unwrap();
+        let reference = x
+            .as_tensor()
+            .conv2d(w.as_tensor(), pad, stride, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.as_tensor().reshape((1, cout, 1, 1)).unwrap())
+            .unwrap();
+        assert_eq!(ours.dims(), reference.dims());
+        let diff = |a: &Tensor, b: &Tensor| -> f64 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        assert!(
+            diff(&ours, &reference) < 1e-12,
+            "forward {cin} {cout} {k} {stride} {pad} {h}"
+        );
+        // Gradients of a weighted sum, so every output position matters differently.
+        let r = seq(ours.elem_count(), 1.0, &dev)
+            .reshape(ours.dims())
+            .unwrap();
+        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (reference * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &w, &b] {
+            let (a, c) = (
+                g1.get(v.as_tensor()).unwrap(),
+                g2.get(v.as_tensor()).unwrap(),
+            );
+            assert!(
+                diff(a, c) < 1e-10,
+                "gradient {cin} {cout} {k} {stride} {pad} {h}: {}",
+                diff(a, c)
+            );
+        }
+    }
+}

@@ -145,15 +145,9 @@ impl ParticleCloud {
         Ok(())
     }
 
-    /// Mutable views of (z, momentum, second moment) for local row `r`.
-    pub(crate) fn row_mut(&mut self, r: usize) -> (&mut [f32], &mut [f32], &mut [f32]) {
-        let w = self.n * self.dim;
-        let range = r * w..(r + 1) * w;
-        (
-            &mut self.z[range.clone()],
-            &mut self.momentum[range.clone()],
-            &mut self.second_moment[range],
-        )
+    /// The three buffers z, momentum, second moment, for a pass over all rows at once.
+    pub(crate) fn buffers_mut(&mut self) -> (&mut [f32], &mut [f32], &mut [f32]) {
+        (&mut self.z, &mut self.momentum, &mut self.second_moment)
     }
 
     /// Warm start (Appendix B.3): replicate each point's single particle (and its moments) to

@@ -3,14 +3,17 @@
 
 mod cloud;
 mod error;
+mod lazy;
 mod rng;
 mod schedule;
 mod update;
 
 pub use cloud::{INIT_STREAM, ParticleCloud};
 pub use error::ParticleError;
+pub use lazy::{LAZY_STREAM, LazyNoise};
 pub use rng::{NoiseStream, box_muller4, philox4x32_10};
 pub use schedule::{KlAnnealing, StepSizeSchedule};
 pub use update::{
-    AdaptiveLangevin, KineticLangevin, Langevin, ParticleUpdate, StepContext, UpdateConfig,
+    AdaptiveLangevin, KineticLangevin, Langevin, ParticleUpdate, StepContext, StepVariance,
+    UpdateConfig,
 };

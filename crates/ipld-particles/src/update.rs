@@ -197,7 +197,7 @@ fn batch_positions(
     Ok(pos)
 }
 
-fn check_ctx(ctx: &StepContext) -> Result<(), ParticleError> {
+pub(crate) fn check_ctx(ctx: &StepContext) -> Result<(), ParticleError> {
     if ctx.batch_size == 0 || ctx.total_points == 0 {
         return Err(ParticleError::param(
             "train.batch_size",
@@ -220,28 +220,60 @@ fn check_ctx(ctx: &StepContext) -> Result<(), ParticleError> {
     Ok(())
 }
 
+/// One row's buffers as a kernel sees them: (z, momentum, second moment, the row's gradient if
+/// it is in the batch, the row's noise).
+pub(crate) type Row<'a> = (
+    &'a mut [f32],
+    &'a mut [f32],
+    &'a mut [f32],
+    Option<&'a [f32]>,
+    &'a [f32],
+);
+
+/// Noise variance of one element at one step, split by whether it is preconditioned: the
+/// element's variance is `plain + preconditioned / sqrt(V + eps)` (G^{1/2} W has variance G).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StepVariance {
+    /// Variance of the unpreconditioned part.
+    pub plain: f64,
+    /// Variance multiplying G = (V + eps)^(-1/2).
+    pub preconditioned: f64,
+}
+
 /// The fused pass shared by every rule: for each local row, draw its noise in place, then hand
-/// (z, momentum, second moment, the row's gradient if it is in the batch, noise) to `row`.
+/// (z, momentum, second moment, the row's gradient if it is in the batch, noise) to `row`. Rows
+/// run in parallel (rayon); the noise of element e is a function of (step, e) only, so the result
+/// is the same for every partition of the rows and every thread count.
 fn fused_pass(
     cloud: &mut ParticleCloud,
     batch: &[usize],
     grads: &[f32],
     ctx: &StepContext,
     noise: &NoiseStream,
-    mut row: impl FnMut(&mut [f32], &mut [f32], &mut [f32], Option<&[f32]>, &[f32]),
+    row: impl Fn(Row<'_>) + Sync,
 ) -> Result<(), ParticleError> {
+    use rayon::prelude::*;
     check_ctx(ctx)?;
     let pos = batch_positions(cloud, batch, grads)?;
     let w = cloud.particles() * cloud.dim();
     let start = cloud.start();
-    let mut w_buf = vec![0f32; w];
-    for r in 0..cloud.rows() {
-        noise.fill(ctx.step, ((start + r) * w) as u64, &mut w_buf);
-        let g =
-            (pos[r] != u32::MAX).then(|| &grads[pos[r] as usize * w..(pos[r] as usize + 1) * w]);
-        let (z, m1, m2) = cloud.row_mut(r);
-        row(z, m1, m2, g, &w_buf);
-    }
+    // About 16 KiB of particles per task: enough work to amortise scheduling.
+    let min_rows = (4096 / w).max(1);
+    let (z, m1, m2) = cloud.buffers_mut();
+    z.par_chunks_mut(w)
+        .zip(m1.par_chunks_mut(w))
+        .zip(m2.par_chunks_mut(w))
+        .enumerate()
+        .with_min_len(min_rows)
+        .for_each_init(
+            || vec![0f32; w],
+            |w_buf, (r, ((z, m1), m2))| {
+                noise.fill(ctx.step, ((start + r) * w) as u64, w_buf);
+                let g = (pos[r] != u32::MAX)
+                    .then(|| &grads[pos[r] as usize * w..(pos[r] as usize + 1) * w]);
+                row((z, m1, m2, g, w_buf));
+            },
+        );
     Ok(())
 }
 
@@ -254,10 +286,26 @@ impl ParticleUpdate for Langevin {
         ctx: &StepContext,
         noise: &NoiseStream,
     ) -> Result<(), ParticleError> {
+        let kernel = self.kernel(ctx, cloud.particles());
+        fused_pass(cloud, batch, grads, ctx, noise, kernel)
+    }
+}
+
+impl Langevin {
+    /// Per-element noise variance of one step: 2 h gamma_t |B| / M, unpreconditioned.
+    pub fn step_variance(&self, ctx: &StepContext) -> StepVariance {
+        StepVariance {
+            plain: 2.0 * ctx.step_size * ctx.gamma * ctx.batch_size as f64
+                / ctx.total_points as f64,
+            preconditioned: 0.0,
+        }
+    }
+
+    pub(crate) fn kernel(&self, ctx: &StepContext, n: usize) -> impl Fn(Row<'_>) + Sync + use<> {
         let m_total = ctx.total_points as f64;
-        let drift = (ctx.step_size * m_total * cloud.particles() as f64) as f32;
-        let sd = (2.0 * ctx.step_size * ctx.gamma * ctx.batch_size as f64 / m_total).sqrt() as f32;
-        fused_pass(cloud, batch, grads, ctx, noise, |z, _, _, g, w| match g {
+        let drift = (ctx.step_size * m_total * n as f64) as f32;
+        let sd = self.step_variance(ctx).plain.sqrt() as f32;
+        move |(z, _, _, g, w): Row<'_>| match g {
             Some(g) => {
                 for ((zi, gi), wi) in z.iter_mut().zip(g).zip(w) {
                     *zi += -drift * gi + sd * wi;
@@ -268,7 +316,7 @@ impl ParticleUpdate for Langevin {
                     *zi += sd * wi;
                 }
             }
-        })
+        }
     }
 }
 
@@ -281,21 +329,50 @@ impl ParticleUpdate for AdaptiveLangevin {
         ctx: &StepContext,
         noise: &NoiseStream,
     ) -> Result<(), ParticleError> {
-        let m_total = ctx.total_points as f64;
-        let scale = (m_total * cloud.particles() as f64) as f32;
+        let kernel = self.kernel(ctx, cloud.particles());
+        fused_pass(cloud, batch, grads, ctx, noise, kernel)
+    }
+}
+
+impl AdaptiveLangevin {
+    /// Per-element noise variance of one step: s² = 2 h gamma_t / M (divided by |B|² with
+    /// `batch_noise_scale`), times G = (V + eps)^(-1/2) once `precondition_noise` is set.
+    pub fn step_variance(&self, ctx: &StepContext) -> StepVariance {
+        let sd = self.noise_sd(ctx);
+        let v = sd * sd;
+        if ctx.precondition_noise {
+            StepVariance {
+                plain: 0.0,
+                preconditioned: v,
+            }
+        } else {
+            StepVariance {
+                plain: v,
+                preconditioned: 0.0,
+            }
+        }
+    }
+
+    /// sqrt(2 h gamma_t / M), divided by |B| with `batch_noise_scale`.
+    fn noise_sd(&self, ctx: &StepContext) -> f64 {
+        let mut sd = (2.0 * ctx.step_size * ctx.gamma / ctx.total_points as f64).sqrt();
+        if self.batch_noise_scale {
+            sd /= ctx.batch_size.max(1) as f64;
+        }
+        sd
+    }
+
+    pub(crate) fn kernel(&self, ctx: &StepContext, n: usize) -> impl Fn(Row<'_>) + Sync + use<> {
+        let scale = (ctx.total_points as f64 * n as f64) as f32;
         let (a, b, eps, h) = (
             self.momentum as f32,
             self.second_moment as f32,
             self.eps as f32,
             ctx.step_size as f32,
         );
-        let mut sd = (2.0 * ctx.step_size * ctx.gamma / m_total).sqrt();
-        if self.batch_noise_scale {
-            sd /= ctx.batch_size.max(1) as f64;
-        }
-        let sd = sd as f32;
+        let sd = self.noise_sd(ctx) as f32;
         let precondition = ctx.precondition_noise;
-        fused_pass(cloud, batch, grads, ctx, noise, |z, m1, m2, g, w| {
+        move |(z, m1, m2, g, w): Row<'_>| {
             for i in 0..z.len() {
                 if let Some(g) = g {
                     let gi = scale * g[i];
@@ -310,7 +387,7 @@ impl ParticleUpdate for AdaptiveLangevin {
                 };
                 z[i] += noise_sd * w[i];
             }
-        })
+        }
     }
 }
 
@@ -329,12 +406,19 @@ impl ParticleUpdate for KineticLangevin {
         let a = self.damping;
         let sd = ((1.0 - a * a) * temperature).sqrt() as f32;
         let (a, h) = (a as f32, ctx.step_size as f32);
-        fused_pass(cloud, batch, grads, ctx, noise, |z, v, _, g, w| {
-            for i in 0..z.len() {
-                let gi = g.map_or(0.0, |g| g[i]);
-                v[i] = a * v[i] - force * gi + sd * w[i];
-                z[i] += h * v[i];
-            }
-        })
+        fused_pass(
+            cloud,
+            batch,
+            grads,
+            ctx,
+            noise,
+            |(z, v, _, g, w): Row<'_>| {
+                for i in 0..z.len() {
+                    let gi = g.map_or(0.0, |g| g[i]);
+                    v[i] = a * v[i] - force * gi + sd * w[i];
+                    z[i] += h * v[i];
+                }
+            },
+        )
     }
 }

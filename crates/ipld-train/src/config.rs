@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use ipld_data::SyntheticKind;
-use ipld_diffusion::{LossWeighting, SamplerConfig, ScheduleConfig};
+use ipld_diffusion::{EmaConfig, LossWeighting, SamplerConfig, ScheduleConfig};
 use ipld_eval::MmdConfig;
-use ipld_models::{LinearDecoderConfig, MlpEpsConfig};
+use ipld_models::{ConvDecoderConfig, DitConfig, LinearDecoderConfig, MlpEpsConfig};
 use ipld_particles::{KlAnnealing, StepSizeSchedule, UpdateConfig};
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +62,10 @@ pub enum ConfigError {
 pub const PRESETS: &[(&str, &str)] = &[
     ("gmm", include_str!("../../../configs/gmm.toml")),
     ("circles", include_str!("../../../configs/circles.toml")),
+    ("mnist5k", include_str!("../../../configs/mnist5k.toml")),
+    ("cifar10", include_str!("../../../configs/cifar10.toml")),
+    ("svhn", include_str!("../../../configs/svhn.toml")),
+    ("celeba64", include_str!("../../../configs/celeba64.toml")),
 ];
 
 /// The training method.
@@ -151,11 +155,33 @@ pub struct DataConfig {
     pub seed: u64,
     /// Latent dimension d_z of the particles and the prior.
     pub latent_dim: usize,
+    /// Image data (`[data.images]`, `format = "cifar10" | "svhn" | "mnist-idx" | "folder" |
+    /// "csv"`); when set it replaces `synthetic`/`path`. A relative path that does not exist is
+    /// looked up under the data directory (`$IPLD_DATA_DIR`, else `~/.cache/ipld/data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ipld_data::ImageSourceConfig>,
+    /// Use at most this many image training points, evenly spaced over the set (0 = all), e.g. a
+    /// CPU-sized subset that keeps every class of a file sorted by label.
+    #[serde(default)]
+    pub max_points: usize,
 }
 
 impl DataConfig {
     /// The dataset's short name: the synthetic kind or the file stem.
     pub fn name(&self) -> String {
+        if let Some(img) = &self.images {
+            let p = img.path();
+            let stem = p
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            return stem
+                .split('.')
+                .next()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("images")
+                .to_string();
+        }
         if self.path.is_empty() {
             self.synthetic.name().to_string()
         } else {
@@ -173,8 +199,17 @@ impl DataConfig {
 pub struct ModelConfig {
     /// The epsilon-network of the latent prior (Appendix B.1).
     pub eps: MlpEpsConfig,
-    /// The Gaussian decoder p_phi(x | z).
+    /// The Gaussian decoder p_phi(x | z): its `sigma` is the observation noise of every decoder;
+    /// the linear map is used unless `conv_decoder` is set.
     pub decoder: LinearDecoderConfig,
+    /// A DiT prior (B.2) instead of the MLP `eps`; its latent C x H x W must equal
+    /// `data.latent_dim`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dit: Option<DitConfig>,
+    /// The LDM convolutional decoder (Table 2) instead of the linear one; DiffusionVAE then uses
+    /// the mirrored convolutional encoder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv_decoder: Option<ConvDecoderConfig>,
 }
 
 /// The latent DDPM prior.
@@ -200,6 +235,11 @@ pub struct ParticlesConfig {
     pub step_size: StepSizeSchedule,
     /// The update rule: `adaptive-langevin` (Algorithm 2) or `langevin` (Algorithm 1).
     pub update: UpdateConfig,
+    /// Exact lazy noise: touch only the minibatch's particles per step and give every other
+    /// particle its missed noise, as one Gaussian of the summed variance, when it is next read
+    /// (same distribution as the eager update; not for `kinetic-langevin`).
+    #[serde(default)]
+    pub lazy_noise: bool,
 }
 
 /// Optimisation of theta and phi, and bookkeeping.
@@ -218,6 +258,14 @@ pub struct TrainConfig {
     pub optimizer_phi: AdamWConfig,
     /// AdamW for the encoder (DiffusionVAE only).
     pub optimizer_encoder: AdamWConfig,
+    /// Exponential learning-rate decay per epoch for the decoder and encoder (B.2: 0.999 on
+    /// images; 1 = constant).
+    #[serde(default = "one")]
+    pub lr_decay_phi: f64,
+    /// Exponential moving average of the prior's weights, used for sampling (Table 2: decay
+    /// 0.999 / 0.9999 from step 40,000); absent = sample with the raw weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<EmaConfig>,
     /// Two-stage ablation (Table 4): the particles see only the decoder's likelihood; the
     /// diffusion loss trains theta on detached particles.
     pub two_stage: bool,
@@ -239,6 +287,26 @@ pub struct EvalConfig {
     pub sampler: SamplerConfig,
     /// MMD kernel settings.
     pub mmd: MmdConfig,
+    /// Image runs: also compute FID of the samples against the training images (needs `cargo
+    /// xtask fetch-inception`), and write a sample grid.
+    #[serde(default)]
+    pub fid: bool,
+    /// Image runs with particles: decode the particle clouds of `cloud_points` training points at
+    /// the start of these epochs into `clouds/epoch-EEEE.png` (D.2, Figure 5).
+    #[serde(default)]
+    pub cloud_epochs: Vec<u64>,
+    /// Training points (evenly spaced over the data) shown in the cloud pictures and the latent
+    /// interpolation (D.1, Figure 4).
+    #[serde(default = "eight")]
+    pub picture_points: usize,
+}
+
+fn eight() -> usize {
+    8
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// A whole run.
@@ -378,6 +446,12 @@ impl RunConfig {
                 ),
             ));
         }
+        if self.particles.lazy_noise && rule == "kinetic-langevin" {
+            return Err(key(
+                "particles.lazy_noise",
+                "kinetic-langevin moves every particle every step (its velocity); use the eager update".into(),
+            ));
+        }
         if self.train.two_stage && self.method == Method::DiffusionVae {
             return Err(key(
                 "train.two_stage",
@@ -410,7 +484,57 @@ impl RunConfig {
                 format!("must be > 0, got {}", self.model.decoder.sigma),
             ));
         }
-        if self.data.path.is_empty() {
+        if let Some(dit) = &self.model.dit {
+            dit.validate().map_err(|e| invalid(e.to_string()))?;
+            if dit.latent_dim() != self.data.latent_dim {
+                return Err(key(
+                    "model.dit",
+                    format!(
+                        "latent {} x {} x {} = {} values, but data.latent_dim = {}",
+                        dit.channels,
+                        dit.size,
+                        dit.size,
+                        dit.latent_dim(),
+                        self.data.latent_dim
+                    ),
+                ));
+            }
+        }
+        if let Some(dec) = &self.model.conv_decoder {
+            dec.validate().map_err(|e| invalid(e.to_string()))?;
+            let d = dec.latent_channels * dec.latent_size * dec.latent_size;
+            if d != self.data.latent_dim {
+                return Err(key(
+                    "model.conv_decoder",
+                    format!(
+                        "takes {d} latent values, but data.latent_dim = {}",
+                        self.data.latent_dim
+                    ),
+                ));
+            }
+            if self.data.images.is_none() {
+                return Err(key(
+                    "model.conv_decoder",
+                    "needs image data ([data.images])".into(),
+                ));
+            }
+        }
+        if let Some(ema) = &self.train.ema {
+            ema.validate().map_err(|e| invalid(e.to_string()))?;
+        }
+        if !(self.train.lr_decay_phi > 0.0 && self.train.lr_decay_phi <= 1.0) {
+            return Err(key(
+                "train.lr_decay_phi",
+                format!("must lie in (0, 1], got {}", self.train.lr_decay_phi),
+            ));
+        }
+        if self.eval.fid && self.data.images.is_none() {
+            return Err(key(
+                "eval.fid",
+                "FID needs image data ([data.images])".into(),
+            ));
+        }
+        if self.data.images.is_none() && self.data.path.is_empty() {
             if self.data.points < 2 {
                 return Err(key(
                     "data.points",
@@ -429,6 +553,19 @@ impl RunConfig {
             }
         }
         Ok(())
+    }
+
+    /// The observation noise sigma of p_phi(x | z): the convolutional decoder's when it is used.
+    pub fn decoder_sigma(&self) -> f64 {
+        self.model
+            .conv_decoder
+            .as_ref()
+            .map_or(self.model.decoder.sigma, |c| c.sigma)
+    }
+
+    /// Whether the data are images (`[data.images]`).
+    pub fn is_image_run(&self) -> bool {
+        self.data.images.is_some()
     }
 
     /// The resolved configuration as TOML (what a run directory saves).

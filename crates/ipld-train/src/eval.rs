@@ -41,7 +41,7 @@ pub fn generate(
     let z0 = sampler
         .sampler()
         .sample(
-            trainer.eps_model(),
+            trainer.sampling_prior()?,
             trainer.schedule(),
             z,
             &mut rng,
@@ -62,18 +62,25 @@ pub fn generate(
 /// The reference set: all training points, or a seeded subset of `eval.reference_points`.
 pub fn reference(trainer: &Trainer) -> Result<Vec<f32>, TrainError> {
     let data = trainer.data();
-    let want = trainer.cfg.eval.reference_points;
-    let idx: Vec<usize> = if want >= data.len() {
-        (0..data.len()).collect()
-    } else {
-        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(trainer.cfg.seed, STREAM_REFERENCE, 0));
-        let mut v = sample(&mut rng, data.len(), want).into_vec();
-        v.sort_unstable();
-        v
-    };
+    let idx = reference_indices(trainer);
     let mut out = Vec::with_capacity(idx.len() * data.dim());
     data.gather_into(&idx, &mut out)?;
     Ok(out)
+}
+
+/// Indices of the reference set: all training points, or a seeded sorted subset of
+/// `eval.reference_points`.
+pub fn reference_indices(trainer: &Trainer) -> Vec<usize> {
+    let n = trainer.data().len();
+    let want = trainer.cfg.eval.reference_points;
+    if want >= n {
+        (0..n).collect()
+    } else {
+        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(trainer.cfg.seed, STREAM_REFERENCE, 0));
+        let mut v = sample(&mut rng, n, want).into_vec();
+        v.sort_unstable();
+        v
+    }
 }
 
 /// MMD² between generated samples and the reference set (from [`reference`]).

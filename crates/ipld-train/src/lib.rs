@@ -6,7 +6,10 @@
 
 pub mod config;
 pub mod eval;
+pub mod fid;
+pub mod nets;
 pub mod optim;
+pub mod pictures;
 pub mod plot;
 pub mod run;
 pub mod trainer;

@@ -72,7 +72,8 @@ enum Command {
         /// Number of samples.
         #[arg(long, default_value_t = 10_000)]
         n: usize,
-        /// Output file ([n, d_x] float32).
+        /// Output: .npy or .safetensors ([n, d_x] float32); for image runs any other path is a
+        /// folder of PNGs (what `ipld-train fid` reads).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
         /// Sampler (default: the run's eval.sampler).
@@ -91,7 +92,31 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Re-evaluate a trained run: fresh samples, MMD against the data.
+    /// Fréchet Inception Distance between two image folders (or a folder and a statistics file);
+    /// prints a JSON line with `fid`. Needs `cargo xtask fetch-inception` once.
+    Fid {
+        /// Reference images: a folder, or a .safetensors statistics file.
+        real: PathBuf,
+        /// Images to evaluate: a folder, or a .safetensors statistics file.
+        fake: PathBuf,
+        /// At most this many images per folder (the paper: 50,000).
+        #[arg(long, default_value_t = 50_000)]
+        limit: usize,
+        /// Inception batch size.
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+        /// Converted Inception weights (default: $IPLD_DATA_DIR/inception/...).
+        #[arg(long, value_name = "FILE")]
+        inception: Option<PathBuf>,
+        /// Save the statistics of REAL (a folder) to this .safetensors file for reuse.
+        #[arg(long, value_name = "FILE")]
+        save_stats: Option<PathBuf>,
+        /// No progress output.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Re-evaluate a trained run: fresh samples, MMD (and FID for image runs with eval.fid)
+    /// against the data.
     Eval {
         /// The run directory.
         #[arg(long, value_name = "DIR")]
@@ -199,6 +224,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             quiet,
         }) => serde_json::to_string(&ipld_train::eval_run(&run, samples, seed, progress(quiet))?)?,
+        Some(Command::Fid {
+            real,
+            fake,
+            limit,
+            batch,
+            inception,
+            save_stats,
+            quiet,
+        }) => {
+            let opts = ipld_train::fid::FidOptions {
+                limit,
+                batch,
+                weights: inception.unwrap_or_else(ipld_train::fid::default_weights),
+                save_stats,
+                progress: progress(quiet),
+            };
+            serde_json::to_string(&ipld_train::fid::fid_paths(&real, &fake, &opts)?)?
+        }
     };
     if json.is_empty() {
         bail!("no result");

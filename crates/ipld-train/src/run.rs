@@ -11,14 +11,15 @@ use std::time::Instant;
 
 use candle_core::Device;
 use ipld_data::{
-    Dataset, InMemoryDataset, SyntheticConfig, load_matrix, save_matrix, write_atomically,
+    Dataset, ImageSet, ImageSourceConfig, InMemoryDataset, SyntheticConfig, load_matrix,
+    save_matrix, write_atomically,
 };
 use ipld_diffusion::SamplerConfig;
 use serde::Serialize;
 
 use crate::eval::{Samples, generate, mmd, reference};
 use crate::trainer::{StepMetrics, TrainError, Trainer};
-use crate::{RunConfig, plot};
+use crate::{RunConfig, pictures, plot};
 
 /// File names inside a run directory.
 pub const CONFIG_FILE: &str = "config.toml";
@@ -119,12 +120,26 @@ pub struct RunSummary {
     pub mmd: f64,
     /// The last step's loss L-hat.
     pub final_loss: Option<f64>,
+    /// Image runs with `eval.fid`: FID of the samples against `eval.reference_points` training
+    /// images (TF-FID Inception-v3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fid: Option<f64>,
     /// The run directory.
     pub run_dir: String,
 }
 
 /// Loads the training data the config names.
 pub fn load_data(cfg: &RunConfig) -> Result<InMemoryDataset, RunError> {
+    if let Some(src) = &cfg.data.images {
+        let set = load_images(src, cfg.data.max_points)?;
+        let idx: Vec<usize> = (0..set.len()).collect();
+        let mut flat = Vec::with_capacity(set.len() * set.dim());
+        set.gather_into(&idx, &mut flat).map_err(TrainError::from)?;
+        return Ok(
+            InMemoryDataset::new(flat, set.len(), set.dim(), set.source())
+                .map_err(TrainError::from)?,
+        );
+    }
     let data = if cfg.data.path.is_empty() {
         SyntheticConfig {
             kind: cfg.data.synthetic,
@@ -139,6 +154,44 @@ pub fn load_data(cfg: &RunConfig) -> Result<InMemoryDataset, RunError> {
         load_matrix(Path::new(&cfg.data.path)).map_err(TrainError::from)?
     };
     Ok(data)
+}
+
+/// Resolves a configured image path: as given when it exists, else under the data directory.
+pub fn resolve_image_path(src: &ImageSourceConfig) -> ImageSourceConfig {
+    let p = src.path();
+    if p.exists() || p.is_absolute() {
+        return src.clone();
+    }
+    let alt = ipld_data::default_data_dir().join(p);
+    let mut out = src.clone();
+    if alt.exists() {
+        out.set_path(alt);
+    }
+    out
+}
+
+/// Loads the image set of `[data.images]` (the first `max_points` images when > 0).
+pub fn load_images(src: &ImageSourceConfig, max_points: usize) -> Result<ImageSet, RunError> {
+    let src = resolve_image_path(src);
+    let set = src.load().map_err(|e| {
+        let hint = if src.path().exists() {
+            String::new()
+        } else {
+            format!(
+                " (not found here nor under the data directory {}; mnist5k and digits come from                  `cargo xtask fetch-data NAME`)",
+                ipld_data::default_data_dir().display()
+            )
+        };
+        io(src.path(), format!("{e}{hint}"))
+    })?;
+    if max_points == 0 || max_points >= set.len() {
+        return Ok(set);
+    }
+    // Evenly spaced, so a file sorted by class (mnist5k) keeps every class.
+    let idx: Vec<usize> = (0..max_points)
+        .map(|i| i * set.len() / max_points)
+        .collect();
+    Ok(set.select(&idx).map_err(TrainError::from)?)
 }
 
 /// The default run directory `runs/<dataset>-<method>-n<N>-seed<S>`, suffixed `-2`, `-3`, ... if
@@ -293,6 +346,16 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
                 "already holds a run; continue it with --resume, or choose another --out",
             ));
         }
+        if plan.config.eval.fid {
+            let w = crate::fid::default_weights();
+            if !w.exists() {
+                return Err(io(
+                    &w,
+                    "eval.fid needs the Inception weights: run `cargo xtask fetch-inception` \
+                     (or --set eval.fid=false)",
+                ));
+            }
+        }
         let data = load_data(&plan.config)?;
         let t = Trainer::new(plan.config.clone(), data, Device::Cpu)?;
         fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
@@ -323,7 +386,16 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
     });
     let start = Instant::now();
     let mut last: Option<StepMetrics> = None;
+    let per_epoch = trainer.batching().1;
+    let snapshot_due = |t: u64| {
+        cfg.is_image_run()
+            && t.is_multiple_of(per_epoch)
+            && cfg.eval.cloud_epochs.contains(&(t / per_epoch))
+    };
     while trainer.step() < total {
+        if snapshot_due(trainer.step()) {
+            pictures::cloud_snapshot(&trainer, trainer.step() / per_epoch, &dir)?;
+        }
         let m = match trainer.train_step() {
             Ok(m) => m,
             Err(e @ TrainError::NonFinite { .. }) => {
@@ -372,6 +444,9 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
         b.finish();
     }
     let train_seconds = start.elapsed().as_secs_f64();
+    if snapshot_due(trainer.step()) {
+        pictures::cloud_snapshot(&trainer, trainer.step() / per_epoch, &dir)?;
+    }
     let steps_now = trainer.step() - first;
 
     let samples = sample_with_progress(
@@ -383,7 +458,12 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
     )?;
     let reference = reference(&trainer)?;
     let mmd = mmd(&trainer, &samples, &reference)?;
-    write_plot(&trainer, &samples, &reference, &dir)?;
+    let fid = if cfg.is_image_run() {
+        image_outputs(&trainer, &samples, &dir, plan.progress)?
+    } else {
+        write_plot(&trainer, &samples, &reference, &dir)?;
+        None
+    };
     let summary = RunSummary {
         method: cfg.method.name().into(),
         dataset: cfg.data.name(),
@@ -401,12 +481,89 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
         samples: cfg.eval.samples,
         mmd,
         final_loss: last.map(|m| m.loss),
+        fid,
         run_dir: dir.display().to_string(),
     };
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
     write_atomically(&dir.join(SUMMARY_FILE), json.as_bytes())
         .map_err(|e| io(&dir.join(SUMMARY_FILE), e))?;
     Ok(summary)
+}
+
+/// Image runs: the sample grid (`samples.png`, 8 x 8) and, with `eval.fid`, FID against the
+/// first `eval.reference_points` training images (their statistics cached under the data
+/// directory's `fid-stats/`).
+fn image_outputs(
+    trainer: &Trainer,
+    samples: &Samples,
+    dir: &Path,
+    progress: Progress,
+) -> Result<Option<f64>, RunError> {
+    let cfg = &trainer.cfg;
+    let src = cfg.data.images.as_ref().expect("image run");
+    let shape = src.shape();
+    let set =
+        ImageSet::from_f32(&samples.data, shape, "generated samples").map_err(TrainError::from)?;
+    ipld_data::save_image_grid(&set, 8, 8, &dir.join(SAMPLES_PNG)).map_err(TrainError::from)?;
+    pictures::interpolation(trainer, &dir.join(pictures::INTERPOLATION_PNG))?;
+    if !cfg.eval.fid {
+        return Ok(None);
+    }
+    fid_of_samples(trainer, &set, progress).map(Some)
+}
+
+/// FID of decoded samples against the first `eval.reference_points` training images (a seeded
+/// subset when fewer, the MMD reference), the reference statistics cached under the data
+/// directory's `fid-stats/`.
+pub fn fid_of_samples(
+    trainer: &Trainer,
+    set: &ImageSet,
+    progress: Progress,
+) -> Result<f64, RunError> {
+    let cfg = &trainer.cfg;
+    let dir = Path::new(set.source());
+    let src = cfg
+        .data
+        .images
+        .as_ref()
+        .ok_or_else(|| io(dir, "FID needs an image run"))?;
+    let shape = src.shape();
+    let weights = crate::fid::default_weights();
+    let net = ipld_eval::InceptionV3::load(&weights, &Device::Cpu).map_err(|e| io(&weights, e))?;
+    let n_ref = cfg.eval.reference_points.min(trainer.data().len());
+    let src = resolve_image_path(src);
+    let key = format!(
+        "{}-{}-{n_ref}-seed{}-{:016x}",
+        cfg.data.name(),
+        shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x"),
+        cfg.seed,
+        crate::fid::fnv1a(src.path().display().to_string().as_bytes())
+    );
+    let cache = ipld_data::default_data_dir()
+        .join("fid-stats")
+        .join(format!("{key}.safetensors"));
+    let real = match ipld_eval::GaussianStats::load(&cache) {
+        Ok(s) if s.count == n_ref => s,
+        _ => {
+            // The same training points as the MMD reference (a seeded subset when fewer).
+            let idx = crate::eval::reference_indices(trainer);
+            let data = load_images(&src, cfg.data.max_points)?
+                .select(&idx)
+                .map_err(TrainError::from)?;
+            let s = crate::fid::image_stats(&net, &data, n_ref, 50, progress, "FID reference")?;
+            if let Some(parent) = cache.parent() {
+                fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+            }
+            s.save(&cache).map_err(|e| io(&cache, e))?;
+            s
+        }
+    };
+    let fake = crate::fid::image_stats(&net, set, usize::MAX, 50, progress, "FID samples")?;
+    ipld_eval::frechet_distance(&real, &fake).map_err(|e| io(dir, e))
 }
 
 fn sample_with_progress(
@@ -484,9 +641,19 @@ pub fn sample_run(
         return Err(io(out, "need at least one sample"));
     }
     let s = sample_with_progress(&trainer, n, &sampler, seed, progress)?;
-    let data = InMemoryDataset::new(s.data, n, trainer.data().dim(), "generated samples")
-        .map_err(TrainError::from)?;
-    save_matrix(out, &data).map_err(TrainError::from)?;
+    let is_matrix = out
+        .extension()
+        .is_some_and(|e| e == "npy" || e == "safetensors");
+    if let (Some(src), false) = (&trainer.cfg.data.images, is_matrix) {
+        // Image runs: a folder of PNGs (what `ipld-train fid` reads).
+        let set = ImageSet::from_f32(&s.data, src.shape(), "generated samples")
+            .map_err(TrainError::from)?;
+        ipld_data::save_image_folder(&set, out, "sample-").map_err(TrainError::from)?;
+    } else {
+        let data = InMemoryDataset::new(s.data, n, trainer.data().dim(), "generated samples")
+            .map_err(TrainError::from)?;
+        save_matrix(out, &data).map_err(TrainError::from)?;
+    }
     Ok(
         serde_json::json!({ "run_dir": dir.display().to_string(), "samples": n, "out": out.display().to_string(), "sample_seconds": s.seconds }),
     )
@@ -512,7 +679,16 @@ pub fn eval_run(
         progress,
     )?;
     let mmd = mmd(&trainer, &s, &reference(&trainer)?)?;
+    let fid = match (&trainer.cfg.data.images, trainer.cfg.eval.fid) {
+        (Some(src), true) => {
+            let set = ImageSet::from_f32(&s.data, src.shape(), &dir.display().to_string())
+                .map_err(TrainError::from)?;
+            Some(fid_of_samples(&trainer, &set, progress)?)
+        }
+        _ => None,
+    };
     Ok(serde_json::json!({
+        "fid": fid,
         "run_dir": dir.display().to_string(),
         "steps": trainer.step(),
         "samples": n,

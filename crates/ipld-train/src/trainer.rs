@@ -20,15 +20,18 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use ipld_data::{Dataset, InMemoryDataset};
-use ipld_diffusion::{DiffusionLoss, NoiseSchedule, gaussian, sample_timesteps, timestep_tensor};
-use ipld_models::{Decoder, LinearDecoder, LinearGaussianEncoder, MlpEps, gaussian_nll};
-use ipld_particles::{NoiseStream, ParticleCloud, StepContext};
+use ipld_diffusion::{
+    DiffusionLoss, Ema, EpsModel, NoiseSchedule, gaussian, sample_timesteps, timestep_tensor,
+};
+use ipld_models::{Decoder, LinearGaussianEncoder, gaussian_nll};
+use ipld_particles::{LAZY_STREAM, LazyNoise, NoiseStream, ParticleCloud, StepContext};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::RunConfig;
+use crate::nets::{DecoderNet, EncoderNet, PriorNet};
 use crate::optim::AdamW;
 
 /// Errors while building, stepping, saving or loading a training state.
@@ -114,7 +117,7 @@ enum Latents {
     Particles(ParticleCloud),
     /// An amortised Gaussian encoder and its optimiser (DiffusionVAE); `n` samples per point.
     Encoder {
-        encoder: LinearGaussianEncoder,
+        encoder: EncoderNet,
         vars: VarMap,
         opt: AdamW,
         n: usize,
@@ -131,11 +134,15 @@ pub struct Trainer {
     loss: DiffusionLoss,
     theta: VarMap,
     phi: VarMap,
-    eps: MlpEps,
-    decoder: LinearDecoder,
+    eps: PriorNet,
+    decoder: DecoderNet,
+    /// EMA of theta for sampling: the average, and a second prior network it is copied into.
+    ema: Option<(Ema, VarMap, PriorNet)>,
     opt_theta: AdamW,
     opt_phi: AdamW,
     latents: Latents,
+    /// Exact lazy noise state (`particles.lazy_noise`).
+    lazy: Option<LazyNoise>,
     step: u64,
 }
 
@@ -162,22 +169,40 @@ impl Trainer {
         }
         let schedule = other!(cfg.diffusion.schedule.build())?;
         let loss = other!(DiffusionLoss::new(&schedule, cfg.diffusion.loss, &device))?;
+        // candle's CPU generator cannot be seeded: the networks redraw their weights from the
+        // run's seed.
         let theta = VarMap::new();
-        let eps = other!(MlpEps::new(
-            &cfg.model.eps,
-            dz,
-            VarBuilder::from_varmap(&theta, DType::F32, &device).pp("eps")
+        let eps = other!(PriorNet::new(
+            &cfg,
+            &theta,
+            VarBuilder::from_varmap(&theta, DType::F32, &device).pp("eps"),
+            mix_seed(cfg.seed, 0, 1)
         ))?;
         let phi = VarMap::new();
-        let decoder = other!(LinearDecoder::new(
-            &cfg.model.decoder,
-            dz,
+        let decoder = other!(DecoderNet::new(
+            &cfg,
             dx,
-            VarBuilder::from_varmap(&phi, DType::F32, &device).pp("decoder")
+            &phi,
+            VarBuilder::from_varmap(&phi, DType::F32, &device).pp("decoder"),
+            mix_seed(cfg.seed, 0, 2)
         ))?;
-        // candle's CPU generator cannot be seeded: redraw the weights from the run's seed.
-        other!(ipld_models::seeded_init(&theta, mix_seed(cfg.seed, 0, 1)))?;
-        other!(ipld_models::seeded_init(&phi, mix_seed(cfg.seed, 0, 2)))?;
+        let ema = match cfg.train.ema {
+            Some(ec) => {
+                let vars = VarMap::new();
+                let net = other!(PriorNet::new(
+                    &cfg,
+                    &vars,
+                    VarBuilder::from_varmap(&vars, DType::F32, &device).pp("eps"),
+                    0
+                ))?;
+                let params: Vec<Tensor> = sorted_vars(&theta)
+                    .into_iter()
+                    .map(|(_, v)| v.as_tensor().clone())
+                    .collect();
+                Some((other!(Ema::new(ec, &params))?, vars, net))
+            }
+            None => None,
+        };
         let opt_theta = AdamW::new(cfg.train.optimizer_theta, sorted_vars(&theta))?;
         let opt_phi = AdamW::new(cfg.train.optimizer_phi, sorted_vars(&phi))?;
         let latents = if cfg.method.uses_particles() {
@@ -189,12 +214,13 @@ impl Trainer {
             Latents::Particles(other!(ParticleCloud::gaussian(0, m, n0, dz, cfg.seed))?)
         } else {
             let vars = VarMap::new();
-            let encoder = other!(LinearGaussianEncoder::new(
+            let encoder = other!(EncoderNet::new(
+                &cfg,
                 dx,
-                dz,
-                VarBuilder::from_varmap(&vars, DType::F32, &device).pp("encoder")
+                &vars,
+                VarBuilder::from_varmap(&vars, DType::F32, &device).pp("encoder"),
+                mix_seed(cfg.seed, 0, 3)
             ))?;
-            other!(ipld_models::seeded_init(&vars, mix_seed(cfg.seed, 0, 3)))?;
             let opt = AdamW::new(cfg.train.optimizer_encoder, sorted_vars(&vars))?;
             Latents::Encoder {
                 encoder,
@@ -202,6 +228,12 @@ impl Trainer {
                 opt,
                 n: cfg.particles.count,
             }
+        };
+        let lazy = match &latents {
+            Latents::Particles(cloud) if cfg.particles.lazy_noise => {
+                Some(LazyNoise::new(cloud, 0, lazy_eps(&cfg)))
+            }
+            _ => None,
         };
         Ok(Self {
             cfg,
@@ -213,9 +245,11 @@ impl Trainer {
             phi,
             eps,
             decoder,
+            ema,
             opt_theta,
             opt_phi,
             latents,
+            lazy,
             step: 0,
         })
     }
@@ -224,7 +258,27 @@ impl Trainer {
     pub fn step(&self) -> u64 {
         self.step
     }
-    /// The particle cloud (None for DiffusionVAE).
+    /// The particle cloud with every particle's noise applied through the current step: with
+    /// lazy noise a synced copy (the training state is not changed), else a copy of the cloud.
+    /// None for DiffusionVAE.
+    pub fn synced_cloud(&self) -> Result<Option<ParticleCloud>, TrainError> {
+        let Latents::Particles(cloud) = &self.latents else {
+            return Ok(None);
+        };
+        let mut c = cloud.clone();
+        if let Some(lazy) = &self.lazy {
+            let mut l = lazy.clone();
+            other!(l.sync_all(&mut c, self.step, &self.lazy_stream()))?;
+        }
+        Ok(Some(c))
+    }
+
+    fn lazy_stream(&self) -> NoiseStream {
+        NoiseStream::new(self.cfg.seed, LAZY_STREAM)
+    }
+
+    /// The particle cloud as stored (None for DiffusionVAE); with lazy noise, particles not in
+    /// the last minibatch may lag behind (see [`Trainer::synced_cloud`]).
     pub fn cloud(&self) -> Option<&ParticleCloud> {
         match &self.latents {
             Latents::Particles(c) => Some(c),
@@ -242,12 +296,25 @@ impl Trainer {
     pub fn data(&self) -> &InMemoryDataset {
         &self.data
     }
-    /// The epsilon-network.
-    pub fn eps_model(&self) -> &MlpEps {
+    /// The epsilon-network being trained.
+    pub fn eps_model(&self) -> &PriorNet {
         &self.eps
     }
+    /// The epsilon-network samples are drawn with: the EMA of theta when `train.ema` is set
+    /// (its weights brought up to date here), else the trained network.
+    pub fn sampling_prior(&self) -> Result<&dyn EpsModel, TrainError> {
+        match &self.ema {
+            None => Ok(&self.eps),
+            Some((ema, vars, net)) => {
+                for ((_, var), avg) in sorted_vars(vars).iter().zip(ema.shadow()) {
+                    var.set(avg)?;
+                }
+                Ok(net)
+            }
+        }
+    }
     /// The decoder.
-    pub fn decoder(&self) -> &LinearDecoder {
+    pub fn decoder(&self) -> &DecoderNet {
         &self.decoder
     }
     /// The noise schedule.
@@ -278,21 +345,49 @@ impl Trainer {
         perm[pos * b..(pos + 1) * b].to_vec()
     }
 
+    /// The particle update's context at step `t` (what [`Trainer::train_step`] passes).
+    pub fn step_context(&self, t: u64) -> StepContext {
+        let (b, per_epoch) = self.batching();
+        let epoch = t / per_epoch;
+        StepContext {
+            step: t,
+            gamma: self.cfg.train.kl.gamma(t),
+            step_size: self.cfg.particles.step_size.at_epoch(epoch),
+            batch_size: b,
+            total_points: self.data.len(),
+            precondition_noise: epoch >= 1,
+        }
+    }
+
     /// Takes one training step of the configured method.
     pub fn train_step(&mut self) -> Result<StepMetrics, TrainError> {
         let t = self.step;
         let pc = self.cfg.particles.clone();
+        let lazy_stream = self.lazy_stream();
+        let batch = self.batch_indices(t);
         if let Latents::Particles(cloud) = &mut self.latents
             && pc.warm_start_steps > 0
             && t == pc.warm_start_steps
             && cloud.particles() == 1
             && pc.count > 1
         {
+            // The copies must share the noise the single particle already received.
+            if let Some(lazy) = &mut self.lazy {
+                other!(lazy.sync_all(cloud, t, &lazy_stream))?;
+            }
             other!(cloud.replicate(pc.count))?;
+        }
+        if let (Latents::Particles(cloud), Some(lazy)) = (&mut self.latents, &mut self.lazy) {
+            other!(lazy.sync(cloud, &batch, t, &lazy_stream))?;
         }
         let (b, per_epoch) = self.batching();
         let epoch = t / per_epoch;
-        let batch = self.batch_indices(t);
+        // B.2: the decoder's (and encoder's) learning rate decays exponentially per epoch.
+        let phi_scale = self
+            .cfg
+            .train
+            .lr_decay_phi
+            .powi(epoch.min(i32::MAX as u64) as i32);
         let (n, dz) = (self.particles_per_point(), self.cfg.data.latent_dim);
         let rows = b * n;
 
@@ -337,7 +432,7 @@ impl Trainer {
             z.clone()
         };
         let terms = other!(self.loss.per_sample(&self.eps, &z_prior, &noise, &k))?;
-        let nll = gaussian_nll(&x, &self.decoder.decode(&z)?, self.cfg.model.decoder.sigma)?;
+        let nll = gaussian_nll(&x, &self.decoder.decode(&z)?, self.cfg.decoder_sigma())?;
         let kl = match &entropy {
             Some(h) => (&terms.total - h)?,
             None => terms.total.clone(),
@@ -375,13 +470,16 @@ impl Trainer {
                     precondition_noise: epoch >= 1,
                 };
                 let stream = NoiseStream::new(self.cfg.seed, PARTICLE_NOISE_STREAM);
-                other!(pc.update.rule().step(cloud, &batch, &gz, &ctx, &stream))?;
+                match &mut self.lazy {
+                    Some(lazy) => other!(lazy.step(&pc.update, cloud, &batch, &gz, &ctx, &stream))?,
+                    None => other!(pc.update.rule().step(cloud, &batch, &gz, &ctx, &stream))?,
+                }
                 let mut after = Vec::with_capacity(rows * dz);
                 other!(cloud.gather_into(&batch, &mut after))?;
                 particle_stats(&after, b, n, dz)
             }
             Latents::Encoder { opt, .. } => {
-                let lr = opt.config().lr;
+                let lr = opt.config().lr * phi_scale;
                 opt.step(&grads, lr)?;
                 let zs: Vec<f32> = z.flatten_all()?.to_vec1()?;
                 particle_stats(&zs, b, n, dz)
@@ -389,7 +487,15 @@ impl Trainer {
         };
         self.opt_theta
             .step(&grads, self.cfg.train.optimizer_theta.lr)?;
-        self.opt_phi.step(&grads, self.cfg.train.optimizer_phi.lr)?;
+        self.opt_phi
+            .step(&grads, self.cfg.train.optimizer_phi.lr * phi_scale)?;
+        if let Some((ema, _, _)) = &mut self.ema {
+            let params: Vec<Tensor> = sorted_vars(&self.theta)
+                .into_iter()
+                .map(|(_, v)| v.as_tensor().clone())
+                .collect();
+            other!(ema.update(t, &params))?;
+        }
         self.step += 1;
 
         Ok(StepMetrics {
@@ -417,6 +523,11 @@ impl Trainer {
                 out.push((format!("{prefix}/{name}"), t));
             }
         }
+        if let Some((ema, _, _)) = &self.ema {
+            for ((name, _), t) in sorted_vars(&self.theta).iter().zip(ema.shadow()) {
+                out.push((format!("ema/{name}"), t.clone()));
+            }
+        }
         match &self.latents {
             Latents::Particles(cloud) => {
                 let shape = cloud.shape();
@@ -428,6 +539,19 @@ impl Trainer {
                     out.push((
                         format!("particles/{name}"),
                         Tensor::from_slice(buf, (shape[0], shape[1], shape[2]), &Device::Cpu)?,
+                    ));
+                }
+                if let Some(lazy) = &self.lazy {
+                    // Steps of noise each row still lacks: at most a few epochs' worth, so
+                    // exact in f32.
+                    let missed: Vec<f32> = lazy
+                        .synced()
+                        .iter()
+                        .map(|&s| (self.step - s) as f32)
+                        .collect();
+                    out.push((
+                        "particles/missed_noise_steps".into(),
+                        Tensor::from_vec(missed, shape[0], &Device::Cpu)?,
                     ));
                 }
             }
@@ -536,6 +660,23 @@ impl Trainer {
         for (prefix, map) in [("theta", &self.theta), ("phi", &self.phi)] {
             restore_vars(prefix, map, &tensors).map_err(ck)?;
         }
+        if let Some((ema, _, _)) = &mut self.ema {
+            let mut shadow = Vec::new();
+            for (name, var) in sorted_vars(&self.theta) {
+                let t = tensors
+                    .get(&format!("ema/{name}"))
+                    .ok_or_else(|| ck(format!("missing tensor `ema/{name}` (train.ema is set)")))?;
+                if t.dims() != var.dims() {
+                    return Err(ck(format!(
+                        "`ema/{name}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        var.dims()
+                    )));
+                }
+                shadow.push(t.clone());
+            }
+            *ema = other!(Ema::from_shadow(*ema.config(), shadow))?;
+        }
         for (prefix, opt, steps) in [
             ("opt_theta", &mut self.opt_theta, get("opt_theta_steps")?),
             ("opt_phi", &mut self.opt_phi, get("opt_phi_steps")?),
@@ -584,6 +725,33 @@ impl Trainer {
             }
         }
         self.step = get("step")?;
+        if self.lazy.is_some() {
+            let missed = tensors.get("particles/missed_noise_steps").ok_or_else(|| {
+                ck(
+                    "missing tensor `particles/missed_noise_steps` (particles.lazy_noise is set)"
+                        .into(),
+                )
+            })?;
+            let missed: Vec<f32> = missed.flatten_all()?.to_vec1()?;
+            if missed.len() != data_len
+                || missed
+                    .iter()
+                    .any(|&v| !(v >= 0.0 && v.fract() == 0.0 && (v as u64) <= self.step))
+            {
+                return Err(ck(
+                    "`particles/missed_noise_steps` is not one step count in 0..=step per point"
+                        .into(),
+                ));
+            }
+            let synced: Vec<u64> = missed.iter().map(|&v| self.step - v as u64).collect();
+            let mut lazy = LazyNoise::from_synced(synced, 0, lazy_eps(&self.cfg));
+            // The per-step variances are a function of the config and the step: replay them.
+            for s in 0..self.step {
+                let v = other!(step_variance(&self.cfg, &self.step_context(s)))?;
+                other!(lazy.record(s, v))?;
+            }
+            self.lazy = Some(lazy);
+        }
         Ok(())
     }
 }
@@ -639,4 +807,27 @@ fn particle_stats(z: &[f32], b: usize, n: usize, d: usize) -> (f64, f64) {
         }
     }
     (norm, spread / (b * d) as f64)
+}
+
+fn lazy_eps(cfg: &RunConfig) -> f64 {
+    match cfg.particles.update {
+        ipld_particles::UpdateConfig::AdaptiveLangevin(a) => a.lazy_eps(),
+        ipld_particles::UpdateConfig::Langevin(l) => l.lazy_eps(),
+        ipld_particles::UpdateConfig::KineticLangevin(_) => 0.0,
+    }
+}
+
+fn step_variance(
+    cfg: &RunConfig,
+    ctx: &StepContext,
+) -> Result<ipld_particles::StepVariance, ipld_particles::ParticleError> {
+    match cfg.particles.update {
+        ipld_particles::UpdateConfig::AdaptiveLangevin(a) => Ok(a.step_variance(ctx)),
+        ipld_particles::UpdateConfig::Langevin(l) => Ok(l.step_variance(ctx)),
+        ipld_particles::UpdateConfig::KineticLangevin(_) => {
+            Err(ipld_particles::ParticleError::Shape(
+                "particles.lazy_noise: kinetic-langevin has no lazy form".into(),
+            ))
+        }
+    }
 }

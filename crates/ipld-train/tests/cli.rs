@@ -332,3 +332,49 @@ fn every_method_runs_on_user_data() {
         assert!(j["mmd"].as_f64().unwrap().is_finite());
     }
 }
+
+#[test]
+fn fid_errors_name_the_input_and_the_missing_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    failed_with(
+        &bin(&["fid", "no-such-dir", "other", "--quiet"], tmp.path()),
+        &["no-such-dir"],
+    );
+    // Two image folders but no Inception weights: the hint says how to get them.
+    for d in ["a", "b"] {
+        let dir = tmp.path().join(d);
+        std::fs::create_dir(&dir).unwrap();
+        for i in 0..2u8 {
+            image::RgbImage::from_pixel(4, 4, image::Rgb([i * 50, 3, 9]))
+                .save(dir.join(format!("{i}.png")))
+                .unwrap();
+        }
+    }
+    failed_with(
+        &bin(
+            &[
+                "fid",
+                "a",
+                "b",
+                "--inception",
+                "missing.safetensors",
+                "--quiet",
+            ],
+            tmp.path(),
+        ),
+        &["missing.safetensors", "fetch-inception"],
+    );
+    // A corrupt statistics file is named.
+    std::fs::write(tmp.path().join("stats.safetensors"), b"junk").unwrap();
+    failed_with(
+        &bin(
+            &["fid", "stats.safetensors", "stats.safetensors", "--quiet"],
+            tmp.path(),
+        ),
+        &["stats.safetensors"],
+    );
+    failed_with(
+        &bin(&["fid", "a", "b", "--limit", "1", "--quiet"], tmp.path()),
+        &["--limit"],
+    );
+}

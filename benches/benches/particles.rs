@@ -1,0 +1,98 @@
+//! Criterion benchmarks of the particle update (Algorithm 2), eager over the whole cloud and
+//! lazy over the minibatch only, parametrised by M (points), N (particles per point) and d_z.
+//! Run with `cargo bench -p ipld-benches --bench particles`.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ipld_particles::{
+    AdaptiveLangevin, LAZY_STREAM, LazyNoise, NoiseStream, ParticleCloud, ParticleUpdate,
+    StepContext, UpdateConfig,
+};
+
+const BATCH: usize = 500;
+
+fn ctx(step: u64, m: usize) -> StepContext {
+    StepContext {
+        step,
+        gamma: 0.01,
+        step_size: 0.1,
+        batch_size: BATCH,
+        total_points: m,
+        precondition_noise: true,
+    }
+}
+
+fn batch(m: usize, t: u64) -> Vec<usize> {
+    let per_epoch = (m / BATCH) as u64;
+    let e = (t / per_epoch) as usize;
+    (0..BATCH)
+        .map(|i| (((t % per_epoch) as usize * BATCH + i).wrapping_mul(2 * e + 1_000_003)) % m)
+        .collect()
+}
+
+fn eager(c: &mut Criterion) {
+    let mut g = c.benchmark_group("particle_update_eager");
+    g.sample_size(10);
+    for (m, n, d) in [
+        (10_000, 16, 2),
+        (100_000, 16, 2),
+        (10_000, 16, 256),
+        (100_000, 1, 2),
+    ] {
+        let mut cloud = ParticleCloud::gaussian(0, m, n, d, 1).unwrap();
+        let rule = AdaptiveLangevin::default();
+        let noise = NoiseStream::new(3, 7);
+        let grads = vec![1e-6f32; BATCH * n * d];
+        // Bytes of particle state per step: z and V read, z written, for every element.
+        g.throughput(Throughput::Bytes((m * n * d * 12) as u64));
+        let mut t = 0;
+        g.bench_with_input(
+            BenchmarkId::new("m_n_d", format!("{m}x{n}x{d}")),
+            &(),
+            |b, _| {
+                b.iter(|| {
+                    rule.step(&mut cloud, &batch(m, t), &grads, &ctx(t, m), &noise)
+                        .unwrap();
+                    t += 1;
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn lazy(c: &mut Criterion) {
+    let mut g = c.benchmark_group("particle_update_lazy");
+    g.sample_size(20);
+    for (m, n, d) in [
+        (10_000, 16, 2),
+        (100_000, 16, 2),
+        (1_000_000, 16, 2),
+        (10_000, 16, 256),
+        (100_000, 16, 256),
+    ] {
+        let mut cloud = ParticleCloud::gaussian(0, m, n, d, 1).unwrap();
+        let rule = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default());
+        let mut state = LazyNoise::new(&cloud, 0, 1e-8);
+        let (noise, lazy_noise) = (NoiseStream::new(3, 7), NoiseStream::new(3, LAZY_STREAM));
+        let grads = vec![1e-6f32; BATCH * n * d];
+        let mut t = 0;
+        g.bench_with_input(
+            BenchmarkId::new("m_n_d", format!("{m}x{n}x{d}")),
+            &(),
+            |b, _| {
+                b.iter(|| {
+                    let rows = batch(m, t);
+                    state.sync(&mut cloud, &rows, t, &lazy_noise).unwrap();
+                    state
+                        .step(&rule, &mut cloud, &rows, &grads, &ctx(t, m), &noise)
+                        .unwrap();
+                    t += 1;
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, eager, lazy);
+criterion_main!(benches);

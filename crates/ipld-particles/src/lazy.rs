@@ -1,0 +1,304 @@
+//! Exact lazy noise for Algorithms 1 and 2: only the minibatch's particles are touched per step.
+//!
+//! Between two visits of a particle its preconditioner G = (V + eps)^(-1/2) does not change (V
+//! only moves when the particle is in the minibatch, eq. 66), and nothing but noise reaches it.
+//! The missed steps' noise, sum_s s_s G_s^{1/2} W_s with independent W_s, is therefore one
+//! Gaussian with the summed variance sum_s s_s² G_s (per element). [`LazyNoise`] keeps prefix
+//! sums of the per-step variances (split into the plain part and the part that multiplies G,
+//! since the paper preconditions the noise only from the second epoch on, A.4.2), records for
+//! every particle row the step its noise has been applied through, and adds the accumulated
+//! noise when the row is next read. A step then costs O(|B| N d) instead of O(M N d) and the
+//! cloud has the same distribution as under the eager update.
+//!
+//! The accumulated draw for row r synced to step t uses the counter-based stream
+//! [`LAZY_STREAM`] at (t, element index), so it is independent of the eager noise and of every
+//! other sync (a row is synced to a given step at most once).
+
+use rayon::prelude::*;
+
+use crate::update::{Row, StepVariance};
+use crate::{
+    AdaptiveLangevin, Langevin, NoiseStream, ParticleCloud, ParticleError, StepContext,
+    UpdateConfig,
+};
+
+/// Noise-stream id of the accumulated (lazy) draws.
+pub const LAZY_STREAM: u32 = 0x1a27;
+
+/// Per-row sync state and per-step variance prefix sums.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LazyNoise {
+    /// For each local row, the step through which its noise is applied (steps < synced[r]).
+    synced: Vec<u64>,
+    /// First step covered by the prefix sums.
+    base: u64,
+    /// plain[k] = sum of plain variances of steps base .. base + k.
+    plain: Vec<f64>,
+    /// pre[k] = sum of preconditioned variances of steps base .. base + k.
+    pre: Vec<f64>,
+    eps: f32,
+}
+
+impl LazyNoise {
+    /// Every row of `cloud` up to date at `step` (e.g. a fresh cloud at step 0, or a cloud whose
+    /// rows were all synced); `eps` is the preconditioner's epsilon (0 for Algorithm 1).
+    pub fn new(cloud: &ParticleCloud, step: u64, eps: f64) -> Self {
+        Self::from_synced(vec![step; cloud.rows()], step, eps)
+    }
+
+    /// Restores the per-row state (e.g. from a checkpoint); the variances of steps from
+    /// `base` on must then be [`record`](Self::record)ed again before rows are synced past them.
+    pub fn from_synced(synced: Vec<u64>, base: u64, eps: f64) -> Self {
+        Self {
+            synced,
+            base,
+            plain: vec![0.0],
+            pre: vec![0.0],
+            eps: eps as f32,
+        }
+    }
+
+    /// The per-row sync steps.
+    pub fn synced(&self) -> &[u64] {
+        &self.synced
+    }
+
+    /// The next step whose variance is to be recorded.
+    pub fn recorded_until(&self) -> u64 {
+        self.base + self.plain.len() as u64 - 1
+    }
+
+    /// Records the noise variance of step `step`, which must be [`recorded_until`](Self::recorded_until).
+    pub fn record(&mut self, step: u64, v: StepVariance) -> Result<(), ParticleError> {
+        if step != self.recorded_until() {
+            return Err(ParticleError::Shape(format!(
+                "lazy noise: step {step} recorded out of order (expected {})",
+                self.recorded_until()
+            )));
+        }
+        if !(v.plain >= 0.0
+            && v.preconditioned >= 0.0
+            && v.plain.is_finite()
+            && v.preconditioned.is_finite())
+        {
+            return Err(ParticleError::param(
+                "particles.step_size",
+                format!("noise variance must be finite and >= 0, got {v:?}"),
+            ));
+        }
+        let (p, q) = (
+            self.plain[self.plain.len() - 1],
+            self.pre[self.pre.len() - 1],
+        );
+        self.plain.push(p + v.plain);
+        self.pre.push(q + v.preconditioned);
+        Ok(())
+    }
+
+    /// Summed (plain, preconditioned) variance of steps a .. b.
+    fn window(&self, a: u64, b: u64) -> Result<(f64, f64), ParticleError> {
+        if a < self.base || b > self.recorded_until() || a > b {
+            return Err(ParticleError::Shape(format!(
+                "lazy noise: steps {a}..{b} are not recorded (have {}..{})",
+                self.base,
+                self.recorded_until()
+            )));
+        }
+        let (i, j) = ((a - self.base) as usize, (b - self.base) as usize);
+        Ok((self.plain[j] - self.plain[i], self.pre[j] - self.pre[i]))
+    }
+
+    fn sync_row(
+        &self,
+        (z, m2): (&mut [f32], &[f32]),
+        row_global: usize,
+        from: u64,
+        upto: u64,
+        noise: &NoiseStream,
+        buf: &mut [f32],
+    ) -> Result<(), ParticleError> {
+        if from >= upto {
+            return Ok(());
+        }
+        let (plain, pre) = self.window(from, upto)?;
+        noise.fill(upto, (row_global * z.len()) as u64, buf);
+        let eps = self.eps;
+        for i in 0..z.len() {
+            let var = if pre > 0.0 {
+                plain + pre / ((m2[i] + eps) as f64).sqrt()
+            } else {
+                plain
+            };
+            z[i] += var.sqrt() as f32 * buf[i];
+        }
+        Ok(())
+    }
+
+    /// Brings the rows of global indices `rows` up to step `upto` (adds their missed noise).
+    pub fn sync(
+        &mut self,
+        cloud: &mut ParticleCloud,
+        rows: &[usize],
+        upto: u64,
+        noise: &NoiseStream,
+    ) -> Result<(), ParticleError> {
+        self.check(cloud)?;
+        let w = cloud.particles() * cloud.dim();
+        let mut buf = vec![0f32; w];
+        for &m in rows {
+            let r = cloud.local(m)?;
+            let from = self.synced[r];
+            let (z, _, m2) = cloud.buffers_mut();
+            self.sync_row(
+                (&mut z[r * w..(r + 1) * w], &m2[r * w..(r + 1) * w]),
+                m,
+                from,
+                upto,
+                noise,
+                &mut buf,
+            )?;
+            self.synced[r] = self.synced[r].max(upto);
+        }
+        Ok(())
+    }
+
+    /// Brings every row up to step `upto` (before a checkpoint, export, or reading the cloud).
+    pub fn sync_all(
+        &mut self,
+        cloud: &mut ParticleCloud,
+        upto: u64,
+        noise: &NoiseStream,
+    ) -> Result<(), ParticleError> {
+        self.check(cloud)?;
+        let w = cloud.particles() * cloud.dim();
+        let start = cloud.start();
+        let (z, _, m2) = cloud.buffers_mut();
+        let this = &*self;
+        z.par_chunks_mut(w)
+            .zip(m2.par_chunks(w))
+            .enumerate()
+            .with_min_len((4096 / w).max(1))
+            .try_for_each_init(
+                || vec![0f32; w],
+                |buf, (r, (z, m2))| {
+                    this.sync_row((z, m2), start + r, this.synced[r], upto, noise, buf)
+                },
+            )?;
+        for s in &mut self.synced {
+            *s = (*s).max(upto);
+        }
+        Ok(())
+    }
+
+    fn check(&self, cloud: &ParticleCloud) -> Result<(), ParticleError> {
+        if self.synced.len() != cloud.rows() {
+            return Err(ParticleError::Shape(format!(
+                "lazy noise tracks {} rows, the cloud has {}",
+                self.synced.len(),
+                cloud.rows()
+            )));
+        }
+        Ok(())
+    }
+
+    /// One lazy step of `rule` at `ctx.step`: syncs the minibatch rows to `ctx.step`, applies the
+    /// rule's eager update (drift, moments, this step's noise) to them only, records the step's
+    /// variance for everyone else, and marks the minibatch synced through `ctx.step + 1`.
+    /// Kinetic Langevin carries a velocity that moves between visits, so it has no lazy form.
+    pub fn step(
+        &mut self,
+        rule: &UpdateConfig,
+        cloud: &mut ParticleCloud,
+        batch: &[usize],
+        grads: &[f32],
+        ctx: &StepContext,
+        noise: &NoiseStream,
+    ) -> Result<(), ParticleError> {
+        let t = ctx.step;
+        let mut sorted = batch.to_vec();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ParticleError::Shape(format!(
+                "data index {} appears twice in the batch",
+                w[0]
+            )));
+        }
+        self.sync(cloud, batch, t, noise)?;
+        let n = cloud.particles();
+        let v = match rule {
+            UpdateConfig::Langevin(r) => {
+                let k = r.kernel(ctx, n);
+                batch_pass(cloud, batch, grads, ctx, noise, k)?;
+                r.step_variance(ctx)
+            }
+            UpdateConfig::AdaptiveLangevin(r) => {
+                let k = r.kernel(ctx, n);
+                batch_pass(cloud, batch, grads, ctx, noise, k)?;
+                r.step_variance(ctx)
+            }
+            UpdateConfig::KineticLangevin(_) => {
+                return Err(ParticleError::param(
+                    "particles.lazy_noise",
+                    "kinetic-langevin moves every particle every step (its velocity); use the eager update",
+                ));
+            }
+        };
+        self.record(t, v)?;
+        for &m in batch {
+            let r = cloud.local(m)?;
+            self.synced[r] = t + 1;
+        }
+        Ok(())
+    }
+}
+
+/// The eager kernel applied to the minibatch rows only, with the same per-row noise the eager
+/// pass would draw for them (so a minibatch of every row reproduces the eager step exactly).
+fn batch_pass(
+    cloud: &mut ParticleCloud,
+    batch: &[usize],
+    grads: &[f32],
+    ctx: &StepContext,
+    noise: &NoiseStream,
+    kernel: impl Fn(Row<'_>) + Sync,
+) -> Result<(), ParticleError> {
+    crate::update::check_ctx(ctx)?;
+    let w = cloud.particles() * cloud.dim();
+    if grads.len() != batch.len() * w {
+        return Err(ParticleError::Shape(format!(
+            "{} gradient values for a batch of {} rows of {w}",
+            grads.len(),
+            batch.len()
+        )));
+    }
+    let start = cloud.start();
+    let mut buf = vec![0f32; w];
+    for (p, &m) in batch.iter().enumerate() {
+        let r = cloud.local(m)?;
+        noise.fill(ctx.step, ((start + r) * w) as u64, &mut buf);
+        let (z, m1, m2) = cloud.buffers_mut();
+        let range = r * w..(r + 1) * w;
+        kernel((
+            &mut z[range.clone()],
+            &mut m1[range.clone()],
+            &mut m2[range],
+            Some(&grads[p * w..(p + 1) * w]),
+            &buf,
+        ));
+    }
+    Ok(())
+}
+
+impl Langevin {
+    /// The preconditioner epsilon lazy noise needs (Algorithm 1 has none).
+    pub fn lazy_eps(&self) -> f64 {
+        0.0
+    }
+}
+
+impl AdaptiveLangevin {
+    /// The preconditioner epsilon lazy noise needs.
+    pub fn lazy_eps(&self) -> f64 {
+        self.eps
+    }
+}

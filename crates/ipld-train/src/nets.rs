@@ -1,0 +1,143 @@
+//! The networks a run is made of, chosen by the config: the prior's epsilon-network (the MLP of
+//! Appendix B.1 or the DiT of B.2), the decoder g_phi (linear, or the LDM convolutional decoder of
+//! Table 2) and DiffusionVAE's encoder (linear, or the mirrored convolutional encoder). Each enum
+//! forwards to the concrete network, so the trainer and samplers see one type per role.
+
+use candle_core::Tensor;
+use candle_nn::{VarBuilder, VarMap};
+use ipld_diffusion::EpsModel;
+use ipld_models::{
+    ConvDecoder, ConvEncoder, Decoder, Dit, LinearDecoder, LinearGaussianEncoder, MlpEps,
+    ModelError,
+};
+
+use crate::RunConfig;
+
+/// The prior's epsilon-network.
+pub enum PriorNet {
+    /// Residual MLP (Appendix B.1).
+    Mlp(MlpEps),
+    /// DiT with adaLN-Zero (B.2).
+    Dit(Dit),
+}
+
+impl PriorNet {
+    /// Builds the network the config names under `vb` and draws its seeded initial weights.
+    pub fn new(
+        cfg: &RunConfig,
+        vars: &VarMap,
+        vb: VarBuilder,
+        seed: u64,
+    ) -> Result<Self, ModelError> {
+        Ok(match &cfg.model.dit {
+            Some(d) => {
+                let net = Dit::new(d, vb)?;
+                Dit::init(vars, seed)?;
+                Self::Dit(net)
+            }
+            None => {
+                let net = MlpEps::new(&cfg.model.eps, cfg.data.latent_dim, vb)?;
+                ipld_models::seeded_init(vars, seed)?;
+                Self::Mlp(net)
+            }
+        })
+    }
+}
+
+impl EpsModel for PriorNet {
+    fn predict_eps(&self, z_k: &Tensor, k: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Mlp(m) => m.predict_eps(z_k, k),
+            Self::Dit(m) => m.predict_eps(z_k, k),
+        }
+    }
+
+    fn predict_eps_uniform(&self, z_k: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Mlp(m) => m.predict_eps_uniform(z_k, k),
+            Self::Dit(m) => m.predict_eps_uniform(z_k, k),
+        }
+    }
+}
+
+/// The decoder g_phi, taking flat latents [B, d_z] to flat observations [B, d_x].
+pub enum DecoderNet {
+    /// Linear map (Appendix B.1).
+    Linear(LinearDecoder),
+    /// LDM convolutional decoder (Table 2).
+    Conv(Box<ConvDecoder>),
+}
+
+impl DecoderNet {
+    /// Builds the decoder the config names for data of dimension `dx`, with seeded weights.
+    pub fn new(
+        cfg: &RunConfig,
+        dx: usize,
+        vars: &VarMap,
+        vb: VarBuilder,
+        seed: u64,
+    ) -> Result<Self, ModelError> {
+        Ok(match &cfg.model.conv_decoder {
+            Some(c) => {
+                let net = ConvDecoder::new(c, vb)?;
+                ConvDecoder::init(vars, seed)?;
+                Self::Conv(Box::new(net))
+            }
+            None => {
+                let net = LinearDecoder::new(&cfg.model.decoder, cfg.data.latent_dim, dx, vb)?;
+                ipld_models::seeded_init(vars, seed)?;
+                Self::Linear(net)
+            }
+        })
+    }
+}
+
+impl Decoder for DecoderNet {
+    fn decode(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Linear(d) => d.decode(z),
+            Self::Conv(d) => d.decode(z),
+        }
+    }
+}
+
+/// DiffusionVAE's Gaussian encoder q(z | x).
+pub enum EncoderNet {
+    /// One linear layer to mean and log-variance (the paper's synthetic re-implementation).
+    Linear(LinearGaussianEncoder),
+    /// The mirrored LDM encoder (B.2).
+    Conv(Box<ConvEncoder>),
+}
+
+impl EncoderNet {
+    /// Builds the encoder matching the config's decoder, with seeded weights.
+    pub fn new(
+        cfg: &RunConfig,
+        dx: usize,
+        vars: &VarMap,
+        vb: VarBuilder,
+        seed: u64,
+    ) -> Result<Self, ModelError> {
+        Ok(match &cfg.model.conv_decoder {
+            Some(c) => {
+                let net = ConvEncoder::new(c, vb)?;
+                // Same rule as the decoder: PyTorch-default convs, unit GroupNorm.
+                ConvDecoder::init(vars, seed)?;
+                Self::Conv(Box::new(net))
+            }
+            None => {
+                let net = LinearGaussianEncoder::new(dx, cfg.data.latent_dim, vb)?;
+                ipld_models::seeded_init(vars, seed)?;
+                Self::Linear(net)
+            }
+        })
+    }
+
+    /// Mean and log-variance, each [B, d_z], of flat data [B, d_x].
+    pub fn encode(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        match self {
+            Self::Linear(e) => e.encode(x),
+            Self::Conv(e) => e.encode(x),
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The image path of the trainer at toy size: a DiT prior, the convolutional decoder, EMA
+//! sampling, warm start and decoder lr decay on a CSV image file the test writes; exact resume
+//! (EMA included); DiffusionVAE with the convolutional encoder; config errors; the sample grid.
+
+use std::io::Write;
+use std::path::Path;
+
+use ipld_data::Dataset;
+use ipld_train::run::{CHECKPOINT_FILE, METRICS_FILE, SAMPLES_PNG};
+use ipld_train::{Progress, RunConfig, RunPlan, run};
+use safetensors::SafeTensors;
+
+/// 24 grey 8 x 8 "digits": a bright bar whose position and orientation depend on the index.
+fn write_csv(path: &Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    for i in 0..24 {
+        let mut row = Vec::new();
+        for y in 0..8 {
+            for x in 0..8 {
+                let on = if i % 2 == 0 { x == i % 8 } else { y == i % 8 };
+                row.push(if on {
+                    "250".to_string()
+                } else {
+                    format!("{}", (x * 3 + y) % 20)
+                });
+            }
+        }
+        row.push((i % 10).to_string());
+        writeln!(f, "{}", row.join(",")).unwrap();
+    }
+}
+
+fn config(csv: &Path, steps: u64, extra: &[&str]) -> RunConfig {
+    let text = format!(
+        r#"
+method = "ipld"
+seed = 3
+[data]
+synthetic = "gmm"
+path = ""
+points = 0
+ambient_dim = 0
+seed = 0
+latent_dim = 8
+images = {{ format = "csv", path = "{}", height = 8, width = 8, max_value = 255 }}
+[model.eps]
+hidden = 8
+layers = 1
+time_embedding = 8
+[model.dit]
+channels = 2
+size = 2
+patch = 1
+hidden = 8
+depth = 1
+heads = 2
+mlp_ratio = 2
+frequency_dim = 8
+[model.decoder]
+bias = false
+sigma = 1.0
+[model.conv_decoder]
+latent_channels = 2
+latent_size = 2
+out_channels = 1
+base_channels = 4
+channel_mult = [1, 2, 2]
+res_blocks = 0
+groups = 2
+sigma = 0.5
+[diffusion]
+loss = "simple"
+[diffusion.schedule]
+steps = 50
+kind = {{ type = "linear", beta_start = 1e-4, beta_end = 0.02 }}
+[particles]
+count = 2
+warm_start_steps = 6
+step_size = {{ initial = 0.05, decay_per_epoch = 0.995 }}
+update = {{ type = "adaptive-langevin", momentum = 0.9, second_moment = 0.999, eps = 1e-8, batch_noise_scale = true }}
+[train]
+steps = {steps}
+batch_size = 8
+kl = {{ coefficient = 0.01, warmup_steps = 10 }}
+optimizer_theta = {{ lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01 }}
+optimizer_phi = {{ lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01 }}
+optimizer_encoder = {{ lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01 }}
+lr_decay_phi = 0.9
+ema = {{ decay = 0.9, start_step = 4 }}
+two_stage = false
+log_every = 4
+checkpoint_every = 100
+[eval]
+samples = 16
+reference_points = 24
+sampler = {{ type = "ddim", steps = 10, eta = 0.0 }}
+mmd = {{ gamma = 0.01, block = 64 }}
+fid = false
+"#,
+        csv.display()
+    );
+    let cfg = RunConfig::from_toml(&text, "test config").unwrap();
+    let sets: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    cfg.with_overrides(&sets, "test config").unwrap()
+}
+
+fn plan(cfg: RunConfig, dir: &Path, resume: bool) -> RunPlan {
+    RunPlan {
+        config: cfg,
+        run_dir: dir.to_path_buf(),
+        resume,
+        progress: Progress::Quiet,
+    }
+}
+
+fn checkpoint(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(dir.join(CHECKPOINT_FILE)).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t.data().to_vec()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn image_ipld_trains_resumes_exactly_and_writes_a_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("bars.csv");
+    write_csv(&csv);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    // 24 points, batch 8: 3 steps per epoch; 16 steps end inside epoch 5.
+    let s = run(plan(
+        config(
+            &csv,
+            16,
+            &["eval.cloud_epochs=[0, 2, 5]", "eval.picture_points=4"],
+        ),
+        &a,
+        false,
+    ))
+    .unwrap();
+    assert_eq!(
+        (s.particles, s.steps),
+        (2, 16),
+        "warm start replicated 1 -> 2"
+    );
+    // D.2: one row per picture point, the data image then its particles (1 before the warm
+    // start replicates them at the first step of epoch 2, 2 after). Epoch 5 starts at step 15.
+    for (epoch, n) in [(0, 1), (2, 1), (5, 2)] {
+        let png = image::open(a.join(format!("clouds/epoch-{epoch:04}.png"))).unwrap();
+        assert_eq!(
+            (png.width(), png.height()),
+            ((n + 1) * 10 + 2, 4 * 10 + 2),
+            "epoch {epoch}"
+        );
+    }
+    assert!(!a.join("clouds/epoch-0001.png").exists());
+    // D.1: 2 pairs, each row data | 10 interpolants | data.
+    let png = image::open(a.join(ipld_train::pictures::INTERPOLATION_PNG)).unwrap();
+    assert_eq!((png.width(), png.height()), (12 * 10 + 2, 2 * 10 + 2));
+    assert!(s.mmd.is_finite() && s.fid.is_none());
+    let png = image::open(a.join(SAMPLES_PNG)).unwrap();
+    // 8 x 8 grid of 8 x 8 images with 2-pixel borders.
+    assert_eq!((png.width(), png.height()), (8 * 10 + 2, 8 * 10 + 2));
+    // `ipld-train sample` on an image run writes a PNG folder that the FID loader reads.
+    let out = tmp.path().join("samples");
+    ipld_train::sample_run(&a, 5, None, 0, &out, Progress::Quiet).unwrap();
+    let back = ipld_data::load_image_folder_native(&out).unwrap();
+    assert_eq!((back.len(), back.shape()), (5, [3, 8, 8]));
+    // The decoder NLL falls while the network fits the bars.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(a.join(METRICS_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (first, last) = (
+        lines[0]["nll"].as_f64().unwrap(),
+        lines.last().unwrap()["nll"].as_f64().unwrap(),
+    );
+    assert!(last < first, "nll {first} -> {last}");
+
+    // Split at step 8 (after the warm start and the EMA start) and resume: bit-identical.
+    run(plan(config(&csv, 8, &[]), &b, false)).unwrap();
+    run(plan(config(&csv, 16, &[]), &b, true)).unwrap();
+    let (ca, cb) = (checkpoint(&a), checkpoint(&b));
+    assert!(
+        ca.iter().any(|(n, _)| n.starts_with("ema/eps.")),
+        "EMA is checkpointed"
+    );
+    assert!(
+        ca.iter().any(|(n, _)| n.starts_with("theta/eps.blocks")),
+        "DiT weights"
+    );
+    assert!(
+        ca.iter().any(|(n, _)| n.contains("conv_out")),
+        "conv decoder weights"
+    );
+    assert_eq!(ca.len(), cb.len());
+    for ((na, da), (nb, db)) in ca.iter().zip(&cb) {
+        assert_eq!(na, nb);
+        assert!(da == db, "tensor {na} differs after resume");
+    }
+}
+
+#[test]
+fn ema_and_lr_decay_change_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("bars.csv");
+    write_csv(&csv);
+    let base = checkpoint_after(&csv, tmp.path().join("base").as_path(), &[]);
+    let no_decay = checkpoint_after(
+        &csv,
+        tmp.path().join("nd").as_path(),
+        &["train.lr_decay_phi=1.0"],
+    );
+    let differs = |a: &[(String, Vec<u8>)], b: &[(String, Vec<u8>)], prefix: &str| {
+        a.iter()
+            .zip(b)
+            .any(|((n, x), (_, y))| n.starts_with(prefix) && x != y)
+    };
+    // lr decay touches phi only; theta's first steps (before any decayed phi feeds back) differ
+    // later, so compare phi directly.
+    assert!(
+        differs(&base, &no_decay, "phi/"),
+        "lr_decay_phi has no effect"
+    );
+    // The EMA differs from the raw weights once averaging has started.
+    let get = |v: &[(String, Vec<u8>)], n: &str| v.iter().find(|(k, _)| k == n).unwrap().1.clone();
+    let name = base
+        .iter()
+        .find(|(n, _)| n.starts_with("ema/"))
+        .map(|(n, _)| n.trim_start_matches("ema/").to_string())
+        .unwrap();
+    assert_ne!(
+        get(&base, &format!("ema/{name}")),
+        get(&base, &format!("theta/{name}"))
+    );
+}
+
+fn checkpoint_after(csv: &Path, dir: &Path, extra: &[&str]) -> Vec<(String, Vec<u8>)> {
+    // 24 points at batch 8: 3 steps per epoch, so 12 steps reach epoch 3 of the lr decay.
+    run(plan(config(csv, 12, extra), dir, false)).unwrap();
+    checkpoint(dir)
+}
+
+#[test]
+fn diffusion_vae_uses_the_convolutional_encoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("bars.csv");
+    write_csv(&csv);
+    let dir = tmp.path().join("dvae");
+    let cfg = config(
+        &csv,
+        6,
+        &["method=diffusion-vae", "particles.warm_start_steps=0"],
+    );
+    let s = run(plan(cfg, &dir, false)).unwrap();
+    assert_eq!(s.method, "diffusion-vae");
+    let ck = checkpoint(&dir);
+    let enc: Vec<&String> = ck
+        .iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.starts_with("encoder/"))
+        .collect();
+    assert!(
+        enc.iter().any(|n| n.contains("down.0.downsample")),
+        "{enc:?}"
+    );
+    assert!(enc.iter().any(|n| n.contains("conv_out")), "{enc:?}");
+    // The encoder was trained: its AdamW first moments are non-zero.
+    let m = ck
+        .iter()
+        .find(|(n, _)| n.starts_with("opt_encoder/m/") && n.contains("conv_in.weight"))
+        .unwrap();
+    assert!(m.1.iter().any(|&b| b != 0));
+}
+
+#[test]
+fn image_configs_name_what_does_not_fit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("bars.csv");
+    write_csv(&csv);
+    let cfg = config(&csv, 4, &[]);
+    let bad = |sets: &[&str], needle: &str| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let e = cfg.with_overrides(&sets, "t").unwrap_err().to_string();
+        assert!(e.contains(needle), "{sets:?}: {e}");
+    };
+    bad(&["model.dit.size=3"], "model.dit");
+    bad(&["model.conv_decoder.latent_size=3"], "model.conv_decoder");
+    bad(&["train.lr_decay_phi=1.5"], "train.lr_decay_phi");
+    bad(&["train.ema.decay=1.0"], "ema.decay");
+    // A missing image file is named, with the hint where downloads go.
+    let mut missing = cfg.clone();
+    if let Some(src) = &mut missing.data.images {
+        src.set_path("no/such/file.csv".into());
+    }
+    let e = run(plan(missing, &tmp.path().join("m"), false))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no/such/file.csv") && e.contains("fetch-data"),
+        "{e}"
+    );
+}
+
+#[test]
+fn image_presets_parse_and_mirror_table_2() {
+    for name in ["cifar10", "svhn", "celeba64", "mnist5k"] {
+        let cfg = RunConfig::preset(name).unwrap();
+        assert!(cfg.is_image_run() && cfg.model.dit.is_some() && cfg.model.conv_decoder.is_some());
+        if name != "mnist5k" {
+            let d = cfg.model.dit.unwrap();
+            assert_eq!(
+                (d.hidden, d.depth, d.heads, d.patch),
+                (384, 12, 6, 1),
+                "{name}: DiT-S/1"
+            );
+            assert_eq!(cfg.train.optimizer_theta.lr, 1e-4);
+            assert_eq!(cfg.train.optimizer_phi.lr, 2e-4);
+            assert_eq!(cfg.particles.step_size.initial, 0.05);
+            assert_eq!(cfg.train.lr_decay_phi, 0.999);
+            assert_eq!(cfg.train.kl.warmup_steps, 40_000);
+            let ema = cfg.train.ema.unwrap();
+            assert_eq!(ema.start_step, 40_000);
+            assert_eq!(ema.decay, if name == "celeba64" { 0.9999 } else { 0.999 });
+            assert_eq!(
+                cfg.train.batch_size,
+                if name == "celeba64" { 16 } else { 128 }
+            );
+            assert_eq!(
+                cfg.train.kl.coefficient,
+                if name == "svhn" { 0.001 } else { 0.01 }
+            );
+            assert_eq!(cfg.eval.samples, 50_000);
+        }
+    }
+}

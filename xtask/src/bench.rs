@@ -1,0 +1,222 @@
+//! `cargo xtask bench`: a quick performance suite (a few minutes) that prints a table and writes
+//! `target/bench/summary.json`:
+//! - memcpy bandwidth of this machine (the yardstick);
+//! - the eager particle update (Algorithm 2 over the whole cloud) in GB/s of particle state
+//!   moved, and as a fraction of memcpy;
+//! - the lazy update's seconds per step for M = 10^4, 10^5, 10^6 (N = 16; should be flat in M);
+//! - `gmm` training steps per second for N = 1, 16, 256 (batch 500);
+//! - DDIM-100 sampling throughput of a trained-size prior and decoder;
+//! - peak resident memory of the process.
+//!
+//! Criterion benches (`cargo bench -p ipld-benches`) give the careful, per-case numbers.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::Device;
+use ipld_particles::{
+    AdaptiveLangevin, LazyNoise, NoiseStream, ParticleCloud, ParticleUpdate, StepContext,
+    UpdateConfig,
+};
+use ipld_train::{RunConfig, Trainer};
+use serde_json::json;
+
+/// Median of `reps` timings of `f` in seconds.
+fn time_median(reps: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn memcpy_gb_per_s() -> f64 {
+    let n = 64 << 20; // 256 MiB of f32
+    let src = vec![1.0f32; n];
+    let mut dst = vec![0.0f32; n];
+    dst.copy_from_slice(&src); // fault the pages in
+    let secs = time_median(5, || {
+        dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&mut dst);
+    });
+    // Read + write.
+    2.0 * (n * 4) as f64 / secs / 1e9
+}
+
+fn ctx(step: u64, m: usize, b: usize) -> StepContext {
+    StepContext {
+        step,
+        gamma: 0.01,
+        step_size: 0.1,
+        batch_size: b,
+        total_points: m,
+        precondition_noise: true,
+    }
+}
+
+/// Eager Algorithm 2 over M = 10^5 points, N = 16, d = 2 with a batch of 500: seconds per step
+/// and GB/s of particle state (z and V read, z written, per element; the batch rows also
+/// read/write M).
+fn eager_update() -> (f64, f64, [usize; 3]) {
+    let (m, n, d, b) = (100_000, 16, 2, 500);
+    let mut cloud = ParticleCloud::gaussian(0, m, n, d, 1).expect("cloud");
+    let rule = AdaptiveLangevin::default();
+    let noise = NoiseStream::new(3, 7);
+    let batch: Vec<usize> = (0..b).map(|i| i * (m / b)).collect();
+    let grads = vec![1e-6f32; b * n * d];
+    let mut t = 0;
+    let secs = time_median(7, || {
+        rule.step(&mut cloud, &batch, &grads, &ctx(t, m, b), &noise)
+            .expect("step");
+        t += 1;
+    });
+    let bytes = (m * n * d) as f64 * 12.0 + (b * n * d) as f64 * 8.0;
+    (secs, bytes / secs / 1e9, [m, n, d])
+}
+
+/// Lazy steps (sync the batch, update it, record) for growing M at N = 16, d = 2.
+fn lazy_update(m: usize) -> f64 {
+    let (n, d, b) = (16, 2, 500);
+    let mut cloud = ParticleCloud::gaussian(0, m, n, d, 1).expect("cloud");
+    let rule = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default());
+    let mut lazy = LazyNoise::new(&cloud, 0, 1e-8);
+    let (noise, lazy_noise) = (
+        NoiseStream::new(3, 7),
+        NoiseStream::new(3, ipld_particles::LAZY_STREAM),
+    );
+    let grads = vec![1e-6f32; b * n * d];
+    let per_epoch = (m / b) as u64;
+    let mut t = 0u64;
+    time_median(21, || {
+        // A scrambled batch, so rows lag by different amounts as in training.
+        let e = t / per_epoch;
+        let batch: Vec<usize> = (0..b)
+            .map(|i| {
+                ((t % per_epoch) as usize * b + i).wrapping_mul(2 * e as usize + 1_000_003) % m
+            })
+            .collect();
+        lazy.sync(&mut cloud, &batch, t, &lazy_noise).expect("sync");
+        lazy.step(&rule, &mut cloud, &batch, &grads, &ctx(t, m, b), &noise)
+            .expect("step");
+        t += 1;
+    })
+}
+
+fn train_gmm(n: usize, steps: u64) -> anyhow::Result<f64> {
+    let cfg = RunConfig::preset("gmm")?.with_overrides(
+        &[
+            format!("particles.count={n}"),
+            format!("train.steps={steps}"),
+        ],
+        "bench",
+    )?;
+    let data = ipld_train::run::load_data(&cfg)?;
+    let mut trainer = Trainer::new(cfg, data, Device::Cpu)?;
+    trainer.train_step()?; // warm-up
+    let start = Instant::now();
+    for _ in 1..steps {
+        trainer.train_step()?;
+    }
+    Ok((steps - 1) as f64 / start.elapsed().as_secs_f64())
+}
+
+fn sampling() -> anyhow::Result<f64> {
+    let cfg = RunConfig::preset("gmm")?;
+    let data = ipld_train::run::load_data(&cfg)?;
+    let trainer = Trainer::new(cfg, data, Device::Cpu)?;
+    let sampler = ipld_diffusion::SamplerConfig::Ddim(ipld_diffusion::Ddim {
+        steps: 100,
+        eta: 0.0,
+    });
+    let n = 10_000;
+    let s = ipld_train::eval::generate(&trainer, n, &sampler, 0, &mut |_| {})?;
+    Ok(n as f64 / s.seconds)
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Runs the suite and writes `out` (JSON).
+pub fn run(out: &Path) -> anyhow::Result<()> {
+    let memcpy = memcpy_gb_per_s();
+    println!("memcpy: {memcpy:.2} GB/s");
+    let (eager_s, eager_gbs, shape) = eager_update();
+    println!(
+        "eager update {shape:?}: {:.2} ms/step, {eager_gbs:.2} GB/s",
+        eager_s * 1e3
+    );
+    let mut lazy = BTreeMap::new();
+    for m in [10_000usize, 100_000, 1_000_000] {
+        let s = lazy_update(m);
+        println!("lazy update M = {m}: {:.3} ms/step", s * 1e3);
+        lazy.insert(m.to_string(), s);
+    }
+    let mut train = BTreeMap::new();
+    for (n, steps) in [(1usize, 101u64), (16, 41), (256, 6)] {
+        let sps = train_gmm(n, steps)?;
+        println!("train gmm N = {n}: {sps:.2} steps/s");
+        train.insert(n.to_string(), sps);
+    }
+    let samples_per_s = sampling()?;
+    println!("DDIM-100 sampling (gmm MLP prior + decoder): {samples_per_s:.0} samples/s");
+    let peak = peak_rss_mib();
+    let lazy_vals: Vec<f64> = lazy.values().copied().collect();
+    let spread = lazy_vals.iter().copied().fold(f64::MIN, f64::max)
+        / lazy_vals.iter().copied().fold(f64::MAX, f64::min);
+    let summary = json!({
+        "machine": {
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        },
+        "memcpy_gb_per_s": memcpy,
+        "particle_update_eager": {
+            "shape_m_n_d": shape,
+            "seconds_per_step": eager_s,
+            "gb_per_s": eager_gbs,
+            "fraction_of_memcpy": eager_gbs / memcpy,
+        },
+        "particle_update_lazy": {
+            "n": 16, "d": 2, "batch": 500,
+            "seconds_per_step_by_m": lazy,
+            "max_over_min": spread,
+        },
+        "train_gmm": { "batch": 500, "steps_per_second_by_n": train },
+        "sampling_ddim100_samples_per_second": samples_per_s,
+        "peak_rss_mib": peak,
+    });
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    ipld_data::write_atomically(out, serde_json::to_string_pretty(&summary)?.as_bytes())
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!();
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    println!("| memcpy bandwidth | {memcpy:.2} GB/s |");
+    println!(
+        "| eager particle update (M 1e5, N 16, d 2) | {:.2} ms/step, {eager_gbs:.2} GB/s = {:.0}% of memcpy |",
+        eager_s * 1e3,
+        100.0 * eager_gbs / memcpy
+    );
+    for (m, s) in &lazy {
+        println!("| lazy particle update, M = {m} | {:.3} ms/step |", s * 1e3);
+    }
+    for (n, s) in &train {
+        println!("| gmm training, N = {n} | {s:.2} steps/s |");
+    }
+    println!("| DDIM-100 sampling | {samples_per_s:.0} samples/s |");
+    if let Some(p) = peak {
+        println!("| peak RSS | {p:.0} MiB |");
+    }
+    println!("\nwrote {}", out.display());
+    Ok(())
+}
