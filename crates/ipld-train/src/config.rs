@@ -266,6 +266,11 @@ pub struct TrainConfig {
     /// 0.999 / 0.9999 from step 40,000); absent = sample with the raw weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema: Option<EmaConfig>,
+    /// Monte Carlo draws of (k, eps) per latent in the diffusion loss's estimate (1 in the
+    /// paper). More draws lower the variance of the prior's gradient at the cost of extra prior
+    /// evaluations only, which on images are cheap next to the decoder.
+    #[serde(default = "one_draw")]
+    pub diffusion_samples: usize,
     /// Two-stage ablation (Table 4): the particles see only the decoder's likelihood; the
     /// diffusion loss trains theta on detached particles.
     pub two_stage: bool,
@@ -307,6 +312,10 @@ fn eight() -> usize {
 
 fn one() -> f64 {
     1.0
+}
+
+fn one_draw() -> usize {
+    1
 }
 
 /// A whole run.
@@ -458,7 +467,11 @@ impl RunConfig {
                 "is an IPLD/particle ablation; DiffusionVAE has no particles".into(),
             ));
         }
-        let positive: [(&str, u64); 7] = [
+        let positive: [(&str, u64); 8] = [
+            (
+                "train.diffusion_samples",
+                self.train.diffusion_samples as u64,
+            ),
             ("particles.count", self.particles.count as u64),
             ("train.steps", self.train.steps),
             ("train.batch_size", self.train.batch_size as u64),

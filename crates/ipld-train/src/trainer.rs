@@ -398,12 +398,14 @@ impl Trainer {
             .collect();
         let x = self.data.gather(&repeat, &self.device)?;
         let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(self.cfg.seed, STREAM_LOSS, t));
+        // R draws of (k, eps) per latent for the diffusion loss's Monte Carlo estimate.
+        let r_draws = self.cfg.train.diffusion_samples;
         let k = other!(timestep_tensor(
-            &sample_timesteps(&mut rng, rows, self.schedule.steps()),
+            &sample_timesteps(&mut rng, r_draws * rows, self.schedule.steps()),
             self.schedule.steps(),
             &self.device
         ))?;
-        let noise = gaussian(&mut rng, (rows, dz), DType::F32, &self.device)?;
+        let noise = gaussian(&mut rng, (r_draws * rows, dz), DType::F32, &self.device)?;
         let gamma = self.cfg.train.kl.gamma(t);
 
         // Latents: a Var over the minibatch's particles, or reparameterised encoder draws.
@@ -431,7 +433,18 @@ impl Trainer {
         } else {
             z.clone()
         };
-        let terms = other!(self.loss.per_sample(&self.eps, &z_prior, &noise, &k))?;
+        let terms = if r_draws == 1 {
+            other!(self.loss.per_sample(&self.eps, &z_prior, &noise, &k))?
+        } else {
+            let zr = z_prior.repeat((r_draws, 1))?;
+            let t = other!(self.loss.per_sample(&self.eps, &zr, &noise, &k))?;
+            let avg = |v: &Tensor| v.reshape((r_draws, rows))?.mean(0);
+            ipld_diffusion::LossTerms {
+                total: avg(&t.total)?,
+                denoise: avg(&t.denoise)?,
+                prior: avg(&t.prior)?,
+            }
+        };
         let nll = gaussian_nll(&x, &self.decoder.decode(&z)?, self.cfg.decoder_sigma())?;
         let kl = match &entropy {
             Some(h) => (&terms.total - h)?,

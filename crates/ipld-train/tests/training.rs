@@ -220,3 +220,35 @@ fn lazy_noise_resumes_exactly_and_trains_like_eager() {
         .to_string();
     assert!(e.contains("particles.lazy_noise"), "{e}");
 }
+
+#[test]
+fn several_diffusion_draws_per_particle_train_and_zero_is_rejected() {
+    // R = 3 (k, eps) draws per particle: a lower-variance estimate of the same loss. The metric
+    // is the mean over draws, so its first value stays close to R = 1's (same particles and
+    // networks at step 0: both estimate E_k,eps of one quantity).
+    let tmp = tempfile::tempdir().unwrap();
+    let first_diffusion = |r: usize, dir: &Path| {
+        let cfg = common::tiny(10)
+            .with_overrides(&[format!("train.diffusion_samples={r}")], "t")
+            .unwrap();
+        run(plan(cfg, dir, false)).unwrap();
+        let line = std::fs::read_to_string(dir.join(METRICS_FILE)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+        v["diffusion_loss"].as_f64().unwrap()
+    };
+    let (one, three) = (
+        first_diffusion(1, &tmp.path().join("a")),
+        first_diffusion(3, &tmp.path().join("b")),
+    );
+    assert!(one.is_finite() && three.is_finite() && one != three);
+    // Same expectation: the per-latent loss of an untrained prior is ~d_z = 2 per particle.
+    assert!(
+        (one - three).abs() < 0.5 * one.max(three),
+        "{one} vs {three}"
+    );
+    let e = common::tiny(10)
+        .with_overrides(&["train.diffusion_samples=0".into()], "t")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("train.diffusion_samples"), "{e}");
+}
