@@ -566,25 +566,12 @@ pub fn load_image_folder(
             reason: "must be > 0".into(),
         });
     }
-    let mut files = Vec::new();
-    collect_images(dir, &mut files)?;
-    if files.is_empty() {
-        return Err(DataError::format(
-            dir,
-            "no .png/.jpg/.jpeg images in this folder",
-        ));
-    }
-    files.sort();
+    let files = sorted_images(dir)?;
     let channels = if rgb { 3 } else { 1 };
     let s = size as usize;
     let mut pixels = Vec::with_capacity(files.len() * channels * s * s);
     for f in &files {
-        let img = image::ImageReader::open(f)
-            .map_err(|e| DataError::io(f, e))?
-            .with_guessed_format()
-            .map_err(|e| DataError::io(f, e))?
-            .decode()
-            .map_err(|e| DataError::format(f, format!("cannot decode image ({e})")))?;
+        let img = decode_image(f)?;
         let (w, h) = (img.width(), img.height());
         let side = if crop == 0 { w.min(h) } else { crop };
         if side > w || side > h {
@@ -626,24 +613,11 @@ pub fn default_data_dir() -> PathBuf {
 /// size as RGB (grey images repeated to three channels); all images must have the same size.
 /// This is what FID reads: no resampling besides Inception's own.
 pub fn load_image_folder_native(dir: &Path) -> Result<ImageSet, DataError> {
-    let mut files = Vec::new();
-    collect_images(dir, &mut files)?;
-    if files.is_empty() {
-        return Err(DataError::format(
-            dir,
-            "no .png/.jpg/.jpeg images in this folder",
-        ));
-    }
-    files.sort();
+    let files = sorted_images(dir)?;
     let mut size = None;
     let mut pixels = Vec::new();
     for f in &files {
-        let img = image::ImageReader::open(f)
-            .map_err(|e| DataError::io(f, e))?
-            .with_guessed_format()
-            .map_err(|e| DataError::io(f, e))?
-            .decode()
-            .map_err(|e| DataError::format(f, format!("cannot decode image ({e})")))?;
+        let img = decode_image(f)?;
         let (w, h) = (img.width(), img.height());
         match size {
             None => size = Some((w, h)),
@@ -733,6 +707,29 @@ pub fn save_image_grid(
     grid.save_with_format(&tmp, image::ImageFormat::Png)
         .map_err(|e| DataError::format(&tmp, format!("cannot write PNG ({e})")))?;
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
+/// Every image file below `dir`, sorted by path; an error if there is none.
+fn sorted_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut files = Vec::new();
+    collect_images(dir, &mut files)?;
+    if files.is_empty() {
+        return Err(DataError::format(
+            dir,
+            "no .png/.jpg/.jpeg images in this folder",
+        ));
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn decode_image(f: &Path) -> Result<image::DynamicImage, DataError> {
+    image::ImageReader::open(f)
+        .map_err(|e| DataError::io(f, e))?
+        .with_guessed_format()
+        .map_err(|e| DataError::io(f, e))?
+        .decode()
+        .map_err(|e| DataError::format(f, format!("cannot decode image ({e})")))
 }
 
 fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {

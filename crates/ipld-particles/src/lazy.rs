@@ -17,10 +17,7 @@
 use rayon::prelude::*;
 
 use crate::update::{Row, StepVariance};
-use crate::{
-    AdaptiveLangevin, Langevin, NoiseStream, ParticleCloud, ParticleError, StepContext,
-    UpdateConfig,
-};
+use crate::{NoiseStream, ParticleCloud, ParticleError, StepContext, UpdateConfig};
 
 /// Noise-stream id of the accumulated (lazy) draws.
 pub const LAZY_STREAM: u32 = 0x1a27;
@@ -224,25 +221,17 @@ impl LazyNoise {
             )));
         }
         self.sync(cloud, batch, t, noise)?;
+        let v = rule.step_variance(ctx)?;
         let n = cloud.particles();
-        let v = match rule {
+        match rule {
             UpdateConfig::Langevin(r) => {
-                let k = r.kernel(ctx, n);
-                batch_pass(cloud, batch, grads, ctx, noise, k)?;
-                r.step_variance(ctx)
+                batch_pass(cloud, batch, grads, ctx, noise, r.kernel(ctx, n))?
             }
             UpdateConfig::AdaptiveLangevin(r) => {
-                let k = r.kernel(ctx, n);
-                batch_pass(cloud, batch, grads, ctx, noise, k)?;
-                r.step_variance(ctx)
+                batch_pass(cloud, batch, grads, ctx, noise, r.kernel(ctx, n))?
             }
-            UpdateConfig::KineticLangevin(_) => {
-                return Err(ParticleError::param(
-                    "particles.lazy_noise",
-                    "kinetic-langevin moves every particle every step (its velocity); use the eager update",
-                ));
-            }
-        };
+            UpdateConfig::KineticLangevin(_) => unreachable!("step_variance rejects it"),
+        }
         self.record(t, v)?;
         for &m in batch {
             let r = cloud.local(m)?;
@@ -287,18 +276,4 @@ fn batch_pass(
         ));
     }
     Ok(())
-}
-
-impl Langevin {
-    /// The preconditioner epsilon lazy noise needs (Algorithm 1 has none).
-    pub fn lazy_eps(&self) -> f64 {
-        0.0
-    }
-}
-
-impl AdaptiveLangevin {
-    /// The preconditioner epsilon lazy noise needs.
-    pub fn lazy_eps(&self) -> f64 {
-        self.eps
-    }
 }

@@ -158,6 +158,27 @@ impl UpdateConfig {
         }
     }
 
+    /// Per-element noise variance of one step, for lazy noise; kinetic Langevin has no lazy
+    /// form (its velocity moves every particle every step).
+    pub fn step_variance(&self, ctx: &StepContext) -> Result<StepVariance, ParticleError> {
+        match self {
+            Self::Langevin(r) => Ok(r.step_variance(ctx)),
+            Self::AdaptiveLangevin(r) => Ok(r.step_variance(ctx)),
+            Self::KineticLangevin(_) => Err(ParticleError::param(
+                "particles.lazy_noise",
+                "kinetic-langevin moves every particle every step (its velocity); use the eager update",
+            )),
+        }
+    }
+
+    /// The preconditioner epsilon lazy noise needs (0 for rules without a preconditioner).
+    pub fn lazy_eps(&self) -> f64 {
+        match self {
+            Self::AdaptiveLangevin(r) => r.eps,
+            Self::Langevin(_) | Self::KineticLangevin(_) => 0.0,
+        }
+    }
+
     /// The rule as a trait object.
     pub fn rule(&self) -> &dyn ParticleUpdate {
         match self {

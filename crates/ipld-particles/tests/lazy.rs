@@ -51,11 +51,7 @@ fn run(
     let mut cloud = ParticleCloud::gaussian(0, m, n, d, 11).unwrap();
     let noise = NoiseStream::new(seed, 7);
     let lazy_noise = NoiseStream::new(seed, ipld_particles::LAZY_STREAM);
-    let eps = match rule {
-        UpdateConfig::AdaptiveLangevin(a) => a.lazy_eps(),
-        UpdateConfig::Langevin(l) => l.lazy_eps(),
-        UpdateConfig::KineticLangevin(_) => unreachable!(),
-    };
+    let eps = rule.lazy_eps();
     let mut state = LazyNoise::new(&cloud, 0, eps);
     let per_epoch = (m / b) as u64;
     for t in 0..steps {
@@ -127,7 +123,7 @@ fn accumulated_noise_has_the_summed_variance() {
     let (m, n, d, b, steps) = (5000usize, 4, 4, 50, 300u64);
     let mut cloud = ParticleCloud::zeros(0, m, n, d).unwrap();
     let rule = Langevin {};
-    let mut state = LazyNoise::new(&cloud, 0, rule.lazy_eps());
+    let mut state = LazyNoise::new(&cloud, 0, UpdateConfig::Langevin(rule).lazy_eps());
     let lazy_noise = NoiseStream::new(2, ipld_particles::LAZY_STREAM);
     let mut want = 0.0;
     for t in 0..steps {

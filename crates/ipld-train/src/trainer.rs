@@ -231,7 +231,7 @@ impl Trainer {
         };
         let lazy = match &latents {
             Latents::Particles(cloud) if cfg.particles.lazy_noise => {
-                Some(LazyNoise::new(cloud, 0, lazy_eps(&cfg)))
+                Some(LazyNoise::new(cloud, 0, cfg.particles.update.lazy_eps()))
             }
             _ => None,
         };
@@ -461,6 +461,7 @@ impl Trainer {
         let grads = loss.backward()?;
 
         let step_size = pc.step_size.at_epoch(epoch);
+        let ctx = self.step_context(t);
         let stats = match &mut self.latents {
             Latents::Particles(cloud) => {
                 let var = particle_var.expect("particle methods make a Var");
@@ -474,14 +475,6 @@ impl Trainer {
                         what: "the particle gradient".into(),
                     });
                 }
-                let ctx = StepContext {
-                    step: t,
-                    gamma,
-                    step_size,
-                    batch_size: b,
-                    total_points: self.data.len(),
-                    precondition_noise: epoch >= 1,
-                };
                 let stream = NoiseStream::new(self.cfg.seed, PARTICLE_NOISE_STREAM);
                 match &mut self.lazy {
                     Some(lazy) => other!(lazy.step(&pc.update, cloud, &batch, &gz, &ctx, &stream))?,
@@ -757,10 +750,15 @@ impl Trainer {
                 ));
             }
             let synced: Vec<u64> = missed.iter().map(|&v| self.step - v as u64).collect();
-            let mut lazy = LazyNoise::from_synced(synced, 0, lazy_eps(&self.cfg));
+            let mut lazy = LazyNoise::from_synced(synced, 0, self.cfg.particles.update.lazy_eps());
             // The per-step variances are a function of the config and the step: replay them.
             for s in 0..self.step {
-                let v = other!(step_variance(&self.cfg, &self.step_context(s)))?;
+                let v = other!(
+                    self.cfg
+                        .particles
+                        .update
+                        .step_variance(&self.step_context(s))
+                )?;
                 other!(lazy.record(s, v))?;
             }
             self.lazy = Some(lazy);
@@ -820,27 +818,4 @@ fn particle_stats(z: &[f32], b: usize, n: usize, d: usize) -> (f64, f64) {
         }
     }
     (norm, spread / (b * d) as f64)
-}
-
-fn lazy_eps(cfg: &RunConfig) -> f64 {
-    match cfg.particles.update {
-        ipld_particles::UpdateConfig::AdaptiveLangevin(a) => a.lazy_eps(),
-        ipld_particles::UpdateConfig::Langevin(l) => l.lazy_eps(),
-        ipld_particles::UpdateConfig::KineticLangevin(_) => 0.0,
-    }
-}
-
-fn step_variance(
-    cfg: &RunConfig,
-    ctx: &StepContext,
-) -> Result<ipld_particles::StepVariance, ipld_particles::ParticleError> {
-    match cfg.particles.update {
-        ipld_particles::UpdateConfig::AdaptiveLangevin(a) => Ok(a.step_variance(ctx)),
-        ipld_particles::UpdateConfig::Langevin(l) => Ok(l.step_variance(ctx)),
-        ipld_particles::UpdateConfig::KineticLangevin(_) => {
-            Err(ipld_particles::ParticleError::Shape(
-                "particles.lazy_noise: kinetic-langevin has no lazy form".into(),
-            ))
-        }
-    }
 }
