@@ -3,7 +3,9 @@
 //! - memcpy bandwidth of this machine (the yardstick);
 //! - the eager particle update (Algorithm 2 over the whole cloud) in GB/s of particle state
 //!   moved, and as a fraction of memcpy;
-//! - the lazy update's seconds per step for M = 10^4, 10^5, 10^6 (N = 16; should be flat in M);
+//! - the lazy update's seconds per step for M = 10^4, 10^5, 10^6 (N = 16, d_z = 2; should be
+//!   flat in M), and for M = 10^4, 10^5 at d_z = 256 (M = 10^6 would need 49 GB of particle
+//!   state: z, momentum and second moment of 10^6 x 16 x 256 f32);
 //! - `gmm` training steps per second for N = 1, 16, 256 (batch 500);
 //! - DDIM-100 sampling throughput of a trained-size prior and decoder;
 //! - peak resident memory of the process.
@@ -80,9 +82,9 @@ fn eager_update() -> (f64, f64, [usize; 3]) {
     (secs, bytes / secs / 1e9, [m, n, d])
 }
 
-/// Lazy steps (sync the batch, update it, record) for growing M at N = 16, d = 2.
-fn lazy_update(m: usize) -> f64 {
-    let (n, d, b) = (16, 2, 500);
+/// Lazy steps (sync the batch, update it, record) for growing M at N = 16.
+fn lazy_update(m: usize, d: usize) -> f64 {
+    let (n, b) = (16, 500);
     let mut cloud = ParticleCloud::gaussian(0, m, n, d, 1).expect("cloud");
     let rule = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default());
     let mut lazy = LazyNoise::new(&cloud, 0, 1e-8);
@@ -157,9 +159,15 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     );
     let mut lazy = BTreeMap::new();
     for m in [10_000usize, 100_000, 1_000_000] {
-        let s = lazy_update(m);
-        println!("lazy update M = {m}: {:.3} ms/step", s * 1e3);
+        let s = lazy_update(m, 2);
+        println!("lazy update M = {m}, d 2: {:.3} ms/step", s * 1e3);
         lazy.insert(m.to_string(), s);
+    }
+    let mut lazy256 = BTreeMap::new();
+    for m in [10_000usize, 100_000] {
+        let s = lazy_update(m, 256);
+        println!("lazy update M = {m}, d 256: {:.3} ms/step", s * 1e3);
+        lazy256.insert(m.to_string(), s);
     }
     let mut train = BTreeMap::new();
     for (n, steps) in [(1usize, 101u64), (16, 41), (256, 6)] {
@@ -170,9 +178,10 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     let samples_per_s = sampling()?;
     println!("DDIM-100 sampling (gmm MLP prior + decoder): {samples_per_s:.0} samples/s");
     let peak = peak_rss_mib();
-    let lazy_vals: Vec<f64> = lazy.values().copied().collect();
-    let spread = lazy_vals.iter().copied().fold(f64::MIN, f64::max)
-        / lazy_vals.iter().copied().fold(f64::MAX, f64::min);
+    let spread = |by_m: &BTreeMap<String, f64>| {
+        by_m.values().copied().fold(f64::MIN, f64::max)
+            / by_m.values().copied().fold(f64::MAX, f64::min)
+    };
     let summary = json!({
         "machine": {
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -187,7 +196,11 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
         "particle_update_lazy": {
             "n": 16, "d": 2, "batch": 500,
             "seconds_per_step_by_m": lazy,
-            "max_over_min": spread,
+            "max_over_min": spread(&lazy),
+            "d256": {
+                "seconds_per_step_by_m": lazy256,
+                "max_over_min": spread(&lazy256),
+            },
         },
         "train_gmm": { "batch": 500, "steps_per_second_by_n": train },
         "sampling_ddim100_samples_per_second": samples_per_s,
@@ -208,7 +221,16 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
         100.0 * eager_gbs / memcpy
     );
     for (m, s) in &lazy {
-        println!("| lazy particle update, M = {m} | {:.3} ms/step |", s * 1e3);
+        println!(
+            "| lazy particle update, N 16, d 2, M = {m} | {:.3} ms/step |",
+            s * 1e3
+        );
+    }
+    for (m, s) in &lazy256 {
+        println!(
+            "| lazy particle update, N 16, d 256, M = {m} | {:.3} ms/step |",
+            s * 1e3
+        );
     }
     for (n, s) in &train {
         println!("| gmm training, N = {n} | {s:.2} steps/s |");

@@ -274,10 +274,30 @@ pub struct TrainConfig {
     /// Two-stage ablation (Table 4): the particles see only the decoder's likelihood; the
     /// diffusion loss trains theta on detached particles.
     pub two_stage: bool,
+    /// Optional prior refit after the `steps` joint steps of Algorithm 2 (not in the paper):
+    /// further steps that train only theta (and its EMA) on the frozen latents. Absent = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_refit: Option<PriorRefitConfig>,
     /// Write a metrics line every this many steps.
     pub log_every: u64,
     /// Write a checkpoint every this many steps (and at the end).
     pub checkpoint_every: u64,
+}
+
+/// Prior-only steps after joint training (`train.prior_refit`). On a CPU budget the joint phase
+/// ends long before the prior has fitted the latents (the paper gives the prior ~10^5 steps,
+/// Table 2); these steps cost one prior evaluation each and no decoder pass. Step numbers
+/// continue after `train.steps`, so checkpoints, resume and the EMA carry over unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriorRefitConfig {
+    /// Number of prior-only steps.
+    pub steps: u64,
+    /// Training points per step, drawn without replacement; each brings all its N particles
+    /// (DiffusionVAE: N encoder draws).
+    pub batch_size: usize,
+    /// AdamW learning rate for theta in this phase (the optimizer state carries over).
+    pub lr: f64,
 }
 
 /// Evaluation after training.
@@ -535,6 +555,23 @@ impl RunConfig {
         if let Some(ema) = &self.train.ema {
             ema.validate().map_err(|e| invalid(e.to_string()))?;
         }
+        if let Some(r) = &self.train.prior_refit {
+            if r.steps == 0 || r.batch_size == 0 {
+                return Err(key(
+                    "train.prior_refit",
+                    format!(
+                        "steps and batch_size must be at least 1, got {} and {}",
+                        r.steps, r.batch_size
+                    ),
+                ));
+            }
+            if !(r.lr > 0.0 && r.lr.is_finite()) {
+                return Err(key(
+                    "train.prior_refit.lr",
+                    format!("must be > 0, got {}", r.lr),
+                ));
+            }
+        }
         if !(self.train.lr_decay_phi > 0.0 && self.train.lr_decay_phi <= 1.0) {
             return Err(key(
                 "train.lr_decay_phi",
@@ -576,6 +613,11 @@ impl RunConfig {
             .map_or(self.model.decoder.sigma, |c| c.sigma)
     }
 
+    /// All steps of the run: the joint steps plus any prior-refit steps.
+    pub fn total_steps(&self) -> u64 {
+        self.train.steps + self.train.prior_refit.map_or(0, |r| r.steps)
+    }
+
     /// Whether the data are images (`[data.images]`).
     pub fn is_image_run(&self) -> bool {
         self.data.images.is_some()
@@ -596,7 +638,9 @@ fn parse_value(raw: &str) -> toml::Value {
     }
 }
 
-/// Sets `key` (dotted) in `tree`; every component must already exist.
+/// Sets `key` (dotted) in `tree`; every component must already exist, except that an inline
+/// table may fill an absent optional section (e.g. `train.prior_refit={steps=100, ...}`), whose
+/// fields serde then checks.
 fn set_dotted(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<(), String> {
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
@@ -609,6 +653,10 @@ fn set_dotted(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<(
             .as_table_mut()
             .ok_or_else(|| format!("`{here}` is a value, not a table"))?;
         if !table.contains_key(*part) {
+            if i + 1 == parts.len() && value.is_table() {
+                table.insert(part.to_string(), value);
+                return Ok(());
+            }
             let mut valid: Vec<String> = table
                 .keys()
                 .map(|k| {

@@ -33,7 +33,7 @@ struct TrainArgs {
     /// TOML configuration file (default: the embedded `gmm` preset).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["preset", "resume"])]
     config: Option<PathBuf>,
-    /// Embedded preset instead of a file: gmm, circles.
+    /// Embedded preset instead of a file: gmm, circles, mnist5k, cifar10, svhn, celeba64.
     #[arg(long, conflicts_with = "resume")]
     preset: Option<String>,
     /// Override a config key, e.g. --set particles.count=16 (repeatable; dotted keys).

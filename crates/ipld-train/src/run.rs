@@ -224,6 +224,7 @@ fn metrics_line(m: &StepMetrics, cfg: &RunConfig, seconds: f64) -> String {
         "particle_step_size": m.particle_step_size,
         "particle_norm": m.particle_norm,
         "particle_spread": m.particle_spread,
+        "phase": if m.prior_refit { "prior-refit" } else { "joint" },
         "lr_theta": cfg.train.optimizer_theta.lr,
         "lr_phi": cfg.train.optimizer_phi.lr,
         "seconds": seconds,
@@ -253,6 +254,7 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<(), RunError> {
 /// checkpoint belongs to (and break exact resumption).
 pub const RESUMABLE_KEYS: &[&str] = &[
     "train.steps",
+    "train.prior_refit",
     "train.log_every",
     "train.checkpoint_every",
     "eval",
@@ -336,7 +338,8 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
     let mut trainer = if plan.resume {
         let mut t = open_run(&dir, &[])?;
         check_resumable(&t.cfg, &plan.config).map_err(|m| io(&dir, m))?;
-        t.cfg = plan.config.clone();
+        t.set_config(plan.config.clone())
+            .map_err(|e| io(&dir, e.to_string()))?;
         truncate_metrics(&dir.join(METRICS_FILE), t.step())?;
         t
     } else {
@@ -372,7 +375,7 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
         .open(&metrics_path)
         .map_err(|e| io(&metrics_path, e))?;
     let first = trainer.step();
-    let total = cfg.train.steps;
+    let total = cfg.total_steps();
     let bar = (plan.progress == Progress::Bar && first < total).then(|| {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(

@@ -31,6 +31,7 @@ use rand_chacha::ChaCha8Rng;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::RunConfig;
+use crate::config::PriorRefitConfig;
 use crate::nets::{DecoderNet, EncoderNet, PriorNet};
 use crate::optim::AdamW;
 
@@ -76,6 +77,7 @@ macro_rules! other {
 /// Stream ids that keep the run's random draws independent.
 const STREAM_BATCH: u64 = 1;
 const STREAM_LOSS: u64 = 2;
+const STREAM_REFIT: u64 = 3;
 /// Noise-stream id of the particle updates.
 pub const PARTICLE_NOISE_STREAM: u32 = 7;
 
@@ -109,6 +111,9 @@ pub struct StepMetrics {
     pub particle_norm: f64,
     /// Mean over minibatch points of the per-coordinate standard deviation across its particles.
     pub particle_spread: f64,
+    /// Whether this was a prior-refit step (`train.prior_refit`): then `loss` is the diffusion
+    /// loss alone and `nll` is NaN (no decoder pass).
+    pub prior_refit: bool,
 }
 
 /// Where a method's latents come from.
@@ -258,6 +263,14 @@ impl Trainer {
     pub fn step(&self) -> u64 {
         self.step
     }
+    /// Joint (Algorithm 2) steps taken so far: the particles' clock, which stops when a prior
+    /// refit (`train.prior_refit`) begins.
+    pub fn joint_steps(&self) -> u64 {
+        match self.cfg.train.prior_refit {
+            Some(_) => self.step.min(self.cfg.train.steps),
+            None => self.step,
+        }
+    }
     /// The particle cloud with every particle's noise applied through the current step: with
     /// lazy noise a synced copy (the training state is not changed), else a copy of the cloud.
     /// None for DiffusionVAE.
@@ -268,7 +281,7 @@ impl Trainer {
         let mut c = cloud.clone();
         if let Some(lazy) = &self.lazy {
             let mut l = lazy.clone();
-            other!(l.sync_all(&mut c, self.step, &self.lazy_stream()))?;
+            other!(l.sync_all(&mut c, self.joint_steps(), &self.lazy_stream()))?;
         }
         Ok(Some(c))
     }
@@ -359,8 +372,34 @@ impl Trainer {
         }
     }
 
-    /// Takes one training step of the configured method.
+    /// Replaces the configuration of a loaded state (a resumed run's new `train.steps`,
+    /// `train.prior_refit`, ...), refusing a change of the joint phase once the refit has begun.
+    pub fn set_config(&mut self, cfg: RunConfig) -> Result<(), TrainError> {
+        let joint = self.joint_steps();
+        self.cfg = cfg;
+        self.check_joint_steps(joint).map_err(TrainError::Invalid)
+    }
+
+    /// A state with `joint` joint steps out of `self.step` must, if its refit has begun, keep
+    /// ending its joint phase there.
+    fn check_joint_steps(&self, joint: u64) -> Result<(), String> {
+        if joint < self.step && self.joint_steps() != joint {
+            return Err(format!(
+                "the run's prior refit began after {joint} joint steps, so train.steps must stay {joint} (got {}) and train.prior_refit must stay set",
+                self.cfg.train.steps
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes one training step of the configured method (a prior-refit step once the joint
+    /// steps are done and `train.prior_refit` is set).
     pub fn train_step(&mut self) -> Result<StepMetrics, TrainError> {
+        if let Some(r) = self.cfg.train.prior_refit
+            && self.step >= self.cfg.train.steps
+        {
+            return self.prior_refit_step(r);
+        }
         let t = self.step;
         let pc = self.cfg.particles.clone();
         let lazy_stream = self.lazy_stream();
@@ -417,14 +456,8 @@ impl Trainer {
                 (var.as_tensor().clone(), Some(var), None)
             }
             Latents::Encoder { encoder, .. } => {
-                let (mu, logvar) = encoder.encode(&self.data.gather(&batch, &self.device)?)?;
-                let rep: Vec<u32> = (0..b as u32)
-                    .flat_map(|i| std::iter::repeat_n(i, n))
-                    .collect();
-                let rep = Tensor::from_vec(rep, rows, &self.device)?;
-                let (mu, logvar) = (mu.index_select(&rep, 0)?, logvar.index_select(&rep, 0)?);
-                let e = gaussian(&mut rng, (rows, dz), DType::F32, &self.device)?;
-                let z = LinearGaussianEncoder::sample(&mu, &logvar, &e)?;
+                let x = self.data.gather(&batch, &self.device)?;
+                let (z, logvar) = encoder_draws(encoder, &x, n, &mut rng)?;
                 (z, None, Some(LinearGaussianEncoder::entropy(&logvar)?))
             }
         };
@@ -495,13 +528,7 @@ impl Trainer {
             .step(&grads, self.cfg.train.optimizer_theta.lr)?;
         self.opt_phi
             .step(&grads, self.cfg.train.optimizer_phi.lr * phi_scale)?;
-        if let Some((ema, _, _)) = &mut self.ema {
-            let params: Vec<Tensor> = sorted_vars(&self.theta)
-                .into_iter()
-                .map(|(_, v)| v.as_tensor().clone())
-                .collect();
-            other!(ema.update(t, &params))?;
-        }
+        self.update_ema(t)?;
         self.step += 1;
 
         Ok(StepMetrics {
@@ -513,6 +540,80 @@ impl Trainer {
             particle_step_size: step_size,
             particle_norm: stats.0,
             particle_spread: stats.1,
+            prior_refit: false,
+        })
+    }
+
+    /// Folds theta after step `t` into its EMA (when `train.ema` is set).
+    fn update_ema(&mut self, t: u64) -> Result<(), TrainError> {
+        if let Some((ema, _, _)) = &mut self.ema {
+            let params: Vec<Tensor> = sorted_vars(&self.theta)
+                .into_iter()
+                .map(|(_, v)| v.as_tensor().clone())
+                .collect();
+            other!(ema.update(t, &params))?;
+        }
+        Ok(())
+    }
+
+    /// One prior-only step: the simple (or weighted) diffusion loss of eq. (64) on `batch_size`
+    /// random points' latents, frozen at the end of the joint phase; AdamW on theta and the EMA.
+    fn prior_refit_step(&mut self, r: PriorRefitConfig) -> Result<StepMetrics, TrainError> {
+        let t = self.step;
+        let joint = self.cfg.train.steps;
+        let b = r.batch_size.min(self.data.len());
+        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(self.cfg.seed, STREAM_REFIT, t));
+        let mut batch = rand::seq::index::sample(&mut rng, self.data.len(), b).into_vec();
+        batch.sort_unstable();
+        let (n, dz) = (self.particles_per_point(), self.cfg.data.latent_dim);
+        let rows = b * n;
+        let lazy_stream = self.lazy_stream();
+        let z = match &mut self.latents {
+            Latents::Particles(cloud) => {
+                // Lazy noise: bring the rows up to the last joint step (a no-op once synced).
+                if let Some(lazy) = &mut self.lazy {
+                    other!(lazy.sync(cloud, &batch, joint, &lazy_stream))?;
+                }
+                let mut zb = Vec::with_capacity(rows * dz);
+                other!(cloud.gather_into(&batch, &mut zb))?;
+                Tensor::from_vec(zb, (rows, dz), &self.device)?
+            }
+            Latents::Encoder { encoder, .. } => {
+                let x = self.data.gather(&batch, &self.device)?;
+                encoder_draws(encoder, &x, n, &mut rng)?.0.detach()
+            }
+        };
+        let k = other!(timestep_tensor(
+            &sample_timesteps(&mut rng, rows, self.schedule.steps()),
+            self.schedule.steps(),
+            &self.device
+        ))?;
+        let noise = gaussian(&mut rng, (rows, dz), DType::F32, &self.device)?;
+        let terms = other!(self.loss.per_sample(&self.eps, &z, &noise, &k))?;
+        let loss = terms.total.mean_all()?;
+        let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !loss_v.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: t,
+                what: "the prior-refit loss".into(),
+            });
+        }
+        let grads = loss.backward()?;
+        self.opt_theta.step(&grads, r.lr)?;
+        self.update_ema(t)?;
+        self.step += 1;
+        let zs: Vec<f32> = z.flatten_all()?.to_vec1()?;
+        let stats = particle_stats(&zs, b, n, dz);
+        Ok(StepMetrics {
+            step: t,
+            loss: loss_v,
+            diffusion_loss: loss_v,
+            nll: f64::NAN,
+            gamma: self.cfg.train.kl.gamma(joint),
+            particle_step_size: 0.0,
+            particle_norm: stats.0,
+            particle_spread: stats.1,
+            prior_refit: true,
         })
     }
 
@@ -599,6 +700,7 @@ impl Trainer {
         let meta: HashMap<String, String> = [
             ("format", "ipld-checkpoint-v1".to_string()),
             ("step", self.step.to_string()),
+            ("joint_steps", self.joint_steps().to_string()),
             ("opt_theta_steps", self.opt_theta.steps().to_string()),
             ("opt_phi_steps", self.opt_phi.steps().to_string()),
             ("seed", self.cfg.seed.to_string()),
@@ -731,6 +833,11 @@ impl Trainer {
             }
         }
         self.step = get("step")?;
+        // Older checkpoints predate the prior refit: all their steps were joint steps.
+        let joint = meta
+            .get("joint_steps")
+            .map_or(Ok(self.step), |_| get("joint_steps"))?;
+        self.check_joint_steps(joint).map_err(ck)?;
         if self.lazy.is_some() {
             let missed = tensors.get("particles/missed_noise_steps").ok_or_else(|| {
                 ck(
@@ -752,7 +859,7 @@ impl Trainer {
             let synced: Vec<u64> = missed.iter().map(|&v| self.step - v as u64).collect();
             let mut lazy = LazyNoise::from_synced(synced, 0, self.cfg.particles.update.lazy_eps());
             // The per-step variances are a function of the config and the step: replay them.
-            for s in 0..self.step {
+            for s in 0..joint {
                 let v = other!(
                     self.cfg
                         .particles
@@ -765,6 +872,25 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// N reparameterised draws from the encoder per row of `x` ([B*N, d], rows grouped by point),
+/// with the matching log-variances.
+fn encoder_draws(
+    encoder: &EncoderNet,
+    x: &Tensor,
+    n: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<(Tensor, Tensor), TrainError> {
+    let (mu, logvar) = encoder.encode(x)?;
+    let (b, dz) = mu.dims2()?;
+    let rep: Vec<u32> = (0..b as u32)
+        .flat_map(|i| std::iter::repeat_n(i, n))
+        .collect();
+    let rep = Tensor::from_vec(rep, b * n, x.device())?;
+    let (mu, logvar) = (mu.index_select(&rep, 0)?, logvar.index_select(&rep, 0)?);
+    let e = gaussian(rng, (b * n, dz), DType::F32, x.device())?;
+    Ok((LinearGaussianEncoder::sample(&mu, &logvar, &e)?, logvar))
 }
 
 /// Sets every variable of `vars` from `tensors["<prefix>/<name>"]`, checking shapes.

@@ -2,12 +2,15 @@
 //! sampling, warm start and decoder lr decay on a CSV image file the test writes; exact resume
 //! (EMA included); DiffusionVAE with the convolutional encoder; config errors; the sample grid.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 
+use common::plan;
 use ipld_data::Dataset;
 use ipld_train::run::{CHECKPOINT_FILE, METRICS_FILE, SAMPLES_PNG};
-use ipld_train::{Progress, RunConfig, RunPlan, run};
+use ipld_train::{Progress, RunConfig, run};
 use safetensors::SafeTensors;
 
 /// 24 grey 8 x 8 "digits": a bright bar whose position and orientation depend on the index.
@@ -102,15 +105,6 @@ fid = false
     let cfg = RunConfig::from_toml(&text, "test config").unwrap();
     let sets: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     cfg.with_overrides(&sets, "test config").unwrap()
-}
-
-fn plan(cfg: RunConfig, dir: &Path, resume: bool) -> RunPlan {
-    RunPlan {
-        config: cfg,
-        run_dir: dir.to_path_buf(),
-        resume,
-        progress: Progress::Quiet,
-    }
 }
 
 fn checkpoint(dir: &Path) -> Vec<(String, Vec<u8>)> {

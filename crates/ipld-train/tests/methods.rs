@@ -5,17 +5,9 @@ mod common;
 
 use std::path::Path;
 
+use common::plan;
 use ipld_train::run::{CHECKPOINT_FILE, METRICS_FILE, open_run};
-use ipld_train::{Progress, RunConfig, RunPlan, run};
-
-fn plan(cfg: RunConfig, dir: &Path, resume: bool) -> RunPlan {
-    RunPlan {
-        config: cfg,
-        run_dir: dir.to_path_buf(),
-        resume,
-        progress: Progress::Quiet,
-    }
-}
+use ipld_train::{RunConfig, run};
 
 fn tiny(method: &str, steps: u64, extra: &[&str]) -> RunConfig {
     let mut sets = common::method_sets(method);

@@ -2,30 +2,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 
+use common::{plan, tensors};
+use ipld_train::run;
 use ipld_train::run::{CHECKPOINT_FILE, METRICS_FILE};
-use ipld_train::{Progress, RunPlan, run};
-use safetensors::SafeTensors;
-
-fn tensors(path: &Path) -> HashMap<String, (Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(n, v)| (n.to_string(), (v.shape().to_vec(), v.data().to_vec())))
-        .collect()
-}
-
-fn plan(cfg: ipld_train::RunConfig, dir: &Path, resume: bool) -> RunPlan {
-    RunPlan {
-        config: cfg,
-        run_dir: dir.to_path_buf(),
-        resume,
-        progress: Progress::Quiet,
-    }
-}
 
 #[test]
 fn resume_is_exact_tensor_for_tensor() {

@@ -2,7 +2,31 @@
 
 #![allow(dead_code)]
 
-use ipld_train::RunConfig;
+use std::collections::HashMap;
+use std::path::Path;
+
+use ipld_train::{Progress, RunConfig, RunPlan};
+use safetensors::SafeTensors;
+
+/// A quiet run of `cfg` in `dir` (a resume when `resume`).
+pub fn plan(cfg: RunConfig, dir: &Path, resume: bool) -> RunPlan {
+    RunPlan {
+        config: cfg,
+        run_dir: dir.to_path_buf(),
+        resume,
+        progress: Progress::Quiet,
+    }
+}
+
+/// Every tensor of a checkpoint file: name -> (shape, little-endian bytes).
+pub fn tensors(path: &Path) -> HashMap<String, (Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), (v.shape().to_vec(), v.data().to_vec())))
+        .collect()
+}
 
 /// The gmm preset shrunk for tests: 300 points in 8-d, N = 2, batch 50, a narrow MLP, DDIM eval.
 pub fn tiny(steps: u64) -> RunConfig {
