@@ -18,6 +18,16 @@ pub fn plan(cfg: RunConfig, dir: &Path, resume: bool) -> RunPlan {
     }
 }
 
+/// Asserts that two run directories hold the same checkpoint, tensor for tensor, bit for bit.
+pub fn assert_same_checkpoints(a: &Path, b: &Path, what: &str) {
+    let file = ipld_train::run::CHECKPOINT_FILE;
+    let (ta, tb) = (tensors(&a.join(file)), tensors(&b.join(file)));
+    assert_eq!(ta.len(), tb.len(), "{what}: tensor count");
+    for (name, t) in &ta {
+        assert_eq!(Some(t), tb.get(name), "{what}: tensor {name} differs");
+    }
+}
+
 /// Every tensor of a checkpoint file: name -> (shape, little-endian bytes).
 pub fn tensors(path: &Path) -> HashMap<String, (Vec<usize>, Vec<u8>)> {
     let bytes = std::fs::read(path).unwrap();
