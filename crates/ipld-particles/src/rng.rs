@@ -61,6 +61,16 @@ impl NoiseStream {
         }
     }
 
+    /// The Philox key (the seed's low and high words).
+    pub fn key(&self) -> [u32; 2] {
+        self.key
+    }
+
+    /// The stream id (the counter's fourth word, xor the step's high word rotated by 16).
+    pub fn stream_id(&self) -> u32 {
+        self.stream
+    }
+
     /// The four normals of block `block` (elements 4*block..4*block+4) at `step`.
     #[inline]
     pub fn block(&self, step: u64, block: u64) -> [f32; 4] {

@@ -189,25 +189,31 @@ impl UpdateConfig {
     }
 }
 
-/// Maps each local row to its position in the batch (u32::MAX if absent), checking the batch.
-fn batch_positions(
-    cloud: &ParticleCloud,
+/// Maps each local row of a cloud holding rows `start..start + rows` of width `w` to its position
+/// in the batch (u32::MAX if absent), checking the batch and the gradient length.
+pub(crate) fn batch_positions(
+    start: usize,
+    rows: usize,
+    w: usize,
     batch: &[usize],
     grads: &[f32],
 ) -> Result<Vec<u32>, ParticleError> {
-    let w = cloud.particles() * cloud.dim();
     if grads.len() != batch.len() * w {
         return Err(ParticleError::Shape(format!(
-            "{} gradient values for a batch of {} rows of {} x {} particles",
+            "{} gradient values for a batch of {} rows of {w} particle values",
             grads.len(),
             batch.len(),
-            cloud.particles(),
-            cloud.dim()
         )));
     }
-    let mut pos = vec![u32::MAX; cloud.rows()];
+    let mut pos = vec![u32::MAX; rows];
     for (p, &m) in batch.iter().enumerate() {
-        let r = cloud.local(m)?;
+        if m < start || m >= start + rows {
+            return Err(ParticleError::Shape(format!(
+                "data index {m} is outside this cloud's rows {start}..{}",
+                start + rows
+            )));
+        }
+        let r = m - start;
         if pos[r] != u32::MAX {
             return Err(ParticleError::Shape(format!(
                 "data index {m} appears twice in the batch"
@@ -275,8 +281,8 @@ fn fused_pass(
 ) -> Result<(), ParticleError> {
     use rayon::prelude::*;
     check_ctx(ctx)?;
-    let pos = batch_positions(cloud, batch, grads)?;
     let w = cloud.particles() * cloud.dim();
+    let pos = batch_positions(cloud.start(), cloud.rows(), w, batch, grads)?;
     let start = cloud.start();
     // About 16 KiB of particles per task: enough work to amortise scheduling.
     let min_rows = (4096 / w).max(1);
@@ -375,7 +381,7 @@ impl AdaptiveLangevin {
     }
 
     /// sqrt(2 h gamma_t / M), divided by |B| with `batch_noise_scale`.
-    fn noise_sd(&self, ctx: &StepContext) -> f64 {
+    pub(crate) fn noise_sd(&self, ctx: &StepContext) -> f64 {
         let mut sd = (2.0 * ctx.step_size * ctx.gamma / ctx.total_points as f64).sqrt();
         if self.batch_noise_scale {
             sd /= ctx.batch_size.max(1) as f64;
