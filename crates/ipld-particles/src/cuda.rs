@@ -108,6 +108,21 @@ pub struct CudaCloud {
 impl CudaCloud {
     /// Copies `cloud` to GPU `ordinal` and compiles the kernel (NVRTC).
     pub fn upload(cloud: &ParticleCloud, ordinal: usize) -> Result<Self, ParticleError> {
+        // cudarc panics on first use when a library is missing: check before, to return an error.
+        // SAFETY: only tries to open the shared libraries; no CUDA call is made.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(ParticleError::Device(
+                "the CUDA driver library (libcuda.so) was not found: is an NVIDIA driver installed?"
+                    .into(),
+            ));
+        }
+        // SAFETY: as above.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(ParticleError::Device(
+                "NVRTC (libnvrtc.so) was not found: add the CUDA toolkit's lib64 to LD_LIBRARY_PATH"
+                    .into(),
+            ));
+        }
         let ctx = CudaContext::new(ordinal).map_err(dev)?;
         let stream = ctx.default_stream();
         let ptx = cudarc::nvrtc::compile_ptx(KERNEL_SOURCE).map_err(dev)?;
