@@ -3,26 +3,21 @@
 //! `cargo xtask bench` row `train_gmm` as a criterion bench). Run with `cargo bench -p
 //! ipld-benches --bench train`.
 
-use candle_core::Device;
 use criterion::{Criterion, criterion_group, criterion_main};
-use ipld_train::{RunConfig, Trainer};
+use ipld_train::Trainer;
+use ipld_train::run::preset_trainer;
 
 fn trainer(n: usize, lazy: bool) -> Trainer {
-    let cfg = RunConfig::preset("gmm")
-        .and_then(|c| {
-            c.with_overrides(
-                &[
-                    format!("particles.count={n}"),
-                    format!("particles.lazy_noise={lazy}"),
-                    // Never reach the end: criterion decides how many steps to time.
-                    "train.steps=100000000".to_string(),
-                ],
-                "bench",
-            )
-        })
-        .expect("gmm preset");
-    let data = ipld_train::run::load_data(&cfg).expect("gmm data");
-    Trainer::new(cfg, data, Device::Cpu).expect("trainer")
+    preset_trainer(
+        "gmm",
+        &[
+            format!("particles.count={n}"),
+            format!("particles.lazy_noise={lazy}"),
+            // Never reach the end: criterion decides how many steps to time.
+            "train.steps=100000000".to_string(),
+        ],
+    )
+    .expect("gmm trainer")
 }
 
 fn train_step(c: &mut Criterion) {

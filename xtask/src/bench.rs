@@ -17,12 +17,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::Device;
 use ipld_particles::{
     AdaptiveLangevin, LazyNoise, NoiseStream, ParticleCloud, ParticleUpdate, StepContext,
     UpdateConfig,
 };
-use ipld_train::{RunConfig, Trainer};
+use ipld_train::run::preset_trainer;
 use serde_json::json;
 
 /// Median of `reps` timings of `f` in seconds.
@@ -111,15 +110,13 @@ fn lazy_update(m: usize, d: usize) -> f64 {
 }
 
 fn train_gmm(n: usize, steps: u64) -> anyhow::Result<f64> {
-    let cfg = RunConfig::preset("gmm")?.with_overrides(
+    let mut trainer = preset_trainer(
+        "gmm",
         &[
             format!("particles.count={n}"),
             format!("train.steps={steps}"),
         ],
-        "bench",
     )?;
-    let data = ipld_train::run::load_data(&cfg)?;
-    let mut trainer = Trainer::new(cfg, data, Device::Cpu)?;
     trainer.train_step()?; // warm-up
     let start = Instant::now();
     for _ in 1..steps {
@@ -129,9 +126,7 @@ fn train_gmm(n: usize, steps: u64) -> anyhow::Result<f64> {
 }
 
 fn sampling() -> anyhow::Result<f64> {
-    let cfg = RunConfig::preset("gmm")?;
-    let data = ipld_train::run::load_data(&cfg)?;
-    let trainer = Trainer::new(cfg, data, Device::Cpu)?;
+    let trainer = preset_trainer("gmm", &[])?;
     let sampler = ipld_diffusion::SamplerConfig::Ddim(ipld_diffusion::Ddim {
         steps: 100,
         eta: 0.0,

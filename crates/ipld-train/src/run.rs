@@ -309,6 +309,13 @@ pub fn check_resumable(saved: &RunConfig, new: &RunConfig) -> Result<(), String>
     Ok(())
 }
 
+/// A fresh CPU trainer on an embedded preset with `overrides` applied (benchmarks, experiments).
+pub fn preset_trainer(name: &str, overrides: &[String]) -> Result<Trainer, RunError> {
+    let cfg = RunConfig::preset(name)?.with_overrides(overrides, &format!("preset {name}"))?;
+    let data = load_data(&cfg)?;
+    Ok(Trainer::new(cfg, data, Device::Cpu)?)
+}
+
 /// Opens an existing run (its config with `overrides` applied, data, and checkpoint).
 pub fn open_run(dir: &Path, overrides: &[String]) -> Result<Trainer, RunError> {
     let cfg_path = dir.join(CONFIG_FILE);
