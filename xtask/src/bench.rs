@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: a quick performance suite (a few minutes) that prints a table and writes
 //! `target/bench/summary.json`:
-//! - memcpy bandwidth of this machine (the yardstick);
+//! - memcpy bandwidth of this machine (the yardstick; the best of 9 copies of 256 MiB);
 //! - the eager particle update (Algorithm 2 over the whole cloud) in GB/s of particle state
 //!   moved, and as a fraction of memcpy;
 //! - the lazy update's seconds per step for M = 10^4, 10^5, 10^6 (N = 16, d_z = 2; should be
@@ -42,10 +42,16 @@ fn memcpy_gb_per_s() -> f64 {
     let src = vec![1.0f32; n];
     let mut dst = vec![0.0f32; n];
     dst.copy_from_slice(&src); // fault the pages in
-    let secs = time_median(5, || {
-        dst.copy_from_slice(std::hint::black_box(&src));
-        std::hint::black_box(&mut dst);
-    });
+    // The best of 9: this VM's memory bandwidth swings by half between runs (noisy neighbours),
+    // and the best copy is the machine's capability, so fractions of it are conservative.
+    let secs = (0..9)
+        .map(|_| {
+            let s = Instant::now();
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&mut dst);
+            s.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
     // Read + write.
     2.0 * (n * 4) as f64 / secs / 1e9
 }
@@ -72,7 +78,7 @@ fn eager_update() -> (f64, f64, [usize; 3]) {
     let batch: Vec<usize> = (0..b).map(|i| i * (m / b)).collect();
     let grads = vec![1e-6f32; b * n * d];
     let mut t = 0;
-    let secs = time_median(7, || {
+    let secs = time_median(21, || {
         rule.step(&mut cloud, &batch, &grads, &ctx(t, m, b), &noise)
             .expect("step");
         t += 1;

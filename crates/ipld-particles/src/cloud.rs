@@ -21,6 +21,18 @@ pub struct ParticleCloud {
     second_moment: Vec<f32>,
 }
 
+/// A zeroed buffer whose pages are already backed by memory. The OS maps a zeroed allocation
+/// lazily, so otherwise the first write to each 4 KiB page faults: a lazy-noise step's cost would
+/// depend on how many never-visited rows its minibatch hits, and a cloud too big for the machine
+/// would fail mid-run instead of when it is made.
+fn committed_zeros(len: usize) -> Vec<f32> {
+    let mut v = vec![0f32; len];
+    for x in v.iter_mut().step_by(1024) {
+        *x = std::hint::black_box(0.0);
+    }
+    v
+}
+
 impl ParticleCloud {
     /// Particles z^{m,n} ~ N(0, I) (Algorithm 2, line 1) for global rows `start..start + rows`,
     /// drawn from the counter-based stream so a shard gets the same values as the whole cloud.
@@ -49,9 +61,9 @@ impl ParticleCloud {
             rows,
             n,
             dim,
-            z: vec![0.0; len],
-            momentum: vec![0.0; len],
-            second_moment: vec![0.0; len],
+            z: committed_zeros(len),
+            momentum: committed_zeros(len),
+            second_moment: committed_zeros(len),
         })
     }
 

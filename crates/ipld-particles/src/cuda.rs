@@ -1,9 +1,10 @@
 //! The particle update on an NVIDIA GPU (feature `cuda`): Algorithm 1 (eqs. 19-22) and
 //! Algorithm 2 (eqs. 65-66) as one CUDA kernel compiled at run time with NVRTC through cudarc,
 //! over a cloud kept in device memory. The in-kernel noise is the CPU's: Philox4x32-10 at
-//! counter (element / 4, step, stream) and Box-Muller, so the GPU draws the same normals as
-//! [`NoiseStream`] up to the device's `logf`/`sincosf` rounding (a few ulps), and any launch
-//! geometry gives the same result.
+//! counter (block, step, stream), the same planar layout of 64-element groups, and the same
+//! libm-free Box-Muller and (V + eps)^(-1/4), compiled with `--fmad=false` so that no multiply-add
+//! is contracted: the GPU should reproduce [`NoiseStream`] and the CPU kernels bit for bit, for
+//! any launch geometry.
 //!
 //! Status: compiled in CI (`cargo clippy --features cuda`) but not yet run on a GPU; `cargo
 //! xtask cuda-check` compares it with the CPU kernel (moments and element-wise agreement) and
@@ -18,7 +19,7 @@ use cudarc::driver::{
 use crate::update::batch_positions;
 use crate::{NoiseStream, ParticleCloud, ParticleError, StepContext, UpdateConfig};
 
-/// CUDA C source of the kernel (one thread per block of four particle elements).
+/// CUDA C source of the kernel (one thread per Philox block, i.e. four particle elements).
 pub const KERNEL_SOURCE: &str = r#"
 __device__ __forceinline__ void ipld_philox(unsigned int c[4], unsigned int k0, unsigned int k1) {
     const unsigned int M0 = 0xD2511F53u, M1 = 0xCD9E8D57u;
@@ -31,17 +32,54 @@ __device__ __forceinline__ void ipld_philox(unsigned int c[4], unsigned int k0, 
     }
 }
 
+// ln x for x in [2^-24, 1]: the CPU's `ln_unit` (rng.rs), operation for operation.
+__device__ __forceinline__ float ipld_ln_unit(float x) {
+    unsigned int bits = __float_as_uint(x);
+    int e = ((int)(bits - 0x3f3504f3u)) >> 23;
+    float m = __uint_as_float(bits - ((unsigned int)e << 23));
+    float s = (m - 1.0f) / (m + 1.0f);
+    float s2 = s * s;
+    float p = s2 * (1.0f / 3.0f + s2 * (1.0f / 5.0f + s2 * (1.0f / 7.0f + s2 * (1.0f / 9.0f))));
+    float ef = (float)e;
+    return ef * __uint_as_float(0x3f317180u) + (2.0f * s + (2.0f * s * p + ef * 9.0580015e-6f));
+}
+
+// (sin, cos) of 2 pi k / 2^24: the CPU's `sincos_turn24`.
+__device__ __forceinline__ void ipld_sincos_turn24(unsigned int k, float *sn, float *cs) {
+    unsigned int qk = (k + (1u << 21)) >> 22;
+    float r = (float)((int)k - (int)(qk << 22)) * (1.0f / 4194304.0f);
+    float t = r * __uint_as_float(0x3fc90fdbu);
+    float t2 = t * t;
+    float s = t + t * t2
+        * (-1.0f / 6.0f + t2 * (1.0f / 120.0f + t2 * (-1.0f / 5040.0f + t2 * (1.0f / 362880.0f))));
+    float c = 1.0f + t2 * (-0.5f + t2 * (1.0f / 24.0f + t2 * (-1.0f / 720.0f
+        + t2 * (1.0f / 40320.0f + t2 * (-1.0f / 3628800.0f)))));
+    unsigned int q = qk & 3u;
+    if (q & 1u) { float tmp = s; s = c; c = tmp; }
+    *sn = __uint_as_float(__float_as_uint(s) ^ ((q >> 1) << 31));
+    *cs = __uint_as_float(__float_as_uint(c) ^ (((q ^ (q >> 1)) & 1u) << 31));
+}
+
 __device__ __forceinline__ void ipld_box_muller4(const unsigned int b[4], float out[4]) {
     const float SCALE = 1.0f / 16777216.0f;
     for (int p = 0; p < 2; ++p) {
         float u1 = (float)((b[2 * p] >> 8) + 1u) * SCALE;
-        float u2 = (float)(b[2 * p + 1] >> 8) * SCALE;
-        float r = sqrtf(-2.0f * logf(u1));
+        float r = sqrtf(-2.0f * ipld_ln_unit(u1));
         float s, c;
-        sincosf(6.2831855f * u2, &s, &c);
+        ipld_sincos_turn24(b[2 * p + 1] >> 8, &s, &c);
         out[2 * p] = r * c;
         out[2 * p + 1] = r * s;
     }
+}
+
+// x^(-1/4): the CPU's `inv_fourth_root` (update.rs).
+__device__ __forceinline__ float ipld_inv_fourth_root(float x) {
+    float y = __uint_as_float(0x4f586000u - (__float_as_uint(x) >> 2));
+    for (int i = 0; i < 3; ++i) {
+        float y2 = y * y;
+        y *= 1.25f - 0.25f * (x * (y2 * y2));
+    }
+    return y;
 }
 
 // rule 0: Langevin (Algorithm 1), z += -drift g + sd W.
@@ -53,8 +91,9 @@ extern "C" __global__ void ipld_particle_update(
     int rule, float drift, float a, float b, float eps, float h, float sd, int precondition) {
     unsigned long long first = start * (unsigned long long)w;
     unsigned long long end = first + rows * (unsigned long long)w;
-    unsigned long long block = first / 4ull + blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
-    if (block * 4ull >= end) return;
+    // Blocks in groups of 16: output j of block b is element 64 (b / 16) + 16 j + b % 16.
+    unsigned long long block = first / 64ull * 16ull + blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    if (block >= (end + 63ull) / 64ull * 16ull) return;
     unsigned int c[4] = {
         (unsigned int)block, (unsigned int)(block >> 32), (unsigned int)step,
         stream ^ ((((unsigned int)(step >> 32)) << 16) | (((unsigned int)(step >> 32)) >> 16))};
@@ -62,15 +101,14 @@ extern "C" __global__ void ipld_particle_update(
     float noise[4];
     ipld_box_muller4(c, noise);
     for (int q = 0; q < 4; ++q) {
-        unsigned long long e = block * 4ull + q;
+        unsigned long long e = block / 16ull * 64ull + 16ull * q + block % 16ull;
         if (e < first || e >= end) continue;
         unsigned long long i = e - first;
         int p = pos[i / w];
         const float *g = p >= 0 ? grads + (unsigned long long)p * w + i % w : 0;
         if (rule == 0) {
-            float zi = z[i];
-            if (g) zi += -drift * (*g);
-            z[i] = zi + sd * noise[q];
+            // The CPU's order: z + (-drift g + sd W) on batch rows, z + sd W elsewhere.
+            z[i] = g ? z[i] + (-drift * (*g) + sd * noise[q]) : z[i] + sd * noise[q];
         } else {
             float zi = z[i], v = m2[i];
             if (g) {
@@ -81,7 +119,7 @@ extern "C" __global__ void ipld_particle_update(
                 m2[i] = v;
                 zi -= h * m / sqrtf(v + eps);
             }
-            float s = precondition ? sd / sqrtf(sqrtf(v + eps)) : sd;
+            float s = precondition ? sd * ipld_inv_fourth_root(v + eps) : sd;
             z[i] = zi + s * noise[q];
         }
     }
@@ -125,7 +163,12 @@ impl CudaCloud {
         }
         let ctx = CudaContext::new(ordinal).map_err(dev)?;
         let stream = ctx.default_stream();
-        let ptx = cudarc::nvrtc::compile_ptx(KERNEL_SOURCE).map_err(dev)?;
+        // No multiply-add contraction: the CPU kernels round every product and sum separately.
+        let opts = cudarc::nvrtc::CompileOptions {
+            fmad: Some(false),
+            ..Default::default()
+        };
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(KERNEL_SOURCE, opts).map_err(dev)?;
         let module = ctx.load_module(ptx).map_err(dev)?;
         let func = module.load_function("ipld_particle_update").map_err(dev)?;
         Ok(Self {
@@ -204,7 +247,8 @@ impl CudaCloud {
         };
         let first = self.start as u64 * w as u64;
         let end = first + (rows * w) as u64;
-        let blocks = end.div_ceil(4) - first / 4;
+        // Whole groups of 16 Philox blocks (64 elements) covering first..end.
+        let blocks = end.div_ceil(64) * 16 - first / 64 * 16;
         let grid = u32::try_from(blocks.div_ceil(THREADS as u64))
             .map_err(|_| ParticleError::Shape(format!("{blocks} noise blocks exceed one grid")))?;
         let cfg = LaunchConfig {
