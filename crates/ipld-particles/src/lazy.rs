@@ -166,7 +166,8 @@ impl LazyNoise {
             let m2 = &m2[r * w..(r + 1) * w];
             this.sync_row((z, m2), start + r, this.synced[r], upto, noise, buf)
         };
-        if local.len() * w < PARALLEL_MIN {
+        let small = local.len() * w < PARALLEL_MIN;
+        if small {
             // Small scattered rows: issue every row's loads first, so the cache misses of a big
             // cloud overlap instead of arriving one row at a time.
             for &r in &local {
@@ -175,7 +176,7 @@ impl LazyNoise {
             }
         }
         let rows = local.iter().zip(rows_mut(z, w, &local));
-        if local.len() * w < PARALLEL_MIN {
+        if small {
             let mut buf = vec![0f32; w];
             for item in rows {
                 sync(&mut buf, item)?;
@@ -303,7 +304,8 @@ fn batch_pass(
     let local: Vec<usize> = rows.iter().map(|&(r, _)| r).collect();
     let start = cloud.start();
     let (z, m1, m2) = cloud.buffers_mut();
-    if rows.len() * w < PARALLEL_MIN {
+    let small = rows.len() * w < PARALLEL_MIN;
+    if small {
         for &r in &local {
             for b in [&*z, &*m1, &*m2] {
                 prefetch(&b[r * w..(r + 1) * w]);
@@ -332,7 +334,7 @@ fn batch_pass(
         .run_dispatch(&kernel);
     };
     let work = rows.iter().zip(bufs);
-    if rows.len() * w < PARALLEL_MIN {
+    if small {
         let mut buf = vec![0f32; w];
         work.for_each(|item| update(&mut buf, item));
     } else {

@@ -148,15 +148,35 @@ fn box_muller_group(c: &[[u32; LANES]; 4], out: &mut [f32]) {
 
 /// The normals of the `out.len() / 64` groups of 16 blocks from block `first` (a multiple of
 /// 16), planar per group. Same bits as [`NoiseStream::block`] for every block. With each group
-/// it prefetches the same 64 positions of every `ahead` buffer (each as long as `out`), which the
-/// caller reads next: the loads then overlap the generator's arithmetic at a steady rate.
+/// it prefetches the matching positions of the `ahead` buffers, which the caller reads next: the
+/// loads then overlap the generator's arithmetic at a steady rate.
 #[inline(always)]
-fn normals_groups(key: [u32; 2], c23: [u32; 2], first: u64, out: &mut [f32], ahead: &[&[f32]]) {
+fn normals_groups(key: [u32; 2], c23: [u32; 2], first: u64, out: &mut [f32], ahead: Ahead) {
     for (g, o) in out.chunks_exact_mut(4 * LANES).enumerate() {
-        for a in ahead {
-            prefetch(&a[g * 4 * LANES..][..4 * LANES]);
-        }
+        ahead.group(g);
         box_muller_group(&philox_group(key, c23, first + (g * LANES) as u64), o);
+    }
+}
+
+/// Buffers a caller reads right after the noise, prefetched group by group as it is drawn:
+/// group g of the drawn run prefetches positions `offset + 64 g ..` of each buffer.
+#[derive(Clone, Copy)]
+struct Ahead<'a> {
+    bufs: &'a [&'a [f32]],
+    offset: usize,
+}
+
+impl Ahead<'_> {
+    const NONE: Ahead<'static> = Ahead {
+        bufs: &[],
+        offset: 0,
+    };
+
+    #[inline(always)]
+    fn group(&self, g: usize) {
+        for a in self.bufs {
+            prefetch(&a[self.offset + g * 4 * LANES..][..4 * LANES]);
+        }
     }
 }
 
@@ -220,18 +240,10 @@ fn philox_group_avx512(key: [u32; 2], c23: [u32; 2], first: u64) -> [[u32; LANES
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw")]
-fn normals_groups_avx512(
-    key: [u32; 2],
-    c23: [u32; 2],
-    first: u64,
-    out: &mut [f32],
-    ahead: &[&[f32]],
-) {
+fn normals_groups_avx512(key: [u32; 2], c23: [u32; 2], first: u64, out: &mut [f32], ahead: Ahead) {
     debug_assert!(first.is_multiple_of(LANES as u64));
     for (g, o) in out.chunks_exact_mut(4 * LANES).enumerate() {
-        for a in ahead {
-            prefetch(&a[g * 4 * LANES..][..4 * LANES]);
-        }
+        ahead.group(g);
         box_muller_group(
             &philox_group_avx512(key, c23, first + (g * LANES) as u64),
             o,
@@ -241,13 +253,7 @@ fn normals_groups_avx512(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn normals_groups_avx2(
-    key: [u32; 2],
-    c23: [u32; 2],
-    first: u64,
-    out: &mut [f32],
-    ahead: &[&[f32]],
-) {
+fn normals_groups_avx2(key: [u32; 2], c23: [u32; 2], first: u64, out: &mut [f32], ahead: Ahead) {
     normals_groups(key, c23, first, out, ahead)
 }
 
@@ -259,24 +265,49 @@ fn normals_groups_dispatch(
     c23: [u32; 2],
     first: u64,
     out: &mut [f32],
-    ahead: &[&[f32]],
+    ahead: Ahead,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-        {
-            // SAFETY: the features the function is compiled for were detected above.
-            return unsafe { normals_groups_avx512(key, c23, first, out, ahead) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: as above.
-            return unsafe { normals_groups_avx2(key, c23, first, out, ahead) };
-        }
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the function's features were detected.
+        Isa::Avx512 => unsafe { normals_groups_avx512(key, c23, first, out, ahead) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { normals_groups_avx2(key, c23, first, out, ahead) },
+        Isa::Portable => normals_groups(key, c23, first, out, ahead),
     }
-    normals_groups(key, c23, first, out, ahead)
+}
+
+/// The widest vector unit this CPU has, for the kernels compiled once per ISA (the noise here,
+/// the row kernels in `update.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// AVX-512 F/VL/DQ/BW.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// AVX2.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// Whatever the build's baseline is.
+    Portable,
+}
+
+impl Isa {
+    /// Runtime detection (std caches it, so this is a few loads).
+    #[inline]
+    pub(crate) fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512vl") && has!("avx512dq") && has!("avx512bw") {
+                return Self::Avx512;
+            }
+            if has!("avx2") {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
+    }
 }
 
 /// A stream of standard normals indexed by (step, element), keyed by a seed and a stream id.
@@ -360,15 +391,18 @@ impl NoiseStream {
             }
             let g = e0 / group as u64;
             let mut tmp = [0f32; 4 * LANES];
-            normals_groups_dispatch(self.key, c23, g * LANES as u64, &mut tmp, &[]);
+            normals_groups_dispatch(self.key, c23, g * LANES as u64, &mut tmp, Ahead::NONE);
             let off = (e0 - g * group as u64) as usize;
             part.copy_from_slice(&tmp[off..off + part.len()]);
         };
         partial(start, h);
         if !b.is_empty() {
             let first = (start + head as u64) / group as u64 * LANES as u64;
-            let ahead_body: Vec<&[f32]> = ahead.iter().map(|a| &a[head..head + body]).collect();
-            normals_groups_dispatch(self.key, c23, first, b, &ahead_body);
+            let ahead = Ahead {
+                bufs: ahead,
+                offset: head,
+            };
+            normals_groups_dispatch(self.key, c23, first, b, ahead);
         }
         partial(start + (head + body) as u64, t);
     }
@@ -472,8 +506,12 @@ mod tests {
         // And the portable lane code equals the dispatched one (whichever ISA this CPU has).
         let mut a = vec![0f32; 256];
         let mut b = vec![0f32; 256];
-        normals_groups(s.key, s.counter_hi(step), 80, &mut a, &[]);
-        normals_groups_dispatch(s.key, s.counter_hi(step), 80, &mut b, &[&a]);
+        normals_groups(s.key, s.counter_hi(step), 80, &mut a, Ahead::NONE);
+        let ahead = Ahead {
+            bufs: &[&a],
+            offset: 0,
+        };
+        normals_groups_dispatch(s.key, s.counter_hi(step), 80, &mut b, ahead);
         assert_eq!(a, b);
     }
 

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rng::Isa;
 use crate::{NoiseStream, ParticleCloud, ParticleError};
 
 /// Quantities of the current step shared by every rule.
@@ -396,22 +397,15 @@ impl Task<'_> {
     /// [`run`](Self::run) compiled for the widest vector unit present; the kernels use plain
     /// IEEE operations (no FMA contraction in Rust), so every path gives the same bits.
     pub(crate) fn run_dispatch<F: Fn(Row<'_>)>(self, row: &F) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx512dq")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-            {
-                // SAFETY: the features were detected above.
-                return unsafe { self.run_avx512(row) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: as above.
-                return unsafe { self.run_avx2(row) };
-            }
+        match Isa::detect() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the function's features were detected.
+            Isa::Avx512 => unsafe { self.run_avx512(row) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { self.run_avx2(row) },
+            Isa::Portable => self.run(row),
         }
-        self.run(row)
     }
 }
 
