@@ -3,7 +3,7 @@
 //! network). Run with `cargo bench -p ipld-benches`.
 
 use candle_core::{DType, Device};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use ipld_data::{SyntheticConfig, SyntheticKind};
 use ipld_diffusion::{Ddim, Ddpm, GaussianEps, Sampler, ScheduleConfig, gaussian};
 use ipld_eval::{MmdConfig, mmd2_unbiased};
@@ -60,4 +60,9 @@ fn samplers(c: &mut Criterion) {
 }
 
 criterion_group!(benches, mmd, samplers);
-criterion_main!(benches);
+// criterion_main!, with candle's thread count pinned first (see ipld_train::threads).
+fn main() {
+    ipld_train::pin_thread_count();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

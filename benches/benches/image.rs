@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use ipld_diffusion::EpsModel;
 use ipld_models::{ConvDecoder, ConvDecoderConfig, Decoder, Dit, DitConfig, gaussian_nll};
 
@@ -38,4 +38,9 @@ fn image_step(c: &mut Criterion) {
 }
 
 criterion_group!(benches, image_step);
-criterion_main!(benches);
+// criterion_main!, with candle's thread count pinned first (see ipld_train::threads).
+fn main() {
+    ipld_train::pin_thread_count();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -2,7 +2,7 @@
 //! lazy over the minibatch only, parametrised by M (points), N (particles per point) and d_z.
 //! Run with `cargo bench -p ipld-benches --bench particles`.
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use ipld_particles::{
     AdaptiveLangevin, LAZY_STREAM, LazyNoise, NoiseStream, ParticleCloud, ParticleUpdate,
     StepContext, UpdateConfig,
@@ -95,4 +95,9 @@ fn lazy(c: &mut Criterion) {
 }
 
 criterion_group!(benches, eager, lazy);
-criterion_main!(benches);
+// criterion_main!, with candle's thread count pinned first (see ipld_train::threads).
+fn main() {
+    ipld_train::pin_thread_count();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -3,7 +3,7 @@
 //! `cargo xtask bench` row `train_gmm` as a criterion bench). Run with `cargo bench -p
 //! ipld-benches --bench train`.
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use ipld_train::Trainer;
 use ipld_train::run::preset_trainer;
 
@@ -34,4 +34,9 @@ fn train_step(c: &mut Criterion) {
 }
 
 criterion_group!(benches, train_step);
-criterion_main!(benches);
+// criterion_main!, with candle's thread count pinned first (see ipld_train::threads).
+fn main() {
+    ipld_train::pin_thread_count();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

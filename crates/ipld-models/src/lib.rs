@@ -3,6 +3,7 @@
 
 mod conv_decoder;
 mod decoder;
+mod dense;
 mod dit;
 mod embedding;
 mod encoder;
@@ -12,6 +13,7 @@ mod mlp;
 
 pub use conv_decoder::{Conv, ConvDecoder, ConvDecoderConfig, ConvEncoder, conv2d_im2col};
 pub use decoder::{Decoder, LinearDecoder, LinearDecoderConfig, gaussian_nll};
+pub use dense::{Activation, dense, dense_reference};
 pub use dit::{Dit, DitConfig, sincos_2d};
 pub use embedding::{sinusoidal_embedding, sinusoidal_frequencies};
 pub use encoder::LinearGaussianEncoder;

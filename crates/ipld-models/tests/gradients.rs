@@ -58,37 +58,41 @@ fn mlp_eps_and_linear_decoder_gradients_through_the_ipld_loss() {
     )
     .unwrap();
     let eps = Tensor::new(&[[0.5f64, -1.0], [0.1, 0.2], [-1.5, 0.3]], &dev).unwrap();
-    let k = timestep_tensor(&[3, 250, 900], 1000, &dev).unwrap();
-    let mut all: Vec<(String, Var)> = named(&vars);
-    let n_params = all.len();
-    all.push(("z".into(), z));
-    let f = |v: &[Tensor]| -> candle_core::Result<Tensor> {
-        // v[..n_params] are the VarMap's vars (shared storage), v[n_params] is z.
-        let z = &v[n_params];
-        let d = loss
-            .per_sample(&eps_net, z, &eps, &k)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
-            .total;
-        let nll = gaussian_nll(&x, &dec.decode(z)?, 1.0)?;
-        ((d * 0.01)? + nll)?.mean_all()
-    };
-    let refs: Vec<(&str, Var)> = all.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-    assert_eq!(
-        n_params,
-        2 * 4 + 2,
-        "4 eps layers with bias + decoder weight and bias"
-    );
-    assert_gradients_flow(&f, &refs).unwrap();
-    let report = check_finite_differences(
-        &f,
-        &refs,
-        &FdConfig {
-            max_entries_per_var: 12,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert!(report.checked > 60);
+    // Distinct timesteps take the per-row first layer; a repeated one takes the table of
+    // distinct timesteps gathered per row (MlpEps::timestep_term).
+    for ks in [[3u32, 250, 900], [7, 7, 7]] {
+        let k = timestep_tensor(&ks, 1000, &dev).unwrap();
+        let mut all: Vec<(String, Var)> = named(&vars);
+        let n_params = all.len();
+        all.push(("z".into(), z.clone()));
+        let f = |v: &[Tensor]| -> candle_core::Result<Tensor> {
+            // v[..n_params] are the VarMap's vars (shared storage), v[n_params] is z.
+            let z = &v[n_params];
+            let d = loss
+                .per_sample(&eps_net, z, &eps, &k)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+                .total;
+            let nll = gaussian_nll(&x, &dec.decode(z)?, 1.0)?;
+            ((d * 0.01)? + nll)?.mean_all()
+        };
+        let refs: Vec<(&str, Var)> = all.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+        assert_eq!(
+            n_params,
+            2 * 4 + 2,
+            "4 eps layers with bias + decoder weight and bias"
+        );
+        assert_gradients_flow(&f, &refs).unwrap();
+        let report = check_finite_differences(
+            &f,
+            &refs,
+            &FdConfig {
+                max_entries_per_var: 12,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(report.checked > 60);
+    }
 }
 
 #[test]

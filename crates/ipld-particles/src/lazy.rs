@@ -22,7 +22,7 @@ use crate::{NoiseStream, ParticleCloud, ParticleError, StepContext, UpdateConfig
 
 /// Below this many elements a minibatch pass runs on the calling thread: waking the thread pool
 /// costs more than it saves (a 500 x 16 x 2 minibatch took 0.45 ms in parallel, 0.2 alone).
-const PARALLEL_MIN: usize = 1 << 16;
+pub(crate) const PARALLEL_MIN: usize = 1 << 16;
 
 /// Noise-stream id of the accumulated (lazy) draws.
 pub const LAZY_STREAM: u32 = 0x1a27;

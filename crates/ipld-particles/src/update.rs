@@ -268,11 +268,16 @@ pub struct StepVariance {
     pub preconditioned: f64,
 }
 
+/// One task's slices of z, the momentum and the second moment, as the zipped chunk iterators
+/// yield them.
+type TaskBuffers<'a> = ((&'a mut [f32], &'a mut [f32]), &'a mut [f32]);
+
 /// The fused pass shared by every rule: rows are split into tasks of about 4,096 elements; each
 /// task draws the noise of its rows in one vectorised [`NoiseStream::fill`] (its elements are
 /// contiguous), then hands each row's (z, momentum, second moment, gradient if in the batch,
 /// noise) to `row`. Tasks run in parallel (rayon); the noise of element e is a function of
-/// (step, e) only, so the result is the same for every partition and thread count.
+/// (step, e) only, so the result is the same for every partition and thread count. Clouds under
+/// 65,536 elements run on the calling thread.
 fn fused_pass<F: Fn(Row<'_>) + Sync>(
     cloud: &mut ParticleCloud,
     batch: &[usize],
@@ -291,35 +296,44 @@ fn fused_pass<F: Fn(Row<'_>) + Sync>(
     let rows_per_task = (4096 / w).max(1);
     let chunk = rows_per_task * w;
     let (z, m1, m2) = cloud.buffers_mut();
-    z.par_chunks_mut(chunk)
-        .zip(m1.par_chunks_mut(chunk))
-        .zip(m2.par_chunks_mut(chunk))
-        .enumerate()
-        .for_each_init(
-            || vec![0f32; chunk],
-            |buf, (c, ((z, m1), m2))| {
-                let r0 = c * rows_per_task;
-                let buf = &mut buf[..z.len()];
-                // The noise draw is compute-bound and the kernel after it memory-bound: prefetch
-                // the buffers the kernel reads while drawing, so the two overlap.
-                let e0 = ((start + r0) * w) as u64;
-                match reads {
-                    Reads::Z => noise.fill_prefetching(ctx.step, e0, buf, &[z]),
-                    Reads::M1 => noise.fill_prefetching(ctx.step, e0, buf, &[z, m1]),
-                    Reads::M2 => noise.fill_prefetching(ctx.step, e0, buf, &[z, m2]),
-                }
-                let task = Task {
-                    w,
-                    pos: &pos[r0..r0 + z.len() / w],
-                    grads,
-                    z,
-                    m1,
-                    m2,
-                    noise: buf,
-                };
-                task.run_dispatch(&row);
-            },
-        );
+    let small = z.len() < crate::lazy::PARALLEL_MIN;
+    let task = |buf: &mut Vec<f32>, (c, ((z, m1), m2)): (usize, TaskBuffers<'_>)| {
+        let r0 = c * rows_per_task;
+        let buf = &mut buf[..z.len()];
+        // The noise draw is compute-bound and the kernel after it memory-bound: prefetch
+        // the buffers the kernel reads while drawing, so the two overlap.
+        let e0 = ((start + r0) * w) as u64;
+        match reads {
+            Reads::Z => noise.fill_prefetching(ctx.step, e0, buf, &[z]),
+            Reads::M1 => noise.fill_prefetching(ctx.step, e0, buf, &[z, m1]),
+            Reads::M2 => noise.fill_prefetching(ctx.step, e0, buf, &[z, m2]),
+        }
+        let task = Task {
+            w,
+            pos: &pos[r0..r0 + z.len() / w],
+            grads,
+            z,
+            m1,
+            m2,
+            noise: buf,
+        };
+        task.run_dispatch(&row);
+    };
+    if small {
+        // A small cloud (gmm at N = 1: 20,000 elements) is done before rayon's workers wake.
+        let mut buf = vec![0f32; chunk];
+        z.chunks_mut(chunk)
+            .zip(m1.chunks_mut(chunk))
+            .zip(m2.chunks_mut(chunk))
+            .enumerate()
+            .for_each(|item| task(&mut buf, item));
+    } else {
+        z.par_chunks_mut(chunk)
+            .zip(m1.par_chunks_mut(chunk))
+            .zip(m2.par_chunks_mut(chunk))
+            .enumerate()
+            .for_each_init(|| vec![0f32; chunk], task);
+    }
     Ok(())
 }
 

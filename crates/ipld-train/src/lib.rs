@@ -12,6 +12,7 @@ pub mod optim;
 pub mod pictures;
 pub mod plot;
 pub mod run;
+pub mod threads;
 pub mod trainer;
 
 pub use config::{
@@ -20,4 +21,5 @@ pub use config::{
 pub use run::{
     Progress, RunError, RunPlan, RunSummary, default_run_dir, eval_run, run, sample_run,
 };
+pub use threads::pin_thread_count;
 pub use trainer::{StepMetrics, TrainError, Trainer};

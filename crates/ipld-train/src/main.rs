@@ -251,6 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    ipld_train::pin_thread_count();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
