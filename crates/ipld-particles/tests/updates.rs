@@ -231,6 +231,42 @@ fn shards_update_like_the_whole_cloud() {
     }
 }
 
+/// A cloud of 80,000 elements is updated in parallel tasks, each of its 40,000-element halves
+/// on the calling thread: the bits must agree (noise is a function of (step, element) only).
+#[test]
+fn parallel_and_serial_passes_give_the_same_bits() {
+    let (rows, n, d) = (20_000usize, 2usize, 2usize);
+    let half = rows / 2;
+    let whole0 = ParticleCloud::gaussian(0, rows, n, d, 5).unwrap();
+    let batch: Vec<usize> = (0..rows).step_by(37).collect();
+    let grads: Vec<f32> = (0..batch.len() * n * d)
+        .map(|i| ((i % 23) as f32 - 11.0) * 1e-4)
+        .collect();
+    let noise = NoiseStream::new(9, 1);
+    let rule = AdaptiveLangevin::default();
+    for (t, precondition) in [(0u64, false), (1, true)] {
+        let c = ctx(t, 0.3, 0.1, batch.len(), rows, precondition);
+        let mut whole = whole0.clone();
+        rule.step(&mut whole, &batch, &grads, &c, &noise).unwrap();
+        let split = batch.partition_point(|&m| m < half);
+        let w = n * d;
+        let mut lo = ParticleCloud::gaussian(0, half, n, d, 5).unwrap();
+        let mut hi = ParticleCloud::gaussian(half, half, n, d, 5).unwrap();
+        rule.step(&mut lo, &batch[..split], &grads[..split * w], &c, &noise)
+            .unwrap();
+        rule.step(&mut hi, &batch[split..], &grads[split * w..], &c, &noise)
+            .unwrap();
+        for m in 0..rows {
+            let shard = if m < half { &lo } else { &hi };
+            assert_eq!(
+                whole.particles_of(m).unwrap(),
+                shard.particles_of(m).unwrap(),
+                "row {m}, step {t}"
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_batches_are_rejected() {
     let mut cloud = ParticleCloud::zeros(0, 3, 1, 1).unwrap();
