@@ -139,30 +139,30 @@ impl MlpEps {
             .ok_or_else(|| candle_core::Error::Msg("MlpEps layers have biases".into()))
     }
 
+    /// emb(k) W_t^T + b for each timestep of `ks` ([len, H]).
+    fn timestep_product(&self, ks: &[u32], dtype: DType) -> candle_core::Result<Tensor> {
+        let (_, w_t) = self.first_weights()?;
+        let b = Self::bias(&self.layers[0])?;
+        dense(&self.embed(ks, dtype)?, &w_t, b, Activation::Identity)
+    }
+
     /// The timestep term of the first layer, emb(k) W_t^T + b, for each row of `k` ([R, H]).
     /// Rows share one of at most K timesteps, so when they repeat it is computed once per distinct
     /// k and gathered: at B N = 8,000 rows and K = 1,000 that replaces an 8,000-row product (and
     /// its backward) by a 1,000-row one.
     fn timestep_term(&self, k: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
-        let (_, w_t) = self.first_weights()?;
-        let b = Self::bias(&self.layers[0])?;
         let ks: Vec<u32> = k.to_dtype(DType::U32)?.to_vec1()?;
         let mut distinct = ks.clone();
         distinct.sort_unstable();
         distinct.dedup();
         if 2 * distinct.len() > ks.len() {
-            return dense(&self.embed(&ks, dtype)?, &w_t, b, Activation::Identity);
+            return self.timestep_product(&ks, dtype);
         }
         let rows: Vec<u32> = ks
             .iter()
             .map(|v| distinct.partition_point(|d| d < v) as u32)
             .collect();
-        let table = dense(
-            &self.embed(&distinct, dtype)?,
-            &w_t,
-            b,
-            Activation::Identity,
-        )?;
+        let table = self.timestep_product(&distinct, dtype)?;
         table.index_select(&Tensor::from_vec(rows, ks.len(), k.device())?, 0)
     }
 
@@ -190,14 +190,7 @@ impl EpsModel for MlpEps {
     }
 
     fn predict_eps_uniform(&self, z_k: &Tensor, k: usize) -> candle_core::Result<Tensor> {
-        let emb = self.embed(&[k as u32], z_k.dtype())?;
-        let (_, w_t) = self.first_weights()?;
-        let cond = dense(
-            &emb,
-            &w_t,
-            Self::bias(&self.layers[0])?,
-            Activation::Identity,
-        )?;
+        let cond = self.timestep_product(&[k as u32], z_k.dtype())?;
         self.forward_with_term(z_k, &cond.squeeze(0)?)
     }
 }
