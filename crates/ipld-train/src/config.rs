@@ -220,6 +220,16 @@ pub struct DiffusionConfig {
     pub schedule: ScheduleConfig,
     /// Diffusion loss weighting: `simple` (eq. 41) or `likelihood-weighted` (eq. 40).
     pub loss: LossWeighting,
+    /// The prior models u = z / s with this s (the role of LDM's latent scale factor, Rombach
+    /// et al. 2022): the diffusion loss of eq. (64) sees z / s and prior samples are s u. The
+    /// ideal score of z is unchanged, only the schedule's noise levels move relative to the
+    /// latents' scale. 1 = the paper.
+    #[serde(default = "unit_scale")]
+    pub latent_scale: f64,
+}
+
+fn unit_scale() -> f64 {
+    1.0
 }
 
 /// The particle cloud and its dynamics.
@@ -551,6 +561,13 @@ impl RunConfig {
                     "needs image data ([data.images])".into(),
                 ));
             }
+        }
+        let s = self.diffusion.latent_scale;
+        if !(s > 0.0 && s.is_finite()) {
+            return Err(key(
+                "diffusion.latent_scale",
+                format!("must be finite and > 0, got {s}"),
+            ));
         }
         if let Some(ema) = &self.train.ema {
             ema.validate().map_err(|e| invalid(e.to_string()))?;

@@ -48,6 +48,7 @@ pub fn generate(
             progress,
         )
         .map_err(|e| TrainError::Other(e.to_string()))?;
+    let z0 = trainer.latent_space(&z0)?;
     let x = trainer.decoder().decode(&z0)?;
     let to_vec = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
         t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()

@@ -461,11 +461,11 @@ impl Trainer {
                 (z, None, Some(LinearGaussianEncoder::entropy(&logvar)?))
             }
         };
-        let z_prior = if self.cfg.train.two_stage {
+        let z_prior = self.prior_space(&if self.cfg.train.two_stage {
             z.detach()
         } else {
             z.clone()
-        };
+        })?;
         let terms = if r_draws == 1 {
             other!(self.loss.per_sample(&self.eps, &z_prior, &noise, &k))?
         } else {
@@ -544,6 +544,23 @@ impl Trainer {
         })
     }
 
+    /// Latents as the prior sees them: z / `diffusion.latent_scale` (untouched at scale 1, so
+    /// the paper's configuration keeps its bits).
+    pub fn prior_space(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        match self.cfg.diffusion.latent_scale {
+            1.0 => Ok(z.clone()),
+            s => z.affine(1.0 / s, 0.0),
+        }
+    }
+
+    /// Prior samples u back in latent space: s u (inverse of [`Trainer::prior_space`]).
+    pub fn latent_space(&self, u: &Tensor) -> candle_core::Result<Tensor> {
+        match self.cfg.diffusion.latent_scale {
+            1.0 => Ok(u.clone()),
+            s => u.affine(s, 0.0),
+        }
+    }
+
     /// Folds theta after step `t` into its EMA (when `train.ema` is set).
     fn update_ema(&mut self, t: u64) -> Result<(), TrainError> {
         if let Some((ema, _, _)) = &mut self.ema {
@@ -589,7 +606,10 @@ impl Trainer {
             &self.device
         ))?;
         let noise = gaussian(&mut rng, (rows, dz), DType::F32, &self.device)?;
-        let terms = other!(self.loss.per_sample(&self.eps, &z, &noise, &k))?;
+        let terms = other!(
+            self.loss
+                .per_sample(&self.eps, &self.prior_space(&z)?, &noise, &k)
+        )?;
         let loss = terms.total.mean_all()?;
         let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss_v.is_finite() {
