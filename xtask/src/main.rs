@@ -47,7 +47,7 @@ enum Experiment {
         #[arg(long, default_value_t = 5)]
         seeds: u64,
         /// Particle counts N, comma-separated (the paper: 1,4,16,64,256).
-        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
         particles: Vec<usize>,
         /// Methods, comma-separated (ipld, diffusion-vae, pgd, mpgd).
         #[arg(long, value_delimiter = ',', default_value = "ipld,diffusion-vae")]
@@ -61,7 +61,7 @@ enum Experiment {
         /// Evaluation samples per run.
         #[arg(long, default_value_t = 10_000)]
         samples: usize,
-        /// The paper's full grid: 50 seeds, N in 1,4,16,64,256 (days on a 2-core machine).
+        /// The paper's full grid: 50 seeds, N in 1,4,16,64,256 (about a day on a 2-core machine).
         #[arg(long)]
         paper: bool,
         /// Extra config override for every run, e.g. for an ablation (repeatable; the cells get
