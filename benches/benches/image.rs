@@ -38,9 +38,4 @@ fn image_step(c: &mut Criterion) {
 }
 
 criterion_group!(benches, image_step);
-// criterion_main!, with candle's thread count pinned first (see ipld_train::threads).
-fn main() {
-    ipld_train::pin_thread_count();
-    benches();
-    Criterion::default().configure_from_args().final_summary();
-}
+ipld_benches::criterion_main_pinned!(benches);

@@ -21,14 +21,6 @@ fn ctx(step: u64, m: usize) -> StepContext {
     }
 }
 
-fn batch(m: usize, t: u64) -> Vec<usize> {
-    let per_epoch = (m / BATCH) as u64;
-    let e = (t / per_epoch) as usize;
-    (0..BATCH)
-        .map(|i| (((t % per_epoch) as usize * BATCH + i).wrapping_mul(2 * e + 1_000_003)) % m)
-        .collect()
-}
-
 fn eager(c: &mut Criterion) {
     let mut g = c.benchmark_group("particle_update_eager");
     g.sample_size(10);
@@ -50,8 +42,14 @@ fn eager(c: &mut Criterion) {
             &(),
             |b, _| {
                 b.iter(|| {
-                    rule.step(&mut cloud, &batch(m, t), &grads, &ctx(t, m), &noise)
-                        .unwrap();
+                    rule.step(
+                        &mut cloud,
+                        &ipld_benches::scrambled_batch(m, BATCH, t),
+                        &grads,
+                        &ctx(t, m),
+                        &noise,
+                    )
+                    .unwrap();
                     t += 1;
                 })
             },
@@ -81,7 +79,7 @@ fn lazy(c: &mut Criterion) {
             &(),
             |b, _| {
                 b.iter(|| {
-                    let rows = batch(m, t);
+                    let rows = ipld_benches::scrambled_batch(m, BATCH, t);
                     state.sync(&mut cloud, &rows, t, &lazy_noise).unwrap();
                     state
                         .step(&rule, &mut cloud, &rows, &grads, &ctx(t, m), &noise)
@@ -95,9 +93,4 @@ fn lazy(c: &mut Criterion) {
 }
 
 criterion_group!(benches, eager, lazy);
-// criterion_main!, with candle's thread count pinned first (see ipld_train::threads).
-fn main() {
-    ipld_train::pin_thread_count();
-    benches();
-    Criterion::default().configure_from_args().final_summary();
-}
+ipld_benches::criterion_main_pinned!(benches);

@@ -34,9 +34,4 @@ fn train_step(c: &mut Criterion) {
 }
 
 criterion_group!(benches, train_step);
-// criterion_main!, with candle's thread count pinned first (see ipld_train::threads).
-fn main() {
-    ipld_train::pin_thread_count();
-    benches();
-    Criterion::default().configure_from_args().final_summary();
-}
+ipld_benches::criterion_main_pinned!(benches);

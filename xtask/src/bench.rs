@@ -98,16 +98,9 @@ fn lazy_update(m: usize, d: usize) -> f64 {
         NoiseStream::new(3, ipld_particles::LAZY_STREAM),
     );
     let grads = vec![1e-6f32; b * n * d];
-    let per_epoch = (m / b) as u64;
     let mut t = 0u64;
     time_median(21, || {
-        // A scrambled batch, so rows lag by different amounts as in training.
-        let e = t / per_epoch;
-        let batch: Vec<usize> = (0..b)
-            .map(|i| {
-                ((t % per_epoch) as usize * b + i).wrapping_mul(2 * e as usize + 1_000_003) % m
-            })
-            .collect();
+        let batch = ipld_benches::scrambled_batch(m, b, t);
         lazy.sync(&mut cloud, &batch, t, &lazy_noise).expect("sync");
         lazy.step(&rule, &mut cloud, &batch, &grads, &ctx(t, m, b), &noise)
             .expect("step");

@@ -166,27 +166,9 @@ impl LazyNoise {
             let m2 = &m2[r * w..(r + 1) * w];
             this.sync_row((z, m2), start + r, this.synced[r], upto, noise, buf)
         };
-        let small = local.len() * w < PARALLEL_MIN;
-        if small {
-            // Small scattered rows: issue every row's loads first, so the cache misses of a big
-            // cloud overlap instead of arriving one row at a time.
-            for &r in &local {
-                prefetch(&z[r * w..(r + 1) * w]);
-                prefetch(&m2[r * w..(r + 1) * w]);
-            }
-        }
-        let rows = local.iter().zip(rows_mut(z, w, &local));
-        if small {
-            let mut buf = vec![0f32; w];
-            for item in rows {
-                sync(&mut buf, item)?;
-            }
-        } else {
-            rows.collect::<Vec<_>>()
-                .into_par_iter()
-                .with_min_len((4096 / w).max(1))
-                .try_for_each_init(|| vec![0f32; w], sync)?;
-        }
+        prefetch_rows(&local, w, &[&*z, m2]);
+        let items: Vec<_> = local.iter().zip(rows_mut(z, w, &local)).collect();
+        rows_pass(items, w, sync)?;
         for &r in &local {
             self.synced[r] = self.synced[r].max(upto);
         }
@@ -304,46 +286,67 @@ fn batch_pass(
     let local: Vec<usize> = rows.iter().map(|&(r, _)| r).collect();
     let start = cloud.start();
     let (z, m1, m2) = cloud.buffers_mut();
-    let small = rows.len() * w < PARALLEL_MIN;
-    if small {
-        for &r in &local {
-            for b in [&*z, &*m1, &*m2] {
-                prefetch(&b[r * w..(r + 1) * w]);
-            }
-        }
-    }
-    let bufs = rows_mut(z, w, &local)
-        .into_iter()
-        .zip(rows_mut(m1, w, &local))
-        .zip(rows_mut(m2, w, &local));
+    prefetch_rows(&local, w, &[&*z, &*m1, &*m2]);
+    let items: Vec<_> = rows
+        .iter()
+        .zip(
+            rows_mut(z, w, &local)
+                .into_iter()
+                .zip(rows_mut(m1, w, &local))
+                .zip(rows_mut(m2, w, &local)),
+        )
+        .collect();
     let update = |buf: &mut Vec<f32>, (&(r, p), ((z, m1), m2)): (&(usize, usize), _)| {
         noise.fill(ctx.step, ((start + r) * w) as u64, buf);
         if w < 256 {
             // Short rows: the call into the dispatched loop costs more than its vectors save.
-            return kernel((z, m1, m2, Some(&grads[p * w..(p + 1) * w]), buf));
+            kernel((z, m1, m2, Some(&grads[p * w..(p + 1) * w]), buf));
+        } else {
+            Task {
+                w,
+                pos: &[0],
+                grads: &grads[p * w..(p + 1) * w],
+                z,
+                m1,
+                m2,
+                noise: buf,
+            }
+            .run_dispatch(&kernel);
         }
-        Task {
-            w,
-            pos: &[0],
-            grads: &grads[p * w..(p + 1) * w],
-            z,
-            m1,
-            m2,
-            noise: buf,
-        }
-        .run_dispatch(&kernel);
+        Ok::<(), ParticleError>(())
     };
-    let work = rows.iter().zip(bufs);
-    if small {
+    rows_pass(items, w, update)
+}
+
+/// Before a pass over few scattered rows (local indices `rows` of width `w`), issues every row's
+/// loads of `bufs` at once, so the cache misses of a big cloud overlap instead of arriving one
+/// row at a time. Larger passes run in parallel and need no help.
+fn prefetch_rows(rows: &[usize], w: usize, bufs: &[&[f32]]) {
+    if rows.len() * w < PARALLEL_MIN {
+        for &r in rows {
+            for b in bufs {
+                prefetch(&b[r * w..(r + 1) * w]);
+            }
+        }
+    }
+}
+
+/// Runs `f(scratch, item)` for one item per row of width `w`, each with a scratch buffer of `w`
+/// floats: on the calling thread below [`PARALLEL_MIN`] elements, else in parallel (rayon).
+fn rows_pass<I: Send>(
+    items: Vec<I>,
+    w: usize,
+    f: impl Fn(&mut Vec<f32>, I) -> Result<(), ParticleError> + Sync + Send,
+) -> Result<(), ParticleError> {
+    if items.len() * w < PARALLEL_MIN {
         let mut buf = vec![0f32; w];
-        work.for_each(|item| update(&mut buf, item));
+        items.into_iter().try_for_each(|item| f(&mut buf, item))
     } else {
-        work.collect::<Vec<_>>()
+        items
             .into_par_iter()
             .with_min_len((4096 / w).max(1))
-            .for_each_init(|| vec![0f32; w], update);
+            .try_for_each_init(|| vec![0f32; w], f)
     }
-    Ok(())
 }
 
 /// Disjoint mutable views of rows `rows` (local indices, sorted, distinct) of a buffer of row

@@ -587,7 +587,7 @@ impl ParticleUpdate for KineticLangevin {
                 }
                 None => {
                     for ((zi, vi), wi) in z.iter_mut().zip(v).zip(w) {
-                        *vi = a * *vi - force * 0.0 + sd * wi;
+                        *vi = a * *vi + sd * wi;
                         *zi += h * *vi;
                     }
                 }

@@ -81,6 +81,15 @@ const STREAM_REFIT: u64 = 3;
 /// Noise-stream id of the particle updates.
 pub const PARTICLE_NOISE_STREAM: u32 = 7;
 
+/// `t` times `factor`, untouched at factor 1 so the paper's latent scale keeps its bits.
+fn scaled(t: &Tensor, factor: f64) -> candle_core::Result<Tensor> {
+    if factor == 1.0 {
+        Ok(t.clone())
+    } else {
+        t.affine(factor, 0.0)
+    }
+}
+
 /// SplitMix64 finaliser: mixes (seed, a, b) into one well-spread 64-bit seed.
 pub fn mix_seed(seed: u64, a: u64, b: u64) -> u64 {
     let f = |mut z: u64| {
@@ -544,21 +553,14 @@ impl Trainer {
         })
     }
 
-    /// Latents as the prior sees them: z / `diffusion.latent_scale` (untouched at scale 1, so
-    /// the paper's configuration keeps its bits).
+    /// Latents as the prior sees them: z / `diffusion.latent_scale`.
     pub fn prior_space(&self, z: &Tensor) -> candle_core::Result<Tensor> {
-        match self.cfg.diffusion.latent_scale {
-            1.0 => Ok(z.clone()),
-            s => z.affine(1.0 / s, 0.0),
-        }
+        scaled(z, 1.0 / self.cfg.diffusion.latent_scale)
     }
 
     /// Prior samples u back in latent space: s u (inverse of [`Trainer::prior_space`]).
     pub fn latent_space(&self, u: &Tensor) -> candle_core::Result<Tensor> {
-        match self.cfg.diffusion.latent_scale {
-            1.0 => Ok(u.clone()),
-            s => u.affine(s, 0.0),
-        }
+        scaled(u, self.cfg.diffusion.latent_scale)
     }
 
     /// Folds theta after step `t` into its EMA (when `train.ema` is set).
