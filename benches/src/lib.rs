@@ -1,10 +1,18 @@
 //! Shared by the criterion benches in `benches/`.
 
+#[doc(hidden)]
+pub use mimalloc;
+
 /// `criterion_main!` with candle's CPU thread count pinned first (`ipld_train::pin_thread_count`,
-/// from the bench binary's dependencies), so the benches measure what `ipld-train` runs.
+/// from the bench binary's dependencies) and the binaries' allocator (mimalloc, see `ipld-train`'s
+/// main.rs; with glibc's, the image bench spent more time in page faults than in arithmetic: 38 s
+/// system against 27 s user for one step), so the benches measure what `ipld-train` runs.
 #[macro_export]
 macro_rules! criterion_main_pinned {
     ($($group:path),+ $(,)?) => {
+        #[global_allocator]
+        static GLOBAL: $crate::mimalloc::MiMalloc = $crate::mimalloc::MiMalloc;
+
         fn main() {
             ::ipld_train::pin_thread_count();
             $($group();)+

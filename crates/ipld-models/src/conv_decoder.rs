@@ -11,6 +11,7 @@ use candle_core::Tensor;
 use candle_nn::{GroupNorm, Module, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
+use crate::conv::conv2d;
 use crate::{Decoder, InitRule, ModelError, seeded_init_with};
 
 /// Decoder shape (Table 2).
@@ -94,9 +95,9 @@ impl ConvDecoderConfig {
 }
 
 /// A 2-d convolution (weights `[out, in, k, k]` and bias, as `candle_nn::Conv2d` names them)
-/// computed as im2col + one batched matmul from primitive ops. candle 0.11's CPU conv backward
+/// computed by [`conv2d`]: im2col + GEMM in both directions. candle 0.11's CPU conv backward
 /// runs `conv_transpose2d` as a direct loop, which profiling showed to dominate an image
-/// training step; with shifted views and a matmul both directions are GEMMs.
+/// training step.
 #[derive(Debug, Clone)]
 pub struct Conv {
     weight: Tensor,
@@ -131,70 +132,7 @@ impl Conv {
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        conv2d_im2col(x, &self.weight, Some(&self.bias), self.stride, self.padding)
-    }
-}
-
-/// `conv2d(x, w) + b` with zero padding `padding` on every side and stride `stride`, from
-/// narrow/stack/matmul so that its backward needs no convolution kernels.
-pub fn conv2d_im2col(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-) -> candle_core::Result<Tensor> {
-    let (n, cin, _, _) = x.dims4()?;
-    let (cout, cin_w, kh, kw) = w.dims4()?;
-    if cin != cin_w || stride == 0 {
-        candle_core::bail!(
-            "conv2d_im2col: input has {cin} channels, weight {cin_w}; stride {stride}"
-        );
-    }
-    let xp = if padding > 0 {
-        x.pad_with_zeros(2, padding, padding)?
-            .pad_with_zeros(3, padding, padding)?
-    } else {
-        x.clone()
-    };
-    let (hp, wp) = (xp.dim(2)?, xp.dim(3)?);
-    if hp < kh || wp < kw {
-        candle_core::bail!("conv2d_im2col: input {hp} x {wp} smaller than the kernel");
-    }
-    let (ho, wo) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
-    let y = if kh == 1 && kw == 1 && stride == 1 {
-        // 1 x 1: the input is its own column matrix.
-        let wm = w.reshape((cout, cin))?;
-        wm.broadcast_matmul(&xp.reshape((n, cin, ho * wo))?)?
-    } else {
-        let mut cols = Vec::with_capacity(kh * kw);
-        for i in 0..kh {
-            for j in 0..kw {
-                let v =
-                    xp.narrow(2, i, (ho - 1) * stride + 1)?
-                        .narrow(3, j, (wo - 1) * stride + 1)?;
-                let v = if stride > 1 {
-                    // Keep every stride-th row and column: pad to a multiple, split, take 0.
-                    v.pad_with_zeros(2, 0, stride - 1)?
-                        .pad_with_zeros(3, 0, stride - 1)?
-                        .reshape((n, cin, ho, stride, wo, stride))?
-                        .narrow(3, 0, 1)?
-                        .narrow(5, 0, 1)?
-                        .reshape((n, cin, ho, wo))?
-                } else {
-                    v
-                };
-                cols.push(v);
-            }
-        }
-        // [n, cin, k*k, ho, wo] -> [n, cin*k*k, ho*wo], matching the weight's (in, ky, kx) order.
-        let cols = Tensor::stack(&cols, 2)?.reshape((n, cin * kh * kw, ho * wo))?;
-        w.reshape((cout, cin * kh * kw))?.broadcast_matmul(&cols)?
-    };
-    let y = y.reshape((n, cout, ho, wo))?;
-    match b {
-        Some(b) => y.broadcast_add(&b.reshape((1, cout, 1, 1))?),
-        None => Ok(y),
+        conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)
     }
 }
 

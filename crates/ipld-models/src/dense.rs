@@ -68,7 +68,7 @@ struct Dense {
 /// Below this many output elements the elementwise passes stay on the calling thread.
 const PARALLEL_MIN: usize = 1 << 16;
 
-trait Float:
+pub(crate) trait Float:
     candle_core::WithDType
     + Copy
     + Default
@@ -101,7 +101,7 @@ impl Float for f64 {
 
 /// Products with fewer multiply-adds than this run on the calling thread: waking rayon's workers
 /// costs more than the split saves.
-fn parallelism(macs: usize) -> gemm::Parallelism {
+pub(crate) fn parallelism(macs: usize) -> gemm::Parallelism {
     // 2^24 was best of 2^0, 2^22, 2^24, 2^26, 2^30 for gmm training at N = 1 and 16 (2 cores).
     match candle_core::utils::get_num_threads() {
         n if n > 1 && macs >= 1 << 24 => gemm::Parallelism::Rayon(n),
@@ -111,7 +111,32 @@ fn parallelism(macs: usize) -> gemm::Parallelism {
 
 /// dst[m, n] (+)= lhs[m, k] rhs[k, n] with explicit (row, column) strides for each operand.
 #[allow(clippy::too_many_arguments)]
-fn matmul_into<T: Float>(
+pub(crate) fn matmul_into<T: Float>(
+    mnk @ (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    accumulate: bool,
+    lhs: &[T],
+    lhs_strides: (usize, usize),
+    rhs: &[T],
+    rhs_strides: (usize, usize),
+) {
+    let par = parallelism(m * n * k);
+    matmul_into_with(
+        par,
+        mnk,
+        dst,
+        accumulate,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+    );
+}
+
+/// [`matmul_into`] with the caller's choice of threads (e.g. none inside a parallel loop).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_into_with<T: Float>(
+    par: gemm::Parallelism,
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     accumulate: bool,
@@ -154,15 +179,15 @@ fn matmul_into<T: Float>(
             false,
             false,
             false,
-            parallelism(m * n * k),
+            par,
         );
     }
 }
 
-fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("dense: operand is not contiguous".into()))?;
+pub(crate) fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
+    let (start, end) = l.contiguous_offsets().ok_or_else(|| {
+        candle_core::Error::Msg("ipld-models custom op: operand is not contiguous".into())
+    })?;
     Ok(&s.as_slice::<T>()?[start..end])
 }
 

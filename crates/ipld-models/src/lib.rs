@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod conv;
 mod conv_decoder;
 mod decoder;
 mod dense;
@@ -11,7 +12,8 @@ mod error;
 mod init;
 mod mlp;
 
-pub use conv_decoder::{Conv, ConvDecoder, ConvDecoderConfig, ConvEncoder, conv2d_im2col};
+pub use conv::{conv2d, conv2d_im2col};
+pub use conv_decoder::{Conv, ConvDecoder, ConvDecoderConfig, ConvEncoder};
 pub use decoder::{Decoder, LinearDecoder, LinearDecoderConfig, gaussian_nll};
 pub use dense::{Activation, dense, dense_reference};
 pub use dit::{Dit, DitConfig, sincos_2d};

@@ -261,30 +261,34 @@ fn conv_encoder_mirrors_the_decoder_and_gets_gradients() {
     assert!(report.checked > 80, "{}", report.checked);
 }
 
-#[test]
-fn im2col_convolution_matches_candle_conv2d_values_and_gradients() {
-    // candle's conv2d (forward and its conv_transpose-based backward) is the reference.
+type ConvFn = fn(&Tensor, &Tensor, Option<&Tensor>, usize, usize) -> candle_core::Result<Tensor>;
+
+/// `conv` against candle's conv2d (forward, and its conv_transpose-based backward) in `dtype`:
+/// values and the gradients of a weighted sum in x, w and b, within `tol` relative to the
+/// largest reference entry.
+fn check_conv_against_candle(conv: ConvFn, dtype: DType, tol: f64) {
     let dev = Device::Cpu;
-    for (cin, cout, k, stride, pad, h) in [
-        (3, 4, 3, 1, 1, 6),
-        (2, 3, 3, 2, 0, 7),
-        (2, 3, 3, 2, 0, 8),
-        (4, 2, 1, 1, 0, 5),
+    // (batch, c_in, c_out, k, stride, padding, size): 3 x 3 same, stride-2 valid (odd and even
+    // sizes, the encoder's downsampling), 1 x 1 (the shortcut), padding wider than the kernel's
+    // reach on a 1-pixel image, and one large enough for the per-sample parallel path.
+    for (n, cin, cout, k, stride, pad, h) in [
+        (2, 3, 4, 3, 1, 1, 6),
+        (2, 2, 3, 3, 2, 0, 7),
+        (2, 2, 3, 3, 2, 0, 8),
+        (2, 4, 2, 1, 1, 0, 5),
+        (3, 2, 2, 3, 1, 2, 1),
+        (2, 3, 2, 3, 2, 1, 5),
+        (4, 16, 16, 3, 1, 1, 24),
     ] {
-        let x = Var::from_tensor(
-            &seq(2 * cin * h * h, 1.0, &dev)
-                .reshape((2, cin, h, h))
-                .unwrap(),
-        )
-        .unwrap();
-        let w = Var::from_tensor(
-            &seq(cout * cin * k * k, 0.3, &dev)
-                .reshape((cout, cin, k, k))
-                .unwrap(),
-        )
-        .unwrap();
-        let b = Var::from_tensor(&seq(cout, 0.5, &dev)).unwrap();
-        let ours = ipld_models::conv2d_im2col(
+        let var = |t: Tensor| Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap();
+        let x = var(seq(n * cin * h * h, 1.0, &dev)
+            .reshape((n, cin, h, h))
+            .unwrap());
+        let w = var(seq(cout * cin * k * k, 0.3, &dev)
+            .reshape((cout, cin, k, k))
+            .unwrap());
+        let b = var(seq(cout, 0.5, &dev));
+        let ours = conv(
             x.as_tensor(),
             w.as_tensor(),
             Some(b.as_tensor()),
@@ -299,22 +303,25 @@ fn im2col_convolution_matches_candle_conv2d_values_and_gradients() {
             .broadcast_add(&b.as_tensor().reshape((1, cout, 1, 1)).unwrap())
             .unwrap();
         assert_eq!(ours.dims(), reference.dims());
-        let diff = |a: &Tensor, b: &Tensor| -> f64 {
-            (a - b)
-                .unwrap()
+        let rel = |a: &Tensor, b: &Tensor| -> f64 {
+            let a = a.to_dtype(DType::F64).unwrap();
+            let b = b.to_dtype(DType::F64).unwrap();
+            let scale = b
                 .abs()
                 .unwrap()
                 .max_all()
                 .unwrap()
                 .to_scalar::<f64>()
-                .unwrap()
+                .unwrap();
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            d.to_scalar::<f64>().unwrap() / scale.max(1e-30)
         };
-        assert!(
-            diff(&ours, &reference) < 1e-12,
-            "forward {cin} {cout} {k} {stride} {pad} {h}"
-        );
+        let case = format!("{dtype:?} n {n} c {cin}->{cout} k {k} s {stride} p {pad} h {h}");
+        assert!(rel(&ours, &reference) < tol, "forward {case}");
         // Gradients of a weighted sum, so every output position matters differently.
         let r = seq(ours.elem_count(), 1.0, &dev)
+            .to_dtype(dtype)
+            .unwrap()
             .reshape(ours.dims())
             .unwrap();
         let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -324,16 +331,82 @@ fn im2col_convolution_matches_candle_conv2d_values_and_gradients() {
             .unwrap()
             .backward()
             .unwrap();
-        for v in [&x, &w, &b] {
+        for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
             let (a, c) = (
                 g1.get(v.as_tensor()).unwrap(),
                 g2.get(v.as_tensor()).unwrap(),
             );
-            assert!(
-                diff(a, c) < 1e-10,
-                "gradient {cin} {cout} {k} {stride} {pad} {h}: {}",
-                diff(a, c)
-            );
+            assert!(rel(a, c) < tol, "gradient {name} {case}: {}", rel(a, c));
         }
     }
+}
+
+#[test]
+fn im2col_convolution_matches_candle_conv2d_values_and_gradients() {
+    check_conv_against_candle(ipld_models::conv2d_im2col, DType::F64, 1e-12);
+}
+
+#[test]
+fn lean_convolution_matches_candle_conv2d_values_and_gradients() {
+    // f64: rounding only; f32: rounding of sums of up to 144 x 576 products.
+    check_conv_against_candle(ipld_models::conv2d, DType::F64, 1e-12);
+    check_conv_against_candle(ipld_models::conv2d, DType::F32, 1e-5);
+}
+
+#[test]
+fn lean_convolution_without_bias_or_input_gradient() {
+    // No bias, and an input that is not a variable: only w gets a gradient, equal to the
+    // composite's.
+    let dev = Device::Cpu;
+    let x = seq(2 * 3 * 5 * 5, 1.0, &dev).reshape((2, 3, 5, 5)).unwrap();
+    let w = Var::from_tensor(&seq(4 * 3 * 9, 0.3, &dev).reshape((4, 3, 3, 3)).unwrap()).unwrap();
+    let ours = ipld_models::conv2d(&x, w.as_tensor(), None, 1, 1).unwrap();
+    let reference = ipld_models::conv2d_im2col(&x, w.as_tensor(), None, 1, 1).unwrap();
+    let d = (&ours - &reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert!(d.to_scalar::<f64>().unwrap() < 1e-12);
+    let g1 = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = reference
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(g1.get(&x).is_none());
+    let d = (g1.get(w.as_tensor()).unwrap() - g2.get(w.as_tensor()).unwrap()).unwrap();
+    let d = d
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!(d < 1e-10, "{d}");
+}
+
+#[test]
+fn lean_convolution_rejects_mismatched_shapes() {
+    let dev = Device::Cpu;
+    let x = Tensor::zeros((1, 3, 4, 4), DType::F32, &dev).unwrap();
+    let w = Tensor::zeros((2, 2, 3, 3), DType::F32, &dev).unwrap();
+    let e = ipld_models::conv2d(&x, &w, None, 1, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("3 channels") && e.contains("weight 2"), "{e}");
+    let w = Tensor::zeros((2, 3, 7, 7), DType::F32, &dev).unwrap();
+    let e = ipld_models::conv2d(&x, &w, None, 1, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("smaller than the 7 x 7 kernel"), "{e}");
+    let w = Tensor::zeros((2, 3, 3, 3), DType::F32, &dev).unwrap();
+    let b = Tensor::zeros(3, DType::F32, &dev).unwrap();
+    let e = ipld_models::conv2d(&x, &w, Some(&b), 1, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bias shape"), "{e}");
 }
