@@ -124,7 +124,7 @@ impl Geom {
     fn valid_cols(&self, j: usize) -> (usize, usize) {
         let (s, p) = (self.stride, self.pad);
         // ox s + j - p >= 0 and ox s + j - p < w.
-        let lo = if p > j { (p - j).div_ceil(s) } else { 0 };
+        let lo = if p > j { (p - j).div_ceil(s) } else { 0 }.min(self.wo);
         let hi = (self.w + p).saturating_sub(j).div_ceil(s).min(self.wo);
         (lo, hi.max(lo))
     }
@@ -162,6 +162,9 @@ fn im2col<T: Float>(g: &Geom, x: &[T], cols: &mut [T]) {
                     let src = &xc[iy * g.w..(iy + 1) * g.w];
                     out[..lo].fill(T::ZERO);
                     out[hi..].fill(T::ZERO);
+                    if lo == hi {
+                        continue;
+                    }
                     let first = lo * g.stride + j - g.pad;
                     if g.stride == 1 {
                         out[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
@@ -190,6 +193,9 @@ fn col2im_add<T: Float>(g: &Geom, cols: &[T], gx: &mut [T]) {
                 let (lo, hi) = g.valid_cols(j);
                 for (oy, src) in row.chunks_exact(g.wo).enumerate() {
                     let Some(iy) = g.in_row(oy, i) else { continue };
+                    if lo == hi {
+                        continue;
+                    }
                     let dst = &mut gxc[iy * g.w..(iy + 1) * g.w];
                     let first = lo * g.stride + j - g.pad;
                     for (d, v) in dst[first..].iter_mut().step_by(g.stride).zip(&src[lo..hi]) {

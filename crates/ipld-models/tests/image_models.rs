@@ -270,13 +270,16 @@ fn check_conv_against_candle(conv: ConvFn, dtype: DType, tol: f64) {
     let dev = Device::Cpu;
     // (batch, c_in, c_out, k, stride, padding, size): 3 x 3 same, stride-2 valid (odd and even
     // sizes, the encoder's downsampling), 1 x 1 (the shortcut), padding wider than the kernel's
-    // reach on a 1-pixel image, and one large enough for the per-sample parallel path.
+    // reach on a 1-pixel image, a kernel wider than the image (some kernel columns never touch
+    // it), a stride larger than the image, and one large enough for the per-sample parallel path.
     for (n, cin, cout, k, stride, pad, h) in [
         (2, 3, 4, 3, 1, 1, 6),
         (2, 2, 3, 3, 2, 0, 7),
         (2, 2, 3, 3, 2, 0, 8),
         (2, 4, 2, 1, 1, 0, 5),
         (3, 2, 2, 3, 1, 2, 1),
+        (1, 2, 2, 7, 1, 2, 3),
+        (1, 2, 3, 3, 3, 4, 2),
         (2, 3, 2, 3, 2, 1, 5),
         (4, 16, 16, 3, 1, 1, 24),
     ] {
