@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::dense::{Float, matmul_into, matmul_into_with, slice};
+use crate::dense::{Float, matmul_into, matmul_into_with, parallelism, slice};
 
 /// `conv2d(x, w) + b` for x `[n, c_in, h, w]`, w `[c_out, c_in, kh, kw]`, b `[c_out]`, zero
 /// padding `padding` on every side, stride `stride`; differentiable in all three.
@@ -24,24 +24,7 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> candle_core::Result<Tensor> {
-    let (_, cin, h, wd) = x.dims4()?;
-    let (cout, cin_w, kh, kw) = w.dims4()?;
-    if cin != cin_w || stride == 0 {
-        candle_core::bail!("conv2d: input has {cin} channels, weight {cin_w}; stride {stride}");
-    }
-    if h + 2 * padding < kh || wd + 2 * padding < kw {
-        candle_core::bail!(
-            "conv2d: input {h} x {wd} with padding {padding} smaller than the {kh} x {kw} kernel"
-        );
-    }
-    if let Some(b) = b
-        && b.dims() != [cout]
-    {
-        candle_core::bail!(
-            "conv2d: bias shape {:?} for {cout} output channels",
-            b.dims()
-        );
-    }
+    let cout = check_shapes("conv2d", x, w, b, stride, padding)?;
     let fused = x.device().is_cpu()
         && matches!(x.dtype(), DType::F32 | DType::F64)
         && w.dtype() == x.dtype()
@@ -59,6 +42,34 @@ pub fn conv2d(
     };
     let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
     x.apply_op3(&w, &b, Conv2d { stride, padding })
+}
+
+/// Checks a convolution's operands (channels, stride, kernel against the padded input, bias
+/// shape) and returns the output channels; `op` names the function in the error.
+fn check_shapes(
+    op: &str,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<usize> {
+    let (_, cin, h, wd) = x.dims4()?;
+    let (cout, cin_w, kh, kw) = w.dims4()?;
+    if cin != cin_w || stride == 0 {
+        candle_core::bail!("{op}: input has {cin} channels, weight {cin_w}; stride {stride}");
+    }
+    if h + 2 * padding < kh || wd + 2 * padding < kw {
+        candle_core::bail!(
+            "{op}: input {h} x {wd} with padding {padding} smaller than the {kh} x {kw} kernel"
+        );
+    }
+    if let Some(b) = b
+        && b.dims() != [cout]
+    {
+        candle_core::bail!("{op}: bias shape {:?} for {cout} output channels", b.dims());
+    }
+    Ok(cout)
 }
 
 struct Conv2d {
@@ -224,7 +235,7 @@ fn per_sample<T: Float>(
     } else {
         let mut s = vec![T::ZERO; scratch];
         let macs = g.cout * g.k() * g.out_plane();
-        let par = crate::dense::parallelism(macs);
+        let par = parallelism(macs);
         for (b, o) in out.chunks_mut(chunk).enumerate() {
             f(b, o, &mut s, par);
         }
@@ -264,7 +275,8 @@ impl Conv2d {
     fn grad_x<T: Float>(&self, g: &Geom, w: &[T], gy: &[T]) -> Vec<T> {
         let (k, plane) = (g.k(), g.out_plane());
         let mut gx = vec![T::ZERO; g.n * g.in_size()];
-        per_sample(g, &mut gx, g.in_size(), k * plane, |b, gxb, cols, par| {
+        let scratch = if g.pointwise() { 0 } else { k * plane };
+        per_sample(g, &mut gx, g.in_size(), scratch, |b, gxb, cols, par| {
             let gyb = &gy[b * g.cout * plane..(b + 1) * g.cout * plane];
             if g.pointwise() {
                 matmul_into_with(
@@ -425,13 +437,9 @@ pub fn conv2d_im2col(
     stride: usize,
     padding: usize,
 ) -> candle_core::Result<Tensor> {
+    let cout = check_shapes("conv2d_im2col", x, w, b, stride, padding)?;
     let (n, cin, _, _) = x.dims4()?;
-    let (cout, cin_w, kh, kw) = w.dims4()?;
-    if cin != cin_w || stride == 0 {
-        candle_core::bail!(
-            "conv2d_im2col: input has {cin} channels, weight {cin_w}; stride {stride}"
-        );
-    }
+    let (_, _, kh, kw) = w.dims4()?;
     let xp = if padding > 0 {
         x.pad_with_zeros(2, padding, padding)?
             .pad_with_zeros(3, padding, padding)?
@@ -439,9 +447,6 @@ pub fn conv2d_im2col(
         x.clone()
     };
     let (hp, wp) = (xp.dim(2)?, xp.dim(3)?);
-    if hp < kh || wp < kw {
-        candle_core::bail!("conv2d_im2col: input {hp} x {wp} smaller than the kernel");
-    }
     let (ho, wo) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
     let y = if kh == 1 && kw == 1 && stride == 1 {
         // 1 x 1: the input is its own column matrix.

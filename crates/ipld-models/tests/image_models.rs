@@ -35,6 +35,12 @@ fn tiny_dit(patch: usize) -> DitConfig {
     }
 }
 
+/// max |t| over all entries, in f64.
+fn max_abs(t: &Tensor) -> f64 {
+    let t = t.to_dtype(DType::F64).unwrap().abs().unwrap();
+    t.max_all().unwrap().to_scalar::<f64>().unwrap()
+}
+
 fn seq(n: usize, scale: f64, dev: &Device) -> Tensor {
     let v: Vec<f64> = (0..n).map(|i| ((i * 7 + 3) as f64).sin() * scale).collect();
     Tensor::from_vec(v, n, dev).unwrap()
@@ -307,17 +313,11 @@ fn check_conv_against_candle(conv: ConvFn, dtype: DType, tol: f64) {
             .unwrap();
         assert_eq!(ours.dims(), reference.dims());
         let rel = |a: &Tensor, b: &Tensor| -> f64 {
-            let a = a.to_dtype(DType::F64).unwrap();
-            let b = b.to_dtype(DType::F64).unwrap();
-            let scale = b
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
-            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-            d.to_scalar::<f64>().unwrap() / scale.max(1e-30)
+            let (a, b) = (
+                a.to_dtype(DType::F64).unwrap(),
+                b.to_dtype(DType::F64).unwrap(),
+            );
+            max_abs(&(a - &b).unwrap()) / max_abs(&b).max(1e-30)
         };
         let case = format!("{dtype:?} n {n} c {cin}->{cout} k {k} s {stride} p {pad} h {h}");
         assert!(rel(&ours, &reference) < tol, "forward {case}");
@@ -365,13 +365,7 @@ fn lean_convolution_without_bias_or_input_gradient() {
     let w = Var::from_tensor(&seq(4 * 3 * 9, 0.3, &dev).reshape((4, 3, 3, 3)).unwrap()).unwrap();
     let ours = ipld_models::conv2d(&x, w.as_tensor(), None, 1, 1).unwrap();
     let reference = ipld_models::conv2d_im2col(&x, w.as_tensor(), None, 1, 1).unwrap();
-    let d = (&ours - &reference)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap();
-    assert!(d.to_scalar::<f64>().unwrap() < 1e-12);
+    assert!(max_abs(&(&ours - &reference).unwrap()) < 1e-12);
     let g1 = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
     let g2 = reference
         .sqr()
@@ -381,14 +375,7 @@ fn lean_convolution_without_bias_or_input_gradient() {
         .backward()
         .unwrap();
     assert!(g1.get(&x).is_none());
-    let d = (g1.get(w.as_tensor()).unwrap() - g2.get(w.as_tensor()).unwrap()).unwrap();
-    let d = d
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let d = max_abs(&(g1.get(w.as_tensor()).unwrap() - g2.get(w.as_tensor()).unwrap()).unwrap());
     assert!(d < 1e-10, "{d}");
 }
 
