@@ -4,13 +4,17 @@
 //! same cloud with the same gradients and noise counters; they must agree element-wise to 1e-4
 //! of the cloud's scale and in the first two moments of the moved cloud. (Both sides use the same
 //! libm-free Box-Muller and no FMA contraction, so they are designed to agree bit for bit; the
-//! tolerance leaves room for a device whose division or square root rounds differently.) Timing: ms per eager step and GB/s of particle state
-//! for (M, N, d) = (10^5, 16, 2) and CIFAR-10's (5 x 10^4, 10, 256). Writes `target/bench/cuda.json`.
+//! tolerance leaves room for a device whose division or square root rounds differently.) The GPU
+//! side is the candle path a trainer uses: gradients as device tensors, the kernel as an in-place
+//! op on candle's stream. Timing: ms per eager step (gradients already on the device) and GB/s of
+//! particle state for (M, N, d) = (10^5, 16, 2) and CIFAR-10's (5 x 10^4, 10, 256). Writes
+//! `target/bench/cuda.json`.
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use candle_core::{Device, Tensor};
 use ipld_particles::{
     AdaptiveLangevin, CudaCloud, Langevin, NoiseStream, ParticleCloud, StepContext, UpdateConfig,
 };
@@ -41,17 +45,18 @@ fn moments(z: &[f32]) -> (f64, f64) {
     (mean, var)
 }
 
-fn agree(rule: &UpdateConfig, name: &str) -> anyhow::Result<serde_json::Value> {
+fn agree(device: &Device, rule: &UpdateConfig, name: &str) -> anyhow::Result<serde_json::Value> {
     let (m, n, d, b) = (4096, 8, 4, 256);
     let cloud = ParticleCloud::gaussian(0, m, n, d, 11)?;
     let mut cpu = cloud.clone();
-    let mut gpu = CudaCloud::upload(&cloud, 0)?;
+    let mut gpu = CudaCloud::upload(&cloud, device)?;
     let noise = NoiseStream::new(5, 7);
     for t in 0..60u64 {
         let batch: Vec<usize> = (0..b).map(|i| (i * 16 + t as usize) % m).collect();
         let g = grads(t, b * n * d);
         let c = ctx(t, m, b, t >= 20);
         rule.rule().step(&mut cpu, &batch, &g, &c, &noise)?;
+        let g = Tensor::from_vec(g, (b, n, d), device)?;
         gpu.step(rule, &batch, &g, &c, &noise)?;
     }
     let gpu = gpu.download()?;
@@ -83,14 +88,14 @@ fn agree(rule: &UpdateConfig, name: &str) -> anyhow::Result<serde_json::Value> {
     Ok(json!({ "max_abs_diff": max_diff, "mean": [mc, mg], "var": [vc, vg] }))
 }
 
-fn timing(m: usize, n: usize, d: usize) -> anyhow::Result<serde_json::Value> {
+fn timing(device: &Device, m: usize, n: usize, d: usize) -> anyhow::Result<serde_json::Value> {
     let b = 500.min(m);
     let cloud = ParticleCloud::gaussian(0, m, n, d, 1)?;
-    let mut gpu = CudaCloud::upload(&cloud, 0)?;
+    let mut gpu = CudaCloud::upload(&cloud, device)?;
     let rule = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default());
     let noise = NoiseStream::new(3, 7);
     let batch: Vec<usize> = (0..b).map(|i| i * (m / b)).collect();
-    let g = vec![1e-6f32; b * n * d];
+    let g = Tensor::full(1e-6f32, (b, n, d), device)?;
     for t in 0..3 {
         gpu.step(&rule, &batch, &g, &ctx(t, m, b, true), &noise)?;
     }
@@ -114,13 +119,19 @@ fn timing(m: usize, n: usize, d: usize) -> anyhow::Result<serde_json::Value> {
 
 /// Runs the check and the timing; fails if the kernels disagree.
 pub fn run(out: &Path) -> anyhow::Result<()> {
+    let device = Device::new_cuda(0).context("opening CUDA device 0 through candle")?;
     let adaptive = agree(
+        &device,
         &UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default()),
         "adaptive-langevin",
     )?;
-    let langevin = agree(&UpdateConfig::Langevin(Langevin::default()), "langevin")?;
-    let small = timing(100_000, 16, 2)?;
-    let cifar = timing(50_000, 10, 256)?;
+    let langevin = agree(
+        &device,
+        &UpdateConfig::Langevin(Langevin::default()),
+        "langevin",
+    )?;
+    let small = timing(&device, 100_000, 16, 2)?;
+    let cifar = timing(&device, 50_000, 10, 256)?;
     let summary = json!({
         "agreement": { "adaptive_langevin": adaptive, "langevin": langevin },
         "timing": [small, cifar],

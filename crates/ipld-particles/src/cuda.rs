@@ -1,25 +1,27 @@
 //! The particle update on an NVIDIA GPU (feature `cuda`): Algorithm 1 (eqs. 19-22) and
-//! Algorithm 2 (eqs. 65-66) as one CUDA kernel compiled at run time with NVRTC through cudarc,
-//! over a cloud kept in device memory. The in-kernel noise is the CPU's: Philox4x32-10 at
-//! counter (block, step, stream), the same planar layout of 64-element groups, and the same
-//! libm-free Box-Muller and (V + eps)^(-1/4), compiled with `--fmad=false` so that no multiply-add
-//! is contracted: the GPU should reproduce [`NoiseStream`] and the CPU kernels bit for bit, for
-//! any launch geometry.
+//! Algorithm 2 (eqs. 65-66) as one CUDA kernel compiled at run time with NVRTC, launched as a
+//! candle in-place op on candle's CUDA storage and candle's stream. The cloud (z, momentum,
+//! second moment) is one candle tensor on the GPU, so the gradients of a candle backward pass
+//! feed the update and the minibatch's particles are gathered from it without leaving the device.
+//! The in-kernel noise is the CPU's: Philox4x32-10 at counter (block, step, stream), the same
+//! planar layout of 64-element groups, and the same libm-free Box-Muller and (V + eps)^(-1/4),
+//! compiled with `--fmad=false` so that no multiply-add is contracted: the GPU should reproduce
+//! [`NoiseStream`] and the CPU kernels bit for bit, for any launch geometry.
 //!
-//! Status: compiled in CI (`cargo clippy --features cuda`) but not yet run on a GPU; `cargo
-//! xtask cuda-check` compares it with the CPU kernel (moments and element-wise agreement) and
-//! times it on a machine that has one.
+//! Status: compiled in CI (`cargo clippy --features cuda`, against CUDA 11.8's nvcc for candle's
+//! own kernels) but not yet run on a GPU; `cargo xtask cuda-check` compares it with the CPU
+//! kernel (moments and element-wise agreement) and times it on a machine that has one.
 
-use std::sync::Arc;
+use std::sync::OnceLock;
 
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
-};
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
+use candle_core::{CpuStorage, CudaStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Tensor};
 
-use crate::update::batch_positions;
 use crate::{NoiseStream, ParticleCloud, ParticleError, StepContext, UpdateConfig};
 
-/// CUDA C source of the kernel (one thread per Philox block, i.e. four particle elements).
+/// CUDA C source of the kernels: the update (one thread per Philox block, i.e. four particle
+/// elements) and the batch-position scatter.
 pub const KERNEL_SOURCE: &str = r#"
 __device__ __forceinline__ void ipld_philox(unsigned int c[4], unsigned int k0, unsigned int k1) {
     const unsigned int M0 = 0xD2511F53u, M1 = 0xCD9E8D57u;
@@ -84,11 +86,14 @@ __device__ __forceinline__ float ipld_inv_fourth_root(float x) {
 
 // rule 0: Langevin (Algorithm 1), z += -drift g + sd W.
 // rule 1: adaptive Langevin (Algorithm 2), moments on batch rows, G^{1/2}-scaled noise.
+// `state` holds three planes of `plane` floats: z, the momentum M and the second moment V.
+// `pos[r]` is local row r's position in the batch, or 0xFFFFFFFF when it is not in it.
 extern "C" __global__ void ipld_particle_update(
-    float *z, float *m1, float *m2, const float *grads, const int *pos,
+    float *state, unsigned long long plane, const float *grads, const unsigned int *pos,
     unsigned long long rows, unsigned int w, unsigned long long start,
     unsigned int key0, unsigned int key1, unsigned int stream, unsigned long long step,
     int rule, float drift, float a, float b, float eps, float h, float sd, int precondition) {
+    float *z = state, *m1 = state + plane, *m2 = state + 2ull * plane;
     unsigned long long first = start * (unsigned long long)w;
     unsigned long long end = first + rows * (unsigned long long)w;
     // Blocks in groups of 16: output j of block b is element 64 (b / 16) + 16 j + b % 16.
@@ -104,8 +109,8 @@ extern "C" __global__ void ipld_particle_update(
         unsigned long long e = block / 16ull * 64ull + 16ull * q + block % 16ull;
         if (e < first || e >= end) continue;
         unsigned long long i = e - first;
-        int p = pos[i / w];
-        const float *g = p >= 0 ? grads + (unsigned long long)p * w + i % w : 0;
+        unsigned int p = pos[i / w];
+        const float *g = p != 0xFFFFFFFFu ? grads + (unsigned long long)p * w + i % w : 0;
         if (rule == 0) {
             // The CPU's order: z + (-drift g + sd W) on batch rows, z + sd W elsewhere.
             z[i] = g ? z[i] + (-drift * (*g) + sd * noise[q]) : z[i] + sd * noise[q];
@@ -124,94 +129,290 @@ extern "C" __global__ void ipld_particle_update(
         }
     }
 }
+
+// Marks the batch's local rows in `pos` (their batch positions) or clears them again.
+extern "C" __global__ void ipld_batch_positions(
+    unsigned int *pos, const unsigned int *rows, unsigned int n, int clear) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) pos[rows[i]] = clear ? 0xFFFFFFFFu : i;
+}
 "#;
 
 const THREADS: u32 = 256;
+const MODULE: &str = "ipld_particles";
+const ABSENT: u32 = u32::MAX;
 
 fn dev(e: impl std::fmt::Display) -> ParticleError {
     ParticleError::Device(e.to_string())
 }
 
-/// A particle cloud (z, momentum, second moment) in GPU memory with the compiled update kernel.
+/// The kernels' PTX, compiled once per process.
+fn ptx() -> Result<&'static str, ParticleError> {
+    static PTX: OnceLock<Result<String, String>> = OnceLock::new();
+    PTX.get_or_init(|| {
+        // No multiply-add contraction: the CPU kernels round every product and sum separately.
+        let opts = CompileOptions {
+            fmad: Some(false),
+            ..Default::default()
+        };
+        compile_ptx_with_opts(KERNEL_SOURCE, opts)
+            .map(|p| p.to_src())
+            .map_err(|e| format!("compiling the particle kernels with NVRTC: {e}"))
+    })
+    .as_deref()
+    .map_err(|e| ParticleError::Device(e.clone()))
+}
+
+/// The contiguous f32 (or u32) range of `s` that `l` addresses.
+fn range(l: &Layout, what: &str) -> candle_core::Result<std::ops::Range<usize>> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(a..b),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
+/// Sets (or clears) `pos[rows[i]] = i` on the device.
+struct BatchPositions {
+    clear: bool,
+}
+
+impl InplaceOp2 for BatchPositions {
+    fn name(&self) -> &'static str {
+        "ipld-batch-positions"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<()> {
+        candle_core::bail!("ipld-batch-positions runs on CUDA only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        pos: &mut CudaStorage,
+        pos_l: &Layout,
+        rows: &CudaStorage,
+        rows_l: &Layout,
+    ) -> candle_core::Result<()> {
+        let (pr, rr) = (
+            range(pos_l, "batch positions")?,
+            range(rows_l, "batch rows")?,
+        );
+        let n = rr.len() as u32;
+        let func = pos.device.get_or_load_custom_func(
+            "ipld_batch_positions",
+            MODULE,
+            ptx().map_err(candle_core::Error::wrap)?,
+        )?;
+        let rows = rows.as_cuda_slice::<u32>()?.slice(rr);
+        let mut pos = pos.as_cuda_slice_mut::<u32>()?.slice_mut(pr);
+        let clear = self.clear as i32;
+        let mut launch = func.builder();
+        launch.arg(&mut pos).arg(&rows).arg(&n).arg(&clear);
+        let cfg = LaunchConfig::for_num_elems(n);
+        // SAFETY: the arguments match `ipld_batch_positions` in KERNEL_SOURCE (types and order);
+        // `rows` holds n local row indices, each checked < pos.len() by `CudaCloud::step`.
+        unsafe { launch.launch(cfg) }.map_err(candle_core::Error::wrap)?;
+        Ok(())
+    }
+}
+
+/// One update of the cloud `state` [3, rows, w] given the batch's gradients and positions.
+struct Update {
+    rows: u64,
+    w: u32,
+    start: u64,
+    key: [u32; 2],
+    stream: u32,
+    step: u64,
+    rule: i32,
+    drift: f32,
+    a: f32,
+    b: f32,
+    eps: f32,
+    h: f32,
+    sd: f32,
+    precondition: i32,
+}
+
+impl InplaceOp3 for Update {
+    fn name(&self) -> &'static str {
+        "ipld-particle-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<()> {
+        candle_core::bail!(
+            "ipld-particle-update runs on CUDA only (the CPU kernels are ParticleUpdate)"
+        )
+    }
+
+    fn cuda_fwd(
+        &self,
+        state: &mut CudaStorage,
+        state_l: &Layout,
+        grads: &CudaStorage,
+        grads_l: &Layout,
+        pos: &CudaStorage,
+        pos_l: &Layout,
+    ) -> candle_core::Result<()> {
+        let (sr, gr, pr) = (
+            range(state_l, "the particle state")?,
+            range(grads_l, "the gradients")?,
+            range(pos_l, "the batch positions")?,
+        );
+        let func = state.device.get_or_load_custom_func(
+            "ipld_particle_update",
+            MODULE,
+            ptx().map_err(candle_core::Error::wrap)?,
+        )?;
+        let first = self.start * self.w as u64;
+        let end = first + self.rows * self.w as u64;
+        // Whole groups of 16 Philox blocks (64 elements) covering first..end.
+        let blocks = end.div_ceil(64) * 16 - first / 64 * 16;
+        let Ok(grid) = u32::try_from(blocks.div_ceil(THREADS as u64)) else {
+            candle_core::bail!("{blocks} noise blocks exceed one grid")
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let plane = self.rows * self.w as u64;
+        let grads = grads.as_cuda_slice::<f32>()?.slice(gr);
+        let pos = pos.as_cuda_slice::<u32>()?.slice(pr);
+        let mut state = state.as_cuda_slice_mut::<f32>()?.slice_mut(sr);
+        let mut launch = func.builder();
+        launch
+            .arg(&mut state)
+            .arg(&plane)
+            .arg(&grads)
+            .arg(&pos)
+            .arg(&self.rows)
+            .arg(&self.w)
+            .arg(&self.start)
+            .arg(&self.key[0])
+            .arg(&self.key[1])
+            .arg(&self.stream)
+            .arg(&self.step)
+            .arg(&self.rule)
+            .arg(&self.drift)
+            .arg(&self.a)
+            .arg(&self.b)
+            .arg(&self.eps)
+            .arg(&self.h)
+            .arg(&self.sd)
+            .arg(&self.precondition);
+        // SAFETY: the arguments match `ipld_particle_update` in KERNEL_SOURCE (types and order),
+        // and every index the kernel forms lies inside the buffers: state holds 3 planes of
+        // rows * w elements, pos rows entries, grads |B| * w (checked by `CudaCloud::step`), and
+        // pos holds only ABSENT or positions < |B|.
+        unsafe { launch.launch(cfg) }.map_err(candle_core::Error::wrap)?;
+        Ok(())
+    }
+}
+
+/// A particle cloud on a candle CUDA device: one f32 tensor [3, rows, N, d] holding z, the
+/// momentum and the second moment, updated in place by the CUDA kernel on candle's stream.
 pub struct CudaCloud {
-    stream: Arc<CudaStream>,
-    func: CudaFunction,
-    z: CudaSlice<f32>,
-    m1: CudaSlice<f32>,
-    m2: CudaSlice<f32>,
+    state: Tensor,
+    /// Each local row's position in the current batch (ABSENT outside it), kept all-ABSENT
+    /// between steps so a step touches only its batch's entries.
+    pos: Tensor,
     shape: [usize; 3],
     start: usize,
 }
 
 impl CudaCloud {
-    /// Copies `cloud` to GPU `ordinal` and compiles the kernel (NVRTC).
-    pub fn upload(cloud: &ParticleCloud, ordinal: usize) -> Result<Self, ParticleError> {
-        // cudarc panics on first use when a library is missing: check before, to return an error.
-        // SAFETY: only tries to open the shared libraries; no CUDA call is made.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(ParticleError::Device(
-                "the CUDA driver library (libcuda.so) was not found: is an NVIDIA driver installed?"
-                    .into(),
-            ));
+    /// Copies `cloud` to `device`, which must be a CUDA device (`Device::new_cuda(ordinal)`).
+    pub fn upload(cloud: &ParticleCloud, device: &Device) -> Result<Self, ParticleError> {
+        if !device.is_cuda() {
+            return Err(ParticleError::Device(format!(
+                "CudaCloud needs a CUDA device, got {device:?}"
+            )));
         }
-        // SAFETY: as above.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            return Err(ParticleError::Device(
-                "NVRTC (libnvrtc.so) was not found: add the CUDA toolkit's lib64 to LD_LIBRARY_PATH"
-                    .into(),
-            ));
+        let [rows, n, d] = cloud.shape();
+        let mut host = Vec::with_capacity(3 * rows * n * d);
+        for part in [cloud.z(), cloud.momentum(), cloud.second_moment()] {
+            host.extend_from_slice(part);
         }
-        let ctx = CudaContext::new(ordinal).map_err(dev)?;
-        let stream = ctx.default_stream();
-        // No multiply-add contraction: the CPU kernels round every product and sum separately.
-        let opts = cudarc::nvrtc::CompileOptions {
-            fmad: Some(false),
-            ..Default::default()
-        };
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(KERNEL_SOURCE, opts).map_err(dev)?;
-        let module = ctx.load_module(ptx).map_err(dev)?;
-        let func = module.load_function("ipld_particle_update").map_err(dev)?;
         Ok(Self {
-            z: stream.clone_htod(cloud.z()).map_err(dev)?,
-            m1: stream.clone_htod(cloud.momentum()).map_err(dev)?,
-            m2: stream.clone_htod(cloud.second_moment()).map_err(dev)?,
-            stream,
-            func,
-            shape: cloud.shape(),
+            state: Tensor::from_vec(host, (3, rows, n, d), device).map_err(dev)?,
+            pos: Tensor::full(ABSENT, rows, device).map_err(dev)?,
+            shape: [rows, n, d],
             start: cloud.start(),
         })
     }
 
     /// The cloud copied back to host memory.
     pub fn download(&self) -> Result<ParticleCloud, ParticleError> {
-        let z = self.stream.clone_dtoh(&self.z).map_err(dev)?;
-        let m1 = self.stream.clone_dtoh(&self.m1).map_err(dev)?;
-        let m2 = self.stream.clone_dtoh(&self.m2).map_err(dev)?;
-        ParticleCloud::from_parts(self.start, self.shape, z, m1, m2)
+        let all = self
+            .state
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(dev)?;
+        let len = all.len() / 3;
+        let (z, rest) = all.split_at(len);
+        let (m1, m2) = rest.split_at(len);
+        ParticleCloud::from_parts(self.start, self.shape, z.to_vec(), m1.to_vec(), m2.to_vec())
+    }
+
+    /// The particles z as a [rows, N, d] tensor on the device, sharing the cloud's storage: gather
+    /// a minibatch's latents from it with `index_select` (local row indices).
+    pub fn z(&self) -> Result<Tensor, ParticleError> {
+        self.state.get(0).map_err(dev)
+    }
+
+    /// The whole state [3, rows, N, d] (z, momentum, second moment), e.g. for a checkpoint.
+    pub fn state(&self) -> &Tensor {
+        &self.state
     }
 
     /// Blocks until the queued updates have finished (for timing).
     pub fn synchronize(&self) -> Result<(), ParticleError> {
-        self.stream.synchronize().map_err(dev)
+        self.state.device().synchronize().map_err(dev)
     }
 
     /// One step of `rule` (Langevin or adaptive Langevin): the same arguments and meaning as
-    /// [`crate::ParticleUpdate::step`]; `grads` is copied to the device.
+    /// [`crate::ParticleUpdate::step`], except that the gradients are a device tensor [|B|, N, d]
+    /// (f32, contiguous, in batch order), typically straight from a candle backward pass.
     pub fn step(
         &mut self,
         rule: &UpdateConfig,
         batch: &[usize],
-        grads: &[f32],
+        grads: &Tensor,
         ctx: &StepContext,
         noise: &NoiseStream,
     ) -> Result<(), ParticleError> {
         crate::update::check_ctx(ctx)?;
         let [rows, n, d] = self.shape;
         let w = n * d;
-        let pos: Vec<i32> = batch_positions(self.start, rows, w, batch, grads)?
-            .into_iter()
-            .map(|p| if p == u32::MAX { -1 } else { p as i32 })
-            .collect();
+        if grads.dtype() != DType::F32 || grads.elem_count() != batch.len() * w {
+            return Err(ParticleError::Shape(format!(
+                "gradients must be f32 with {} x {w} values for a batch of {} rows, got {:?} {:?}",
+                batch.len(),
+                batch.len(),
+                grads.dtype(),
+                grads.dims()
+            )));
+        }
+        if !grads.device().same_device(self.state.device()) {
+            return Err(ParticleError::Device(
+                "the gradients are not on the cloud's CUDA device".into(),
+            ));
+        }
+        let local = crate::update::local_rows(self.start, rows, batch)?;
         let (rule_id, drift, a, b, eps, sd, precondition) = match rule {
             UpdateConfig::Langevin(r) => (
                 0i32,
@@ -238,53 +439,58 @@ impl CudaCloud {
                 ));
             }
         };
-        let pos = self.stream.clone_htod(&pos).map_err(dev)?;
-        // A zero-length device buffer is not allowed: pad an empty batch.
-        let grads = if grads.is_empty() {
-            self.stream.clone_htod(&[0f32]).map_err(dev)?
-        } else {
-            self.stream.clone_htod(grads).map_err(dev)?
+        let update = Update {
+            rows: rows as u64,
+            w: w as u32,
+            start: self.start as u64,
+            key: noise.key(),
+            stream: noise.stream_id(),
+            step: ctx.step,
+            rule: rule_id,
+            drift,
+            a,
+            b,
+            eps,
+            h: ctx.step_size as f32,
+            sd,
+            precondition,
         };
-        let first = self.start as u64 * w as u64;
-        let end = first + (rows * w) as u64;
-        // Whole groups of 16 Philox blocks (64 elements) covering first..end.
-        let blocks = end.div_ceil(64) * 16 - first / 64 * 16;
-        let grid = u32::try_from(blocks.div_ceil(THREADS as u64))
-            .map_err(|_| ParticleError::Shape(format!("{blocks} noise blocks exceed one grid")))?;
-        let cfg = LaunchConfig {
-            grid_dim: (grid, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (rows64, w32, start64) = (rows as u64, w as u32, self.start as u64);
-        let ([key0, key1], stream_id) = (noise.key(), noise.stream_id());
-        let h = ctx.step_size as f32;
-        let mut launch = self.stream.launch_builder(&self.func);
-        launch
-            .arg(&mut self.z)
-            .arg(&mut self.m1)
-            .arg(&mut self.m2)
-            .arg(&grads)
-            .arg(&pos)
-            .arg(&rows64)
-            .arg(&w32)
-            .arg(&start64)
-            .arg(&key0)
-            .arg(&key1)
-            .arg(&stream_id)
-            .arg(&ctx.step)
-            .arg(&rule_id)
-            .arg(&drift)
-            .arg(&a)
-            .arg(&b)
-            .arg(&eps)
-            .arg(&h)
-            .arg(&sd)
-            .arg(&precondition);
-        // SAFETY: the argument list matches `ipld_particle_update`'s signature in KERNEL_SOURCE
-        // (types and order), and every index the kernel forms lies inside the buffers: z, m1, m2
-        // hold rows * w elements, pos rows, grads |B| * w.
-        unsafe { launch.launch(cfg) }.map_err(dev)?;
-        Ok(())
+        let grads = grads.contiguous().map_err(dev)?;
+        if local.is_empty() {
+            // No batch: noise only (pos is all ABSENT; grads is never read).
+            let pad = Tensor::zeros(1, DType::F32, self.state.device()).map_err(dev)?;
+            return self
+                .state
+                .inplace_op3(&pad, &self.pos, &update)
+                .map_err(dev);
+        }
+        let local = Tensor::from_vec(local, batch.len(), self.state.device()).map_err(dev)?;
+        // All three ops queue on candle's stream, in order.
+        self.pos
+            .inplace_op2(&local, &BatchPositions { clear: false })
+            .and_then(|()| self.state.inplace_op3(&grads, &self.pos, &update))
+            .and_then(|()| {
+                self.pos
+                    .inplace_op2(&local, &BatchPositions { clear: true })
+            })
+            .map_err(dev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// NVRTC (no GPU needed) accepts the kernel source, both entry points are in the PTX, and
+    /// `--fmad=false` held: no fused multiply-add that the CPU kernels would not do.
+    #[test]
+    fn kernels_compile_with_nvrtc_without_contraction() {
+        let ptx = super::ptx().expect("NVRTC compiles KERNEL_SOURCE");
+        for entry in ["ipld_particle_update", "ipld_batch_positions"] {
+            assert!(ptx.contains(&format!(".entry {entry}(")), "{entry} missing");
+        }
+        assert!(ptx.contains("mul.rn.f32") || ptx.contains("mul.f32"));
+        assert!(
+            !ptx.contains("fma.rn.f32"),
+            "the PTX contracts a multiply-add"
+        );
     }
 }

@@ -10,7 +10,7 @@ mod rng;
 mod schedule;
 mod update;
 
-pub use cloud::{INIT_STREAM, ParticleCloud};
+pub use cloud::{INIT_STREAM, ParticleCloud, advise_huge_pages};
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaCloud, KERNEL_SOURCE};
 pub use error::ParticleError;

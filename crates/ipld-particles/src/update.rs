@@ -208,21 +208,53 @@ pub(crate) fn batch_positions(
     }
     let mut pos = vec![u32::MAX; rows];
     for (p, &m) in batch.iter().enumerate() {
-        if m < start || m >= start + rows {
-            return Err(ParticleError::Shape(format!(
-                "data index {m} is outside this cloud's rows {start}..{}",
-                start + rows
-            )));
-        }
-        let r = m - start;
+        let r = local_row(start, rows, m)?;
         if pos[r] != u32::MAX {
-            return Err(ParticleError::Shape(format!(
-                "data index {m} appears twice in the batch"
-            )));
+            return Err(repeated(m));
         }
         pos[r] = p as u32;
     }
     Ok(pos)
+}
+
+/// Global data index `m`'s row in a cloud holding rows `start..start + rows`.
+fn local_row(start: usize, rows: usize, m: usize) -> Result<usize, ParticleError> {
+    if m < start || m >= start + rows {
+        return Err(ParticleError::Shape(format!(
+            "data index {m} is outside this cloud's rows {start}..{}",
+            start + rows
+        )));
+    }
+    Ok(m - start)
+}
+
+fn repeated(m: usize) -> ParticleError {
+    ParticleError::Shape(format!("data index {m} appears twice in the batch"))
+}
+
+/// The batch's local row indices, checked as in [`batch_positions`] but in O(|B| log |B|)
+/// work, independent of the cloud's size (the CUDA path's per-step host work).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn local_rows(
+    start: usize,
+    rows: usize,
+    batch: &[usize],
+) -> Result<Vec<u32>, ParticleError> {
+    let local = batch
+        .iter()
+        .map(|&m| {
+            let r = local_row(start, rows, m)?;
+            u32::try_from(r).map_err(|_| {
+                ParticleError::Shape(format!("local row {r} does not fit the kernel's u32 index"))
+            })
+        })
+        .collect::<Result<Vec<u32>, _>>()?;
+    let mut sorted = local.clone();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(repeated(start + w[0] as usize));
+    }
+    Ok(local)
 }
 
 pub(crate) fn check_ctx(ctx: &StepContext) -> Result<(), ParticleError> {
@@ -611,6 +643,27 @@ impl ParticleUpdate for KineticLangevin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_rows_agree_with_batch_positions_and_reject_what_they_reject() {
+        let (start, rows, w) = (100, 50, 3);
+        let batch = [149, 100, 120, 131];
+        let local = local_rows(start, rows, &batch).unwrap();
+        assert_eq!(local, [49, 0, 20, 31]);
+        let pos = batch_positions(start, rows, w, &batch, &[0.0; 12]).unwrap();
+        for (p, &r) in local.iter().enumerate() {
+            assert_eq!(pos[r as usize], p as u32);
+        }
+        for bad in [&[120, 99][..], &[150], &[120, 131, 120]] {
+            let want = batch_positions(start, rows, w, bad, &vec![0.0; bad.len() * w]);
+            let got = local_rows(start, rows, bad);
+            assert_eq!(
+                got.unwrap_err().to_string(),
+                want.unwrap_err().to_string(),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn inv_fourth_root_is_accurate_over_the_range_v_takes() {
