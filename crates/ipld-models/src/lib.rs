@@ -9,6 +9,7 @@ mod dit;
 mod embedding;
 mod encoder;
 mod error;
+mod fork;
 mod init;
 mod mlp;
 
