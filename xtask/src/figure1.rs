@@ -37,6 +37,11 @@ pub struct Figure1 {
     pub out_dir: PathBuf,
 }
 
+/// Training steps per run in the paper (and by default).
+pub const DEFAULT_STEPS: u64 = 1000;
+/// Evaluation samples per run in the paper (and by default).
+pub const DEFAULT_SAMPLES: usize = 10_000;
+
 #[derive(Debug, Clone)]
 struct Cell {
     dataset: String,
@@ -47,13 +52,20 @@ struct Cell {
 
 impl Cell {
     /// The cell's run directory; ablations (extra overrides) get their own, tagged by a hash.
-    fn dir(&self, root: &Path, sets: &[String]) -> PathBuf {
-        let tag = if sets.is_empty() {
-            String::new()
-        } else {
-            format!("-x{:08x}", fnv1a(sets.join("\n").as_bytes()) as u32)
-        };
-        root.join(format!(
+    /// The cell's cache directory. Runs with other steps, samples or overrides than the
+    /// defaults get their own directories (a tag), so they never replace the default cells.
+    fn dir(&self, exp: &Figure1) -> PathBuf {
+        let mut tag = String::new();
+        if exp.steps != DEFAULT_STEPS {
+            tag += &format!("-steps{}", exp.steps);
+        }
+        if exp.samples != DEFAULT_SAMPLES {
+            tag += &format!("-samples{}", exp.samples);
+        }
+        if !exp.sets.is_empty() {
+            tag += &format!("-x{:08x}", fnv1a(exp.sets.join("\n").as_bytes()) as u32);
+        }
+        exp.work_dir.join(format!(
             "{}-{}-n{}-seed{}{tag}",
             self.dataset, self.method, self.particles, self.seed
         ))
@@ -119,7 +131,7 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
     )?);
     let mut rows: Vec<(Cell, serde_json::Value)> = Vec::new();
     for cell in cells {
-        let dir = cell.dir(&exp.work_dir, &exp.sets);
+        let dir = cell.dir(exp);
         bar.set_message(format!(
             "{} {} N={} seed {}",
             cell.dataset, cell.method, cell.particles, cell.seed
@@ -384,7 +396,7 @@ fn plot_grid(path: &Path, exp: &Figure1) -> anyhow::Result<()> {
                 particles: n,
                 seed: 0,
             };
-            let trainer = open_run(&cell.dir(&exp.work_dir, &exp.sets), &[])?;
+            let trainer = open_run(&cell.dir(exp), &[])?;
             let s = ipld_train::eval::generate(
                 &trainer,
                 n_points,
@@ -437,4 +449,58 @@ fn plot_grid(path: &Path, exp: &Figure1) -> anyhow::Result<()> {
     }
     root.present().map_err(plot_err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exp(steps: u64, samples: usize, sets: &[&str]) -> Figure1 {
+        Figure1 {
+            datasets: vec!["circles".into()],
+            methods: vec!["ipld".into()],
+            particles: vec![16],
+            seeds: 1,
+            steps,
+            samples,
+            sets: sets.iter().map(|s| s.to_string()).collect(),
+            work_dir: PathBuf::from("cache"),
+            out_dir: PathBuf::from("out"),
+        }
+    }
+
+    /// A run with other steps, samples or overrides must not share (and so replace) the
+    /// default cell's directory; the default name stays as the existing caches have it.
+    #[test]
+    fn non_default_runs_get_their_own_cells() {
+        let cell = Cell {
+            dataset: "circles".into(),
+            method: "ipld".into(),
+            particles: 16,
+            seed: 3,
+        };
+        let name = |e: &Figure1| cell.dir(e).display().to_string();
+        let default = name(&exp(DEFAULT_STEPS, DEFAULT_SAMPLES, &[]));
+        assert_eq!(
+            default,
+            Path::new("cache")
+                .join("circles-ipld-n16-seed3")
+                .display()
+                .to_string()
+        );
+        let others = [
+            name(&exp(2000, DEFAULT_SAMPLES, &[])),
+            name(&exp(DEFAULT_STEPS, 1000, &[])),
+            name(&exp(DEFAULT_STEPS, DEFAULT_SAMPLES, &["seed=1"])),
+            name(&exp(2000, 1000, &["seed=1"])),
+        ];
+        assert!(others[0].ends_with("seed3-steps2000"), "{}", others[0]);
+        assert!(others[1].ends_with("seed3-samples1000"), "{}", others[1]);
+        for (i, a) in others.iter().enumerate() {
+            assert_ne!(a, &default);
+            for b in &others[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
 }

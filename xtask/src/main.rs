@@ -55,11 +55,11 @@ enum Experiment {
         /// Datasets, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "gmm,circles")]
         datasets: Vec<String>,
-        /// Training steps per run.
-        #[arg(long, default_value_t = 1000)]
+        /// Training steps per run (other values get their own cache cells).
+        #[arg(long, default_value_t = figure1::DEFAULT_STEPS)]
         steps: u64,
-        /// Evaluation samples per run.
-        #[arg(long, default_value_t = 10_000)]
+        /// Evaluation samples per run (other values get their own cache cells).
+        #[arg(long, default_value_t = figure1::DEFAULT_SAMPLES)]
         samples: usize,
         /// The paper's full grid: 50 seeds, N in 1,4,16,64,256 (about a day on a 2-core machine).
         #[arg(long)]
