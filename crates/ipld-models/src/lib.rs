@@ -9,7 +9,6 @@ mod dit;
 mod embedding;
 mod encoder;
 mod error;
-mod fork;
 mod init;
 mod mlp;
 
