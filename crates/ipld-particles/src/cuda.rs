@@ -8,9 +8,10 @@
 //! compiled with `--fmad=false` so that no multiply-add is contracted: the GPU should reproduce
 //! [`NoiseStream`] and the CPU kernels bit for bit, for any launch geometry.
 //!
-//! Status: compiled in CI (`cargo clippy --features cuda`, against CUDA 11.8's nvcc for candle's
-//! own kernels) but not yet run on a GPU; `cargo xtask cuda-check` compares it with the CPU
-//! kernel (moments and element-wise agreement) and times it on a machine that has one.
+//! Status: compiled in CI (`cargo clippy --features cuda`, with CUDA 11.8's nvcc for candle's
+//! own kernels), and a test there checks that NVRTC accepts the source with no multiply-add in
+//! the PTX; it has not run on a GPU yet. `cargo xtask cuda-check` compares it with the CPU kernel
+//! (moments and element-wise agreement) and times it on a machine that has one.
 
 use std::sync::OnceLock;
 
@@ -163,7 +164,7 @@ fn ptx() -> Result<&'static str, ParticleError> {
     .map_err(|e| ParticleError::Device(e.clone()))
 }
 
-/// The contiguous f32 (or u32) range of `s` that `l` addresses.
+/// The element range that the contiguous layout `l` addresses in its storage.
 fn range(l: &Layout, what: &str) -> candle_core::Result<std::ops::Range<usize>> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(a..b),
