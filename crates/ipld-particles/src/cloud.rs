@@ -94,13 +94,14 @@ impl ParticleCloud {
         })
     }
 
-    /// Rebuilds a cloud from saved buffers (e.g. a checkpoint), checking their lengths.
+    /// Rebuilds a cloud from saved buffers (e.g. a checkpoint), checking their lengths; they are
+    /// copied into the cloud's own (committed, huge-page) buffers.
     pub fn from_parts(
         start: usize,
         shape: [usize; 3],
-        z: Vec<f32>,
-        momentum: Vec<f32>,
-        second_moment: Vec<f32>,
+        z: &[f32],
+        momentum: &[f32],
+        second_moment: &[f32],
     ) -> Result<Self, ParticleError> {
         let [rows, n, dim] = shape;
         let mut cloud = Self::zeros(start, rows, n, dim)?;
@@ -117,10 +118,9 @@ impl ParticleCloud {
                 )));
             }
         }
-        // Copied into the cloud's own (committed, huge-page) buffers rather than adopted.
-        cloud.z.copy_from_slice(&z);
-        cloud.momentum.copy_from_slice(&momentum);
-        cloud.second_moment.copy_from_slice(&second_moment);
+        cloud.z.copy_from_slice(z);
+        cloud.momentum.copy_from_slice(momentum);
+        cloud.second_moment.copy_from_slice(second_moment);
         Ok(cloud)
     }
 
@@ -246,9 +246,9 @@ mod tests {
         let mut c = ParticleCloud::from_parts(
             10,
             [2, 1, 2],
-            vec![1.0, 2.0, 3.0, 4.0],
-            vec![0.1, 0.2, 0.3, 0.4],
-            vec![0.0; 4],
+            &[1.0, 2.0, 3.0, 4.0],
+            &[0.1, 0.2, 0.3, 0.4],
+            &[0.0; 4],
         )
         .unwrap();
         let mut out = Vec::new();
@@ -262,9 +262,6 @@ mod tests {
             c.replicate(2).is_err(),
             "only a 1-particle cloud is replicated"
         );
-        assert!(
-            ParticleCloud::from_parts(0, [2, 1, 2], vec![0.0; 3], vec![0.0; 4], vec![0.0; 4])
-                .is_err()
-        );
+        assert!(ParticleCloud::from_parts(0, [2, 1, 2], &[0.0; 3], &[0.0; 4], &[0.0; 4]).is_err());
     }
 }

@@ -15,7 +15,8 @@
 
 use std::sync::OnceLock;
 
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::CudaDevice;
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 use candle_core::{CpuStorage, CudaStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Tensor};
 
@@ -164,6 +165,14 @@ fn ptx() -> Result<&'static str, ParticleError> {
     .map_err(|e| ParticleError::Device(e.clone()))
 }
 
+/// Kernel `name` from the module compiled from [`KERNEL_SOURCE`] (loaded once per device by
+/// candle); launch it on `device.cuda_stream()`, candle's stream.
+fn kernel(device: &CudaDevice, name: &str) -> candle_core::Result<CudaFunction> {
+    let func =
+        device.get_or_load_custom_func(name, MODULE, ptx().map_err(candle_core::Error::wrap)?)?;
+    Ok(func.into_cuda_function())
+}
+
 /// The element range that the contiguous layout `l` addresses in its storage.
 fn range(l: &Layout, what: &str) -> candle_core::Result<std::ops::Range<usize>> {
     match l.contiguous_offsets() {
@@ -204,15 +213,14 @@ impl InplaceOp2 for BatchPositions {
             range(rows_l, "batch rows")?,
         );
         let n = rr.len() as u32;
-        let func = pos.device.get_or_load_custom_func(
-            "ipld_batch_positions",
-            MODULE,
-            ptx().map_err(candle_core::Error::wrap)?,
-        )?;
+        let (func, stream) = (
+            kernel(&pos.device, "ipld_batch_positions")?,
+            pos.device.cuda_stream(),
+        );
         let rows = rows.as_cuda_slice::<u32>()?.slice(rr);
         let mut pos = pos.as_cuda_slice_mut::<u32>()?.slice_mut(pr);
         let clear = self.clear as i32;
-        let mut launch = func.builder();
+        let mut launch = stream.launch_builder(&func);
         launch.arg(&mut pos).arg(&rows).arg(&n).arg(&clear);
         let cfg = LaunchConfig::for_num_elems(n);
         // SAFETY: the arguments match `ipld_batch_positions` in KERNEL_SOURCE (types and order);
@@ -273,11 +281,10 @@ impl InplaceOp3 for Update {
             range(grads_l, "the gradients")?,
             range(pos_l, "the batch positions")?,
         );
-        let func = state.device.get_or_load_custom_func(
-            "ipld_particle_update",
-            MODULE,
-            ptx().map_err(candle_core::Error::wrap)?,
-        )?;
+        let (func, stream) = (
+            kernel(&state.device, "ipld_particle_update")?,
+            state.device.cuda_stream(),
+        );
         let first = self.start * self.w as u64;
         let end = first + self.rows * self.w as u64;
         // Whole groups of 16 Philox blocks (64 elements) covering first..end.
@@ -294,7 +301,7 @@ impl InplaceOp3 for Update {
         let grads = grads.as_cuda_slice::<f32>()?.slice(gr);
         let pos = pos.as_cuda_slice::<u32>()?.slice(pr);
         let mut state = state.as_cuda_slice_mut::<f32>()?.slice_mut(sr);
-        let mut launch = func.builder();
+        let mut launch = stream.launch_builder(&func);
         launch
             .arg(&mut state)
             .arg(&plane)
@@ -366,7 +373,7 @@ impl CudaCloud {
         let len = all.len() / 3;
         let (z, rest) = all.split_at(len);
         let (m1, m2) = rest.split_at(len);
-        ParticleCloud::from_parts(self.start, self.shape, z.to_vec(), m1.to_vec(), m2.to_vec())
+        ParticleCloud::from_parts(self.start, self.shape, z, m1, m2)
     }
 
     /// The particles z as a [rows, N, d] tensor on the device, sharing the cloud's storage: gather

@@ -81,8 +81,7 @@ fn adaptive_drift_matches_a_hand_computed_step() {
     let z = vec![0.5f32, -1.0, 2.0, 3.0, 0.0, 0.0, 7.0, 7.0];
     let m1 = vec![0.2f32, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0];
     let m2 = vec![0.04f32, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0];
-    let mut cloud =
-        ParticleCloud::from_parts(0, [4, 2, 1], z.clone(), m1.clone(), m2.clone()).unwrap();
+    let mut cloud = ParticleCloud::from_parts(0, [4, 2, 1], &z, &m1, &m2).unwrap();
     let rule = AdaptiveLangevin {
         momentum: 0.9,
         second_moment: 0.999,
@@ -152,9 +151,9 @@ fn adaptive_noise_has_the_stated_scale() {
     let mut cloud = ParticleCloud::from_parts(
         0,
         [rows, n, d],
-        vec![0.0; rows * n * d],
-        vec![0.0; rows * n * d],
-        vec![v; rows * n * d],
+        &vec![0.0; rows * n * d],
+        &vec![0.0; rows * n * d],
+        &vec![v; rows * n * d],
     )
     .unwrap();
     let (h, gamma, batch_size, m_total) = (0.1f64, 0.5f64, 10usize, 10_000usize);

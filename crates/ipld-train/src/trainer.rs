@@ -841,9 +841,9 @@ impl Trainer {
                 *cloud = ParticleCloud::from_parts(
                     get("particles_start")? as usize,
                     [shape[0], shape[1], shape[2]],
-                    z,
-                    momentum,
-                    second,
+                    &z,
+                    &momentum,
+                    &second,
                 )
                 .map_err(|e| ck(e.to_string()))?;
             }
