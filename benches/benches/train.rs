@@ -21,6 +21,8 @@ fn trainer(n: usize, lazy: bool) -> Trainer {
 }
 
 fn train_step(c: &mut Criterion) {
+    // As `ipld-train` does for the preset's two shards, before the first tensor op.
+    ipld_train::quiet_candle_pool(2);
     let mut g = c.benchmark_group("train_step_gmm_b500");
     g.sample_size(20);
     for n in [1usize, 4, 16] {

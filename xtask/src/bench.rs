@@ -163,6 +163,8 @@ fn peak_rss_mib() -> Option<f64> {
 
 /// Runs the suite and writes `out` (JSON).
 pub fn run(out: &Path) -> anyhow::Result<()> {
+    // As `ipld-train` does for the presets' two shards (before any thread or tensor op).
+    ipld_train::quiet_candle_pool(2);
     let memcpy = memcpy_gb_per_s();
     println!("memcpy: {memcpy:.2} GB/s");
     let (eager_s, eager_gbs, shape) = eager_update();

@@ -106,6 +106,8 @@ fn same_config(dir: &Path, config: &RunConfig) -> bool {
 
 /// Runs (or loads) every cell, then writes the results.
 pub fn run(exp: &Figure1) -> anyhow::Result<()> {
+    // The runs happen in this process: as `ipld-train` does for the presets' two shards.
+    ipld_train::quiet_candle_pool(2);
     // Seeds outermost: an interrupted experiment holds complete seed sets, so rerunning with
     // fewer --seeds writes results at once from the cache.
     let mut cells = Vec::new();

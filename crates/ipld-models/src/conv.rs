@@ -150,7 +150,7 @@ impl Geom {
     /// Samples run in parallel (single-threaded GEMMs) when there are several and the work is
     /// worth waking the pool for; otherwise one sample at a time with threaded GEMMs.
     fn per_sample_parallel(&self) -> bool {
-        candle_core::utils::get_num_threads() > 1
+        crate::dense::threads() > 1
             && self.n > 1
             && self.cout * self.k() * self.out_plane() * self.n >= 1 << 22
     }

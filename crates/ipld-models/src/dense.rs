@@ -99,11 +99,40 @@ impl Float for f64 {
     }
 }
 
+thread_local! {
+    static ON_THIS_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this crate's CPU kernels (dense layers, convolutions) kept on the calling
+/// thread, for callers that already run one such job per core (e.g. data-parallel shards of a
+/// minibatch): nested rayon splits there cost more in wake-ups than they gain. Results are the
+/// same bits either way.
+pub fn on_this_thread<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ON_THIS_THREAD.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(ON_THIS_THREAD.with(|c| c.replace(true)));
+    f()
+}
+
+/// The threads this crate's kernels may use from the calling thread: candle's count, or 1
+/// inside [`on_this_thread`].
+pub(crate) fn threads() -> usize {
+    if ON_THIS_THREAD.with(|c| c.get()) {
+        1
+    } else {
+        candle_core::utils::get_num_threads()
+    }
+}
+
 /// Products with fewer multiply-adds than this run on the calling thread: waking rayon's workers
 /// costs more than the split saves.
 pub(crate) fn parallelism(macs: usize) -> gemm::Parallelism {
     // 2^24 was best of 2^0, 2^22, 2^24, 2^26, 2^30 for gmm training at N = 1 and 16 (2 cores).
-    match candle_core::utils::get_num_threads() {
+    match threads() {
         n if n > 1 && macs >= 1 << 24 => gemm::Parallelism::Rayon(n),
         _ => gemm::Parallelism::None,
     }
@@ -193,7 +222,7 @@ pub(crate) fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> candle_core:
 
 /// Row chunks of `cols` columns, in parallel when the buffer is large.
 fn for_rows<T: Float>(buf: &mut [T], cols: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-    if buf.len() >= PARALLEL_MIN {
+    if buf.len() >= PARALLEL_MIN && threads() > 1 {
         let rows_per = (PARALLEL_MIN / 4 / cols).max(1);
         buf.par_chunks_mut(rows_per * cols)
             .enumerate()
@@ -299,7 +328,11 @@ fn column_sum<T: Float>(g: &[T], cols: usize) -> Vec<T> {
     // Fixed blocks, partial sums added in block order: the result does not depend on how rayon
     // schedules the blocks, so runs stay bit-reproducible.
     let rows_per = (PARALLEL_MIN / 4 / cols).max(1);
-    let partial: Vec<Vec<T>> = g.par_chunks(rows_per * cols).map(add_rows).collect();
+    let partial: Vec<Vec<T>> = if threads() > 1 {
+        g.par_chunks(rows_per * cols).map(add_rows).collect()
+    } else {
+        g.chunks(rows_per * cols).map(add_rows).collect()
+    };
     let mut acc = vec![T::ZERO; cols];
     for p in &partial {
         for (a, &v) in acc.iter_mut().zip(p) {
@@ -478,6 +511,47 @@ mod tests {
 
     /// An input off every path to a variable gets no gradient (and costs no product); the others
     /// still match candle's ops.
+    /// [`on_this_thread`] only moves work between threads: a dense layer and a convolution
+    /// large enough for every parallel path (rayon gemm, parallel row passes and column sums,
+    /// per-sample convolutions) give the same bits, values and gradients, with and without it.
+    #[test]
+    fn kernels_on_this_thread_give_the_same_bits() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        // 1100 x 128 x 128 multiply-adds > 2^24 and 1100 x 128 outputs > 2^16.
+        let (r, i, o) = (1100, 128, 128);
+        let x = random(&mut rng, &[r, i], DType::F32);
+        let w = random(&mut rng, &[o, i], DType::F32);
+        let b = random(&mut rng, &[o], DType::F32);
+        let c = random(&mut rng, &[r, o], DType::F32);
+        let xc = random(&mut rng, &[4, 16, 16, 16], DType::F32);
+        let wc = random(&mut rng, &[32, 16, 3, 3], DType::F32);
+        let bc = random(&mut rng, &[32], DType::F32);
+        let cc = random(&mut rng, &[4, 32, 16, 16], DType::F32);
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.into_iter().map(f32::to_bits).collect()
+        };
+        let run = || {
+            let y = dense(&x, &w, &b, Activation::Relu).unwrap();
+            let yc = crate::conv2d(&xc, &wc, Some(&bc), 1, 1).unwrap();
+            let loss = ((&y * c.as_tensor()).unwrap().sum_all().unwrap()
+                + (&yc * cc.as_tensor()).unwrap().sum_all().unwrap())
+            .unwrap();
+            let g = loss.backward().unwrap();
+            let mut out = vec![bits(&y), bits(&yc)];
+            for v in [&x, &w, &b, &xc, &wc, &bc] {
+                out.push(bits(g.get(v.as_tensor()).unwrap()));
+            }
+            out
+        };
+        let pooled = run();
+        let inline = on_this_thread(run);
+        assert!(!ON_THIS_THREAD.with(|c| c.get()), "the flag is restored");
+        for (k, (a, e)) in pooled.iter().zip(&inline).enumerate() {
+            assert_eq!(a, e, "output {k} differs on this thread");
+        }
+    }
+
     #[test]
     fn untracked_input_gets_no_gradient() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);

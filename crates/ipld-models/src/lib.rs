@@ -15,7 +15,7 @@ mod mlp;
 pub use conv::{conv2d, conv2d_im2col};
 pub use conv_decoder::{Conv, ConvDecoder, ConvDecoderConfig, ConvEncoder};
 pub use decoder::{Decoder, LinearDecoder, LinearDecoderConfig, gaussian_nll};
-pub use dense::{Activation, dense, dense_reference};
+pub use dense::{Activation, dense, dense_reference, on_this_thread};
 pub use dit::{Dit, DitConfig, sincos_2d};
 pub use embedding::{sinusoidal_embedding, sinusoidal_frequencies};
 pub use encoder::LinearGaussianEncoder;

@@ -281,6 +281,13 @@ pub struct TrainConfig {
     /// evaluations only, which on images are cheap next to the decoder.
     #[serde(default = "one_draw")]
     pub diffusion_samples: usize,
+    /// Data-parallel shards of each minibatch: the loss (64) and its backward run per shard of
+    /// points, on separate CPU threads (one after the other on a GPU), and the gradients are
+    /// summed. The result depends on this (float summation order), never on the thread count.
+    /// 1 (the default when absent, as in configs written before this key) = one pass over the
+    /// whole minibatch; the CPU-sized presets use 2, one per core of the development VM.
+    #[serde(default = "one_shard")]
+    pub shards: usize,
     /// Two-stage ablation (Table 4): the particles see only the decoder's likelihood; the
     /// diffusion loss trains theta on detached particles.
     pub two_stage: bool,
@@ -345,6 +352,10 @@ fn one() -> f64 {
 }
 
 fn one_draw() -> usize {
+    1
+}
+
+fn one_shard() -> usize {
     1
 }
 
@@ -497,7 +508,8 @@ impl RunConfig {
                 "is an IPLD/particle ablation; DiffusionVAE has no particles".into(),
             ));
         }
-        let positive: [(&str, u64); 8] = [
+        let positive: [(&str, u64); 9] = [
+            ("train.shards", self.train.shards as u64),
             (
                 "train.diffusion_samples",
                 self.train.diffusion_samples as u64,

@@ -21,5 +21,5 @@ pub use config::{
 pub use run::{
     Progress, RunError, RunPlan, RunSummary, default_run_dir, eval_run, run, sample_run,
 };
-pub use threads::pin_thread_count;
+pub use threads::{pin_thread_count, quiet_candle_pool};
 pub use trainer::{StepMetrics, TrainError, Trainer};

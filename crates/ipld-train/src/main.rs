@@ -189,6 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let Some(plan) = plan(cli.train)? else {
                 return Ok(());
             };
+            ipld_train::quiet_candle_pool(plan.config.train.shards);
             let summary = ipld_train::run(plan)?;
             serde_json::to_string(&summary)?
         }

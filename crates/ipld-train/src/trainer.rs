@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use ipld_data::{Dataset, InMemoryDataset};
@@ -28,6 +29,7 @@ use ipld_particles::{LAZY_STREAM, LazyNoise, NoiseStream, ParticleCloud, StepCon
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::RunConfig;
@@ -439,78 +441,27 @@ impl Trainer {
         let (n, dz) = (self.particles_per_point(), self.cfg.data.latent_dim);
         let rows = b * n;
 
-        // Each data row repeated N times, aligned with the [B, N, d] particle layout.
-        let repeat: Vec<usize> = batch
-            .iter()
-            .flat_map(|&m| std::iter::repeat_n(m, n))
-            .collect();
-        let x = self.data.gather(&repeat, &self.device)?;
-        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(self.cfg.seed, STREAM_LOSS, t));
-        // R draws of (k, eps) per latent for the diffusion loss's Monte Carlo estimate.
-        let r_draws = self.cfg.train.diffusion_samples;
-        let k = other!(timestep_tensor(
-            &sample_timesteps(&mut rng, r_draws * rows, self.schedule.steps()),
-            self.schedule.steps(),
-            &self.device
-        ))?;
-        let noise = gaussian(&mut rng, (r_draws * rows, dz), DType::F32, &self.device)?;
-        let gamma = self.cfg.train.kl.gamma(t);
-
-        // Latents: a Var over the minibatch's particles, or reparameterised encoder draws.
-        let (z, particle_var, entropy) = match &self.latents {
-            Latents::Particles(cloud) => {
-                let mut zb = Vec::with_capacity(rows * dz);
-                other!(cloud.gather_into(&batch, &mut zb))?;
-                let var = Var::from_tensor(&Tensor::from_vec(zb, (rows, dz), &self.device)?)?;
-                (var.as_tensor().clone(), Some(var), None)
-            }
-            Latents::Encoder { encoder, .. } => {
-                let x = self.data.gather(&batch, &self.device)?;
-                let (z, logvar) = encoder_draws(encoder, &x, n, &mut rng)?;
-                (z, None, Some(LinearGaussianEncoder::entropy(&logvar)?))
-            }
-        };
-        let z_prior = self.prior_space(&if self.cfg.train.two_stage {
-            z.detach()
-        } else {
-            z.clone()
-        })?;
-        let terms = if r_draws == 1 {
-            other!(self.loss.per_sample(&self.eps, &z_prior, &noise, &k))?
-        } else {
-            let zr = z_prior.repeat((r_draws, 1))?;
-            let t = other!(self.loss.per_sample(&self.eps, &zr, &noise, &k))?;
-            let avg = |v: &Tensor| v.reshape((r_draws, rows))?.mean(0);
-            ipld_diffusion::LossTerms {
-                total: avg(&t.total)?,
-                denoise: avg(&t.denoise)?,
-                prior: avg(&t.prior)?,
-            }
-        };
-        let nll = gaussian_nll(&x, &self.decoder.decode(&z)?, self.cfg.decoder_sigma())?;
-        let kl = match &entropy {
-            Some(h) => (&terms.total - h)?,
-            None => terms.total.clone(),
-        };
-        let loss = (kl.affine(gamma, 0.0)? + &nll)?.mean_all()?;
-        let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !loss_v.is_finite() {
-            return Err(TrainError::NonFinite {
-                step: t,
-                what: "the loss".into(),
-            });
-        }
-        let grads = loss.backward()?;
+        let MinibatchLoss {
+            loss: loss_v,
+            diffusion_sum,
+            nll_sum,
+            grads,
+            z_grads,
+            z_values,
+            gamma,
+        } = self.minibatch_loss(t, &batch, self.cfg.train.shards)?;
 
         let step_size = pc.step_size.at_epoch(epoch);
         let ctx = self.step_context(t);
         let stats = match &mut self.latents {
             Latents::Particles(cloud) => {
-                let var = particle_var.expect("particle methods make a Var");
-                let gz: Vec<f32> = match grads.get(var.as_tensor()) {
-                    Some(g) => g.flatten_all()?.to_vec1()?,
-                    None => vec![0.0; rows * dz],
-                };
+                let mut gz: Vec<f32> = Vec::with_capacity(rows * dz);
+                for (g, z) in z_grads.iter().zip(&z_values) {
+                    match g {
+                        Some(g) => gz.extend(g.flatten_all()?.to_vec1::<f32>()?),
+                        None => gz.extend(std::iter::repeat_n(0.0, z.elem_count())),
+                    }
+                }
                 if gz.iter().any(|g| !g.is_finite()) {
                     return Err(TrainError::NonFinite {
                         step: t,
@@ -529,7 +480,7 @@ impl Trainer {
             Latents::Encoder { opt, .. } => {
                 let lr = opt.config().lr * phi_scale;
                 opt.step(&grads, lr)?;
-                let zs: Vec<f32> = z.flatten_all()?.to_vec1()?;
+                let zs: Vec<f32> = Tensor::cat(&z_values, 0)?.flatten_all()?.to_vec1()?;
                 particle_stats(&zs, b, n, dz)
             }
         };
@@ -543,13 +494,103 @@ impl Trainer {
         Ok(StepMetrics {
             step: t,
             loss: loss_v,
-            diffusion_loss: terms.total.mean_all()?.to_dtype(DType::F64)?.to_scalar()?,
-            nll: nll.mean_all()?.to_dtype(DType::F64)?.to_scalar()?,
+            diffusion_loss: diffusion_sum / rows as f64,
+            nll: nll_sum / rows as f64,
             gamma,
             particle_step_size: step_size,
             particle_norm: stats.0,
             particle_spread: stats.1,
             prior_refit: false,
+        })
+    }
+
+    /// L-hat of eq. (64) on the minibatch `batch` at step `t` and its gradients, computed in
+    /// `shards` data-parallel shards ([`run_shards`]).
+    fn minibatch_loss(
+        &self,
+        t: u64,
+        batch: &[usize],
+        shards: usize,
+    ) -> Result<MinibatchLoss, TrainError> {
+        let b = batch.len();
+        let (n, dz) = (self.particles_per_point(), self.cfg.data.latent_dim);
+        let rows = b * n;
+        // Each data row repeated N times, aligned with the [B, N, d] particle layout.
+        let repeat: Vec<usize> = batch
+            .iter()
+            .flat_map(|&m| std::iter::repeat_n(m, n))
+            .collect();
+        let x = self.data.gather(&repeat, &self.device)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(self.cfg.seed, STREAM_LOSS, t));
+        // R draws of (k, eps) per latent for the diffusion loss's Monte Carlo estimate.
+        let r_draws = self.cfg.train.diffusion_samples;
+        let k = other!(timestep_tensor(
+            &sample_timesteps(&mut rng, r_draws * rows, self.schedule.steps()),
+            self.schedule.steps(),
+            &self.device
+        ))?;
+        let noise = gaussian(&mut rng, (r_draws * rows, dz), DType::F32, &self.device)?;
+        let gamma = self.cfg.train.kl.gamma(t);
+
+        // Latents: the minibatch's particles, or the encoder's inputs and reparameterisation
+        // noise. Every draw is made here for the whole minibatch, so the shards below change
+        // only the order of float sums, never a random number.
+        let source = match &self.latents {
+            Latents::Particles(cloud) => {
+                let mut zb = Vec::with_capacity(rows * dz);
+                other!(cloud.gather_into(batch, &mut zb))?;
+                ShardLatents::Particles(zb)
+            }
+            Latents::Encoder { encoder, .. } => ShardLatents::Encoder {
+                encoder,
+                x: self.data.gather(batch, &self.device)?,
+                noise: gaussian(&mut rng, (rows, dz), DType::F32, &self.device)?,
+            },
+        };
+        let inputs = ShardInputs {
+            eps: &self.eps,
+            decoder: &self.decoder,
+            loss: &self.loss,
+            latent_scale: self.cfg.diffusion.latent_scale,
+            two_stage: self.cfg.train.two_stage,
+            sigma: self.cfg.decoder_sigma(),
+            gamma,
+            points: b,
+            n,
+            dz,
+            r_draws,
+            x: &x,
+            k: &k,
+            noise: &noise,
+            source: &source,
+        };
+        let outs = run_shards(&self.device, shards, b, |p| inputs.run(p))?;
+        // Shards in order, so the sums do not depend on which thread finished first.
+        let loss_v: f64 = outs.iter().map(|o| o.loss).sum();
+        let diffusion_sum: f64 = outs.iter().map(|o| o.diffusion_sum).sum();
+        let nll_sum: f64 = outs.iter().map(|o| o.nll_sum).sum();
+        if !loss_v.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: t,
+                what: "the loss".into(),
+            });
+        }
+        let mut grads = GradStore::default();
+        let mut z_grads = Vec::with_capacity(outs.len());
+        let mut z_values = Vec::with_capacity(outs.len());
+        for o in outs {
+            grads.extend(o.grads)?;
+            z_grads.push(o.z_grad);
+            z_values.push(o.z);
+        }
+        Ok(MinibatchLoss {
+            loss: loss_v,
+            diffusion_sum,
+            nll_sum,
+            grads,
+            z_grads,
+            z_values,
+            gamma,
         })
     }
 
@@ -608,19 +649,31 @@ impl Trainer {
             &self.device
         ))?;
         let noise = gaussian(&mut rng, (rows, dz), DType::F32, &self.device)?;
-        let terms = other!(
-            self.loss
-                .per_sample(&self.eps, &self.prior_space(&z)?, &noise, &k)
-        )?;
-        let loss = terms.total.mean_all()?;
-        let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let z_prior = self.prior_space(&z)?;
+        let refit_shard = |p: std::ops::Range<usize>| -> Result<(f64, GradStore), TrainError> {
+            let (r0, len) = (p.start * n, p.len() * n);
+            let terms = other!(self.loss.per_sample(
+                &self.eps,
+                &z_prior.narrow(0, r0, len)?,
+                &noise.narrow(0, r0, len)?,
+                &k.narrow(0, r0, len)?
+            ))?;
+            let loss = terms.total.sum_all()?.affine(1.0 / rows as f64, 0.0)?;
+            let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            Ok((value, loss.backward()?))
+        };
+        let outs = run_shards(&self.device, self.cfg.train.shards, b, refit_shard)?;
+        let loss_v: f64 = outs.iter().map(|o| o.0).sum();
         if !loss_v.is_finite() {
             return Err(TrainError::NonFinite {
                 step: t,
                 what: "the prior-refit loss".into(),
             });
         }
-        let grads = loss.backward()?;
+        let mut grads = GradStore::default();
+        for (_, g) in outs {
+            grads.extend(g)?;
+        }
         self.opt_theta.step(&grads, r.lr)?;
         self.update_ema(t)?;
         self.step += 1;
@@ -896,6 +949,172 @@ impl Trainer {
     }
 }
 
+/// A minibatch's loss and gradients, shards merged.
+struct MinibatchLoss {
+    /// L-hat of eq. (64).
+    loss: f64,
+    /// Sums over the latent rows of the diffusion loss and of the decoder's NLL.
+    diffusion_sum: f64,
+    nll_sum: f64,
+    /// Gradients of L-hat (the shards' added).
+    grads: GradStore,
+    /// Per shard, in order: the gradient of the shard's particles (None when none reached
+    /// them) and its latents.
+    z_grads: Vec<Option<Tensor>>,
+    z_values: Vec<Tensor>,
+    /// gamma_t of this step.
+    gamma: f64,
+}
+
+/// Runs `shard` on `shards` contiguous ranges of a minibatch's `points` (fewer if there are fewer
+/// points) and returns the results in range order. On the CPU the shards run in parallel; with a
+/// shard per core, the kernels inside each stay on its thread. The loss (64) is a mean over the
+/// minibatch, so its gradient is the sum of the shards' gradients: sharding changes only the
+/// order of float sums, and a result depends on the shard count, never on the thread count.
+fn run_shards<T: Send>(
+    device: &Device,
+    shards: usize,
+    points: usize,
+    shard: impl Fn(std::ops::Range<usize>) -> Result<T, TrainError> + Sync,
+) -> Result<Vec<T>, TrainError> {
+    let shards = shards.clamp(1, points.max(1));
+    let range = |s: usize| s * points / shards..(s + 1) * points / shards;
+    if shards == 1 || !device.is_cpu() {
+        return (0..shards).map(|s| shard(range(s))).collect();
+    }
+    let per_core = shards >= candle_core::utils::get_num_threads();
+    (0..shards)
+        .into_par_iter()
+        .map(|s| match per_core {
+            true => ipld_models::on_this_thread(|| shard(range(s))),
+            false => shard(range(s)),
+        })
+        .collect()
+}
+
+/// The latents a shard's loss is computed from.
+enum ShardLatents<'a> {
+    /// The minibatch's particles, [B N, d] row-major.
+    Particles(Vec<f32>),
+    /// DiffusionVAE: the encoder, the minibatch's points [B, d_x] and the reparameterisation
+    /// noise [B N, d].
+    Encoder {
+        encoder: &'a EncoderNet,
+        x: Tensor,
+        noise: Tensor,
+    },
+}
+
+/// Everything a step's loss needs, for the whole minibatch; [`ShardInputs::run`] takes one
+/// shard's rows of it.
+struct ShardInputs<'a> {
+    eps: &'a PriorNet,
+    decoder: &'a DecoderNet,
+    loss: &'a DiffusionLoss,
+    latent_scale: f64,
+    two_stage: bool,
+    sigma: f64,
+    gamma: f64,
+    points: usize,
+    n: usize,
+    dz: usize,
+    r_draws: usize,
+    /// Targets [B N, d_x], each point repeated N times.
+    x: &'a Tensor,
+    /// Timesteps and noise [R B N (, d)], draw-major.
+    k: &'a Tensor,
+    noise: &'a Tensor,
+    source: &'a ShardLatents<'a>,
+}
+
+/// One shard's share of the loss and its gradients.
+struct ShardOut {
+    /// Its rows' sum of the loss terms divided by the minibatch's row count, so the shards'
+    /// values add up to L-hat.
+    loss: f64,
+    /// Sums over its rows of the diffusion loss and of the decoder's NLL.
+    diffusion_sum: f64,
+    nll_sum: f64,
+    grads: GradStore,
+    /// The shard's latents and their gradient (particles only; None when nothing reached them).
+    z: Tensor,
+    z_grad: Option<Tensor>,
+}
+
+impl ShardInputs<'_> {
+    /// The loss of eq. (64) over the points `p` of the minibatch (rows p.start N .. p.end N),
+    /// scaled by 1/(N |B|), and its backward. L-hat is a mean over latent rows, so its gradient
+    /// is the sum of the shards' gradients: shards can run on separate threads, and the result
+    /// depends on the shard count (float summation order) but never on the thread count.
+    fn run(&self, p: std::ops::Range<usize>) -> Result<ShardOut, TrainError> {
+        let (n, dz) = (self.n, self.dz);
+        let rows = self.points * n;
+        let (r0, len) = (p.start * n, p.len() * n);
+        let x = self.x.narrow(0, r0, len)?;
+        let (k, noise) = if self.r_draws == 1 {
+            (self.k.narrow(0, r0, len)?, self.noise.narrow(0, r0, len)?)
+        } else {
+            let take = |t: &Tensor| -> candle_core::Result<Tensor> {
+                let parts = (0..self.r_draws)
+                    .map(|j| t.narrow(0, j * rows + r0, len))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 0)
+            };
+            (take(self.k)?, take(self.noise)?)
+        };
+        let (z, particle_var, entropy) = match self.source {
+            ShardLatents::Particles(zb) => {
+                let rows_z = &zb[r0 * dz..(r0 + len) * dz];
+                let var = Var::from_slice(rows_z, (len, dz), x.device())?;
+                (var.as_tensor().clone(), Some(var), None)
+            }
+            ShardLatents::Encoder { encoder, x, noise } => {
+                let (mu, logvar) = encoder.encode(&x.narrow(0, p.start, p.len())?)?;
+                let rep: Vec<u32> = (0..p.len() as u32)
+                    .flat_map(|i| std::iter::repeat_n(i, n))
+                    .collect();
+                let rep = Tensor::from_vec(rep, len, x.device())?;
+                let (mu, logvar) = (mu.index_select(&rep, 0)?, logvar.index_select(&rep, 0)?);
+                let z = LinearGaussianEncoder::sample(&mu, &logvar, &noise.narrow(0, r0, len)?)?;
+                (z, None, Some(LinearGaussianEncoder::entropy(&logvar)?))
+            }
+        };
+        let z_in = if self.two_stage {
+            z.detach()
+        } else {
+            z.clone()
+        };
+        let z_prior = scaled(&z_in, 1.0 / self.latent_scale)?;
+        let total = if self.r_draws == 1 {
+            other!(self.loss.per_sample(self.eps, &z_prior, &noise, &k))?.total
+        } else {
+            let zr = z_prior.repeat((self.r_draws, 1))?;
+            let t = other!(self.loss.per_sample(self.eps, &zr, &noise, &k))?;
+            t.total.reshape((self.r_draws, len))?.mean(0)?
+        };
+        let nll = gaussian_nll(&x, &self.decoder.decode(&z)?, self.sigma)?;
+        let kl = match &entropy {
+            Some(h) => (&total - h)?,
+            None => total.clone(),
+        };
+        let loss = (kl.affine(self.gamma, 0.0)? + &nll)?
+            .sum_all()?
+            .affine(1.0 / rows as f64, 0.0)?;
+        let value =
+            |t: &Tensor| -> candle_core::Result<f64> { t.to_dtype(DType::F64)?.to_scalar::<f64>() };
+        let grads = loss.backward()?;
+        let z_grad = particle_var.and_then(|v| grads.get(v.as_tensor()).cloned());
+        Ok(ShardOut {
+            loss: value(&loss)?,
+            diffusion_sum: value(&total.sum_all()?)?,
+            nll_sum: value(&nll.sum_all()?)?,
+            grads,
+            z,
+            z_grad,
+        })
+    }
+}
+
 /// N reparameterised draws from the encoder per row of `x` ([B*N, d], rows grouped by point),
 /// with the matching log-variances.
 fn encoder_draws(
@@ -966,4 +1185,105 @@ fn particle_stats(z: &[f32], b: usize, n: usize, d: usize) -> (f64, f64) {
         }
     }
     (norm, spread / (b * d) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trainer(method: &str, extra: &[&str]) -> Trainer {
+        let mut sets = crate::config::method_overrides(method).unwrap();
+        sets.extend(
+            [
+                "data.points=300",
+                "data.ambient_dim=8",
+                "particles.count=2",
+                "train.batch_size=50",
+                "train.kl.warmup_steps=20",
+                "model.eps.hidden=32",
+                "model.eps.time_embedding=16",
+            ]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string()),
+        );
+        let cfg = RunConfig::preset("gmm")
+            .unwrap()
+            .with_overrides(&sets, "test")
+            .unwrap();
+        let data = crate::run::load_data(&cfg).unwrap();
+        Trainer::new(cfg, data, Device::Cpu).unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// Agreement up to f32 summation order: max |a - b| <= 1e-5 max |a|.
+    fn assert_close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: length");
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(scale > 0.0, "{what}: all zero");
+        assert!(
+            diff <= 1e-5 * scale,
+            "{what}: differs by {diff:e} (scale {scale:e})"
+        );
+    }
+
+    /// The shards' losses and gradients add up to the whole minibatch's, for every method and
+    /// ablation (3 uneven shards of 16, 17 and 17 points); only the float order changes.
+    #[test]
+    fn shards_add_up_to_the_whole_minibatch() {
+        let cases: [(&str, &[&str]); 6] = [
+            ("ipld", &[]),
+            ("ipld", &["train.two_stage=true"]),
+            ("ipld", &["train.diffusion_samples=2"]),
+            ("diffusion-vae", &[]),
+            ("pgd", &[]),
+            ("mpgd", &[]),
+        ];
+        for (method, extra) in cases {
+            let what = format!("{method} {extra:?}");
+            let tr = trainer(method, extra);
+            // Past the KL warm-up's start, so the diffusion loss carries weight.
+            let t = 30;
+            let batch = tr.batch_indices(t);
+            let whole = tr.minibatch_loss(t, &batch, 1).unwrap();
+            let split = tr.minibatch_loss(t, &batch, 3).unwrap();
+            assert_eq!((whole.z_grads.len(), split.z_grads.len()), (1, 3), "{what}");
+            let rel = |a: f64, b: f64| (a - b).abs() / a.abs();
+            assert!(rel(whole.loss, split.loss) < 1e-6, "{what}: loss");
+            assert!(rel(whole.nll_sum, split.nll_sum) < 1e-6, "{what}: nll");
+            assert!(
+                rel(whole.diffusion_sum, split.diffusion_sum) < 1e-6,
+                "{what}: diffusion"
+            );
+            let mut vars = [&tr.theta, &tr.phi].map(sorted_vars).concat();
+            if let Latents::Encoder { vars: enc, .. } = &tr.latents {
+                vars.extend(sorted_vars(enc));
+            }
+            for (name, var) in vars {
+                let g = |l: &MinibatchLoss| values(l.grads.get(var.as_tensor()).unwrap());
+                assert_close(&g(&whole), &g(&split), &format!("{what}: {name}"));
+            }
+            let cat =
+                |l: &MinibatchLoss| -> Vec<f32> { l.z_values.iter().flat_map(values).collect() };
+            assert_eq!(cat(&whole), cat(&split), "{what}: the shards' latents");
+            match &tr.latents {
+                Latents::Particles(_) => {
+                    let zg = |l: &MinibatchLoss| -> Vec<f32> {
+                        l.z_grads
+                            .iter()
+                            .flat_map(|g| values(g.as_ref().unwrap()))
+                            .collect()
+                    };
+                    assert_close(&zg(&whole), &zg(&split), &format!("{what}: particles"));
+                }
+                Latents::Encoder { .. } => {
+                    assert!(split.z_grads.iter().all(Option::is_none), "{what}");
+                }
+            }
+        }
+    }
 }

@@ -1,5 +1,7 @@
-//! `pin_thread_count` stores candle's own default and respects a user's setting. One test in its
-//! own binary, so no other test thread reads the environment while it is written.
+//! `pin_thread_count` stores candle's own default and respects a user's setting, and
+//! `quiet_candle_pool` turns candle's elementwise pool off for sharded runs only, unless the
+//! user chose. One test in its own binary, so no other test thread reads the environment while
+//! it is written.
 
 #[test]
 fn pinning_stores_candles_default_and_keeps_a_users_choice() {
@@ -22,4 +24,14 @@ fn pinning_stores_candles_default_and_keeps_a_users_choice() {
         Ok(mine.as_str())
     );
     assert_eq!(candle_core::utils::get_num_threads(), default + 2);
+
+    // quiet_candle_pool: nothing for an unsharded run, 1 for a sharded one, a user's value kept.
+    unsafe { std::env::remove_var("CANDLE_NUM_THREADS") };
+    ipld_train::quiet_candle_pool(1);
+    assert_eq!(std::env::var_os("CANDLE_NUM_THREADS"), None);
+    ipld_train::quiet_candle_pool(2);
+    assert_eq!(std::env::var("CANDLE_NUM_THREADS").as_deref(), Ok("1"));
+    unsafe { std::env::set_var("CANDLE_NUM_THREADS", "3") };
+    ipld_train::quiet_candle_pool(2);
+    assert_eq!(std::env::var("CANDLE_NUM_THREADS").as_deref(), Ok("3"));
 }
