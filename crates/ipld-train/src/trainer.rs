@@ -640,7 +640,8 @@ impl Trainer {
             }
             Latents::Encoder { encoder, .. } => {
                 let x = self.data.gather(&batch, &self.device)?;
-                encoder_draws(encoder, &x, n, &mut rng)?.0.detach()
+                let e = gaussian(&mut rng, (rows, dz), DType::F32, &self.device)?;
+                encoder_draws(encoder, &x, n, &e)?.0.detach()
             }
         };
         let k = other!(timestep_tensor(
@@ -1069,13 +1070,8 @@ impl ShardInputs<'_> {
                 (var.as_tensor().clone(), Some(var), None)
             }
             ShardLatents::Encoder { encoder, x, noise } => {
-                let (mu, logvar) = encoder.encode(&x.narrow(0, p.start, p.len())?)?;
-                let rep: Vec<u32> = (0..p.len() as u32)
-                    .flat_map(|i| std::iter::repeat_n(i, n))
-                    .collect();
-                let rep = Tensor::from_vec(rep, len, x.device())?;
-                let (mu, logvar) = (mu.index_select(&rep, 0)?, logvar.index_select(&rep, 0)?);
-                let z = LinearGaussianEncoder::sample(&mu, &logvar, &noise.narrow(0, r0, len)?)?;
+                let x = x.narrow(0, p.start, p.len())?;
+                let (z, logvar) = encoder_draws(encoder, &x, n, &noise.narrow(0, r0, len)?)?;
                 (z, None, Some(LinearGaussianEncoder::entropy(&logvar)?))
             }
         };
@@ -1115,23 +1111,22 @@ impl ShardInputs<'_> {
     }
 }
 
-/// N reparameterised draws from the encoder per row of `x` ([B*N, d], rows grouped by point),
-/// with the matching log-variances.
+/// N reparameterised draws from the encoder per row of `x` ([B N, d], rows grouped by point)
+/// with the noise `e` [B N, d], and the matching log-variances.
 fn encoder_draws(
     encoder: &EncoderNet,
     x: &Tensor,
     n: usize,
-    rng: &mut ChaCha8Rng,
+    e: &Tensor,
 ) -> Result<(Tensor, Tensor), TrainError> {
     let (mu, logvar) = encoder.encode(x)?;
-    let (b, dz) = mu.dims2()?;
+    let b = mu.dim(0)?;
     let rep: Vec<u32> = (0..b as u32)
         .flat_map(|i| std::iter::repeat_n(i, n))
         .collect();
     let rep = Tensor::from_vec(rep, b * n, x.device())?;
     let (mu, logvar) = (mu.index_select(&rep, 0)?, logvar.index_select(&rep, 0)?);
-    let e = gaussian(rng, (b * n, dz), DType::F32, x.device())?;
-    Ok((LinearGaussianEncoder::sample(&mu, &logvar, &e)?, logvar))
+    Ok((LinearGaussianEncoder::sample(&mu, &logvar, e)?, logvar))
 }
 
 /// Sets every variable of `vars` from `tensors["<prefix>/<name>"]`, checking shapes.
