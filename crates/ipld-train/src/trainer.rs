@@ -7,8 +7,9 @@
 //! 3. L-hat = 1/(N|B|) sum_{m in B, n} [gamma_t L_simple(theta, z^{m,n}) - log p_phi(x^m | z^{m,n})]
 //!    (eq. 64), minus gamma_t times the encoder's entropy for DiffusionVAE (Section 2's VI
 //!    analogue of the free energy, eq. 6);
-//! 4. backward once; move the particles by the method's rule (or step the encoder), then AdamW on
-//!    theta and phi.
+//! 4. backward (once per data-parallel shard of the minibatch, `train.shards`: L-hat is a mean
+//!    over rows, so the shards' gradients add up to its gradient); move the particles by the
+//!    method's rule (or step the encoder), then AdamW on theta and phi.
 //!
 //! Every random draw is a pure function of (seed, step): the epoch permutation, the timesteps and
 //! noise of the loss estimate, and the particle noise (counter-based). Resuming from a checkpoint

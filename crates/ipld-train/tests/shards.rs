@@ -48,3 +48,18 @@ fn the_shard_count_changes_only_rounding() {
     // Measured: 123.96934509 vs 123.96933746 after 20 steps.
     assert!((la - lb).abs() < 1e-3 * la.abs(), "final loss {la} vs {lb}");
 }
+
+#[test]
+fn zero_shards_and_a_changed_count_on_resume_are_refused() {
+    let e = common::tiny(10)
+        .with_overrides(&["train.shards=0".into()], "t")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("train.shards") && e.contains("at least 1"), "{e}");
+    // The shard count is part of the run: resuming with another one would not continue it.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run(plan(tiny("ipld", 2), &dir, false)).unwrap();
+    let e = run(plan(tiny("ipld", 3), &dir, true)).unwrap_err().to_string();
+    assert!(e.contains("train.shards"), "{e}");
+}
