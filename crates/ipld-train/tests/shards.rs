@@ -55,11 +55,16 @@ fn zero_shards_and_a_changed_count_on_resume_are_refused() {
         .with_overrides(&["train.shards=0".into()], "t")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("train.shards") && e.contains("at least 1"), "{e}");
+    assert!(
+        e.contains("train.shards") && e.contains("at least 1"),
+        "{e}"
+    );
     // The shard count is part of the run: resuming with another one would not continue it.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     run(plan(tiny("ipld", 2), &dir, false)).unwrap();
-    let e = run(plan(tiny("ipld", 3), &dir, true)).unwrap_err().to_string();
+    let e = run(plan(tiny("ipld", 3), &dir, true))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("train.shards"), "{e}");
 }
