@@ -51,7 +51,6 @@ struct Cell {
 }
 
 impl Cell {
-    /// The cell's run directory; ablations (extra overrides) get their own, tagged by a hash.
     /// The cell's cache directory. Runs with other steps, samples or overrides than the
     /// defaults get their own directories (a tag), so they never replace the default cells.
     fn dir(&self, exp: &Figure1) -> PathBuf {

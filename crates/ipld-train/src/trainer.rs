@@ -442,22 +442,14 @@ impl Trainer {
         let (n, dz) = (self.particles_per_point(), self.cfg.data.latent_dim);
         let rows = b * n;
 
-        let MinibatchLoss {
-            loss: loss_v,
-            diffusion_sum,
-            nll_sum,
-            grads,
-            z_grads,
-            z_values,
-            gamma,
-        } = self.minibatch_loss(t, &batch, self.cfg.train.shards)?;
+        let mb = self.minibatch_loss(t, &batch, self.cfg.train.shards)?;
 
         let step_size = pc.step_size.at_epoch(epoch);
         let ctx = self.step_context(t);
         let stats = match &mut self.latents {
             Latents::Particles(cloud) => {
                 let mut gz: Vec<f32> = Vec::with_capacity(rows * dz);
-                for (g, z) in z_grads.iter().zip(&z_values) {
+                for (g, z) in mb.z_grads.iter().zip(&mb.z_values) {
                     match g {
                         Some(g) => gz.extend(g.flatten_all()?.to_vec1::<f32>()?),
                         None => gz.extend(std::iter::repeat_n(0.0, z.elem_count())),
@@ -480,24 +472,24 @@ impl Trainer {
             }
             Latents::Encoder { opt, .. } => {
                 let lr = opt.config().lr * phi_scale;
-                opt.step(&grads, lr)?;
-                let zs: Vec<f32> = Tensor::cat(&z_values, 0)?.flatten_all()?.to_vec1()?;
+                opt.step(&mb.grads, lr)?;
+                let zs: Vec<f32> = Tensor::cat(&mb.z_values, 0)?.flatten_all()?.to_vec1()?;
                 particle_stats(&zs, b, n, dz)
             }
         };
         self.opt_theta
-            .step(&grads, self.cfg.train.optimizer_theta.lr)?;
+            .step(&mb.grads, self.cfg.train.optimizer_theta.lr)?;
         self.opt_phi
-            .step(&grads, self.cfg.train.optimizer_phi.lr * phi_scale)?;
+            .step(&mb.grads, self.cfg.train.optimizer_phi.lr * phi_scale)?;
         self.update_ema(t)?;
         self.step += 1;
 
         Ok(StepMetrics {
             step: t,
-            loss: loss_v,
-            diffusion_loss: diffusion_sum / rows as f64,
-            nll: nll_sum / rows as f64,
-            gamma,
+            loss: mb.loss,
+            diffusion_loss: mb.diffusion_sum / rows as f64,
+            nll: mb.nll_sum / rows as f64,
+            gamma: mb.gamma,
             particle_step_size: step_size,
             particle_norm: stats.0,
             particle_spread: stats.1,
@@ -576,11 +568,11 @@ impl Trainer {
                 what: "the loss".into(),
             });
         }
-        let mut grads = GradStore::default();
+        let mut grads = Vec::with_capacity(outs.len());
         let mut z_grads = Vec::with_capacity(outs.len());
         let mut z_values = Vec::with_capacity(outs.len());
         for o in outs {
-            grads.extend(o.grads)?;
+            grads.push(o.grads);
             z_grads.push(o.z_grad);
             z_values.push(o.z);
         }
@@ -588,7 +580,7 @@ impl Trainer {
             loss: loss_v,
             diffusion_sum,
             nll_sum,
-            grads,
+            grads: add_grads(grads)?,
             z_grads,
             z_values,
             gamma,
@@ -672,10 +664,7 @@ impl Trainer {
                 what: "the prior-refit loss".into(),
             });
         }
-        let mut grads = GradStore::default();
-        for (_, g) in outs {
-            grads.extend(g)?;
-        }
+        let grads = add_grads(outs.into_iter().map(|(_, g)| g))?;
         self.opt_theta.step(&grads, r.lr)?;
         self.update_ema(t)?;
         self.step += 1;
@@ -966,6 +955,16 @@ struct MinibatchLoss {
     z_values: Vec<Tensor>,
     /// gamma_t of this step.
     gamma: f64,
+}
+
+/// The sum of the shards' gradient stores, added in shard order (so the bits do not depend on
+/// which thread finished first).
+fn add_grads(stores: impl IntoIterator<Item = GradStore>) -> Result<GradStore, TrainError> {
+    let mut sum = GradStore::default();
+    for g in stores {
+        sum.extend(g)?;
+    }
+    Ok(sum)
 }
 
 /// Runs `shard` on `shards` contiguous ranges of a minibatch's `points` (fewer if there are fewer
