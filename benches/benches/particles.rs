@@ -1,12 +1,16 @@
 //! Criterion benchmarks of the particle update (Algorithm 2), eager over the whole cloud and
-//! lazy over the minibatch only, parametrised by M (points), N (particles per point) and d_z.
+//! lazy over the minibatch only, parametrised by M (points), N (particles per point) and d_z,
+//! and (eager) by the noise generator: Philox4x32-7 as the presets draw, and 10 rounds.
 //! Run with `cargo bench -p ipld-benches --bench particles`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use ipld_particles::{
-    AdaptiveLangevin, LAZY_STREAM, LazyNoise, NoiseStream, ParticleCloud, ParticleUpdate,
-    StepContext, UpdateConfig,
+    AdaptiveLangevin, LAZY_STREAM, LazyNoise, NoiseGenerator, NoiseStream, ParticleCloud,
+    ParticleUpdate, StepContext, UpdateConfig,
 };
+
+/// The presets' generator.
+const PRESETS: NoiseGenerator = NoiseGenerator::Philox4x32_7;
 
 const BATCH: usize = 500;
 
@@ -24,21 +28,26 @@ fn ctx(step: u64, m: usize) -> StepContext {
 fn eager(c: &mut Criterion) {
     let mut g = c.benchmark_group("particle_update_eager");
     g.sample_size(10);
-    for (m, n, d) in [
+    let shapes = [
         (10_000, 16, 2),
         (100_000, 16, 2),
         (10_000, 16, 256),
         (100_000, 1, 2),
-    ] {
+    ];
+    let cases = shapes
+        .map(|s| (s, PRESETS))
+        .into_iter()
+        .chain([((100_000, 16, 2), NoiseGenerator::Philox4x32_10)]);
+    for ((m, n, d), generator) in cases {
         let mut cloud = ParticleCloud::gaussian(0, m, n, d, 1).unwrap();
         let rule = AdaptiveLangevin::default();
-        let noise = NoiseStream::new(3, 7);
+        let noise = NoiseStream::new(3, 7).with_generator(generator);
         let grads = vec![1e-6f32; BATCH * n * d];
         // Bytes of particle state per step: z and V read, z written, for every element.
         g.throughput(Throughput::Bytes((m * n * d * 12) as u64));
         let mut t = 0;
         g.bench_with_input(
-            BenchmarkId::new("m_n_d", format!("{m}x{n}x{d}")),
+            BenchmarkId::new(generator.name(), format!("{m}x{n}x{d}")),
             &(),
             |b, _| {
                 b.iter(|| {
@@ -71,7 +80,10 @@ fn lazy(c: &mut Criterion) {
         let mut cloud = ParticleCloud::gaussian(0, m, n, d, 1).unwrap();
         let rule = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default());
         let mut state = LazyNoise::new(&cloud, 0, 1e-8);
-        let (noise, lazy_noise) = (NoiseStream::new(3, 7), NoiseStream::new(3, LAZY_STREAM));
+        let (noise, lazy_noise) = (
+            NoiseStream::new(3, 7).with_generator(PRESETS),
+            NoiseStream::new(3, LAZY_STREAM).with_generator(PRESETS),
+        );
         let grads = vec![1e-6f32; BATCH * n * d];
         let mut t = 0;
         g.bench_with_input(

@@ -3,7 +3,8 @@
 //! - memcpy bandwidth of this machine (the yardstick; the best of 9 copies of 256 MiB on one
 //!   thread and 9 split over all threads);
 //! - the eager particle update (Algorithm 2 over the whole cloud) in GB/s of particle state
-//!   moved, and as a fraction of memcpy;
+//!   moved, and as a fraction of memcpy, with the presets' noise generator (Philox4x32-7) and
+//!   with Philox4x32-10 (a config without `particles.noise`);
 //! - the lazy update's seconds per step for M = 10^4, 10^5, 10^6 (N = 16, d_z = 2; should be
 //!   flat in M), and for M = 10^4, 10^5 at d_z = 256 (M = 10^6 would need 49 GB of particle
 //!   state: z, momentum and second moment of 10^6 x 16 x 256 f32);
@@ -19,8 +20,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ipld_particles::{
-    AdaptiveLangevin, LazyNoise, NoiseStream, ParticleCloud, ParticleUpdate, StepContext,
-    UpdateConfig,
+    AdaptiveLangevin, LazyNoise, NoiseGenerator, NoiseStream, ParticleCloud, ParticleUpdate,
+    StepContext, UpdateConfig,
 };
 use ipld_train::run::preset_trainer;
 use serde_json::json;
@@ -86,14 +87,17 @@ fn ctx(step: u64, m: usize, b: usize) -> StepContext {
     }
 }
 
+/// The presets' noise generator (`particles.noise` in configs/).
+const PRESETS: NoiseGenerator = NoiseGenerator::Philox4x32_7;
+
 /// Eager Algorithm 2 over M = 10^5 points, N = 16, d = 2 with a batch of 500: seconds per step
 /// and GB/s of particle state (z and V read, z written, per element; the batch rows also
 /// read/write M).
-fn eager_update() -> (f64, f64, [usize; 3]) {
+fn eager_update(generator: NoiseGenerator) -> (f64, f64, [usize; 3]) {
     let (m, n, d, b) = (100_000, 16, 2, 500);
     let mut cloud = ParticleCloud::gaussian(0, m, n, d, 1).expect("cloud");
     let rule = AdaptiveLangevin::default();
-    let noise = NoiseStream::new(3, 7);
+    let noise = NoiseStream::new(3, 7).with_generator(generator);
     let batch: Vec<usize> = (0..b).map(|i| i * (m / b)).collect();
     let grads = vec![1e-6f32; b * n * d];
     let mut t = 0;
@@ -113,8 +117,8 @@ fn lazy_update(m: usize, d: usize) -> f64 {
     let rule = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default());
     let mut lazy = LazyNoise::new(&cloud, 0, 1e-8);
     let (noise, lazy_noise) = (
-        NoiseStream::new(3, 7),
-        NoiseStream::new(3, ipld_particles::LAZY_STREAM),
+        NoiseStream::new(3, 7).with_generator(PRESETS),
+        NoiseStream::new(3, ipld_particles::LAZY_STREAM).with_generator(PRESETS),
     );
     let grads = vec![1e-6f32; b * n * d];
     let mut t = 0u64;
@@ -167,10 +171,18 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     ipld_train::quiet_candle_pool(2);
     let memcpy = memcpy_gb_per_s();
     println!("memcpy: {memcpy:.2} GB/s");
-    let (eager_s, eager_gbs, shape) = eager_update();
+    let (eager_s, eager_gbs, shape) = eager_update(PRESETS);
     println!(
-        "eager update {shape:?}: {:.2} ms/step, {eager_gbs:.2} GB/s",
+        "eager update {shape:?}, {}: {:.2} ms/step, {eager_gbs:.2} GB/s",
+        PRESETS.name(),
         eager_s * 1e3
+    );
+    let ten = NoiseGenerator::Philox4x32_10;
+    let (eager10_s, eager10_gbs, _) = eager_update(ten);
+    println!(
+        "eager update {shape:?}, {}: {:.2} ms/step, {eager10_gbs:.2} GB/s",
+        ten.name(),
+        eager10_s * 1e3
     );
     let mut lazy = BTreeMap::new();
     for m in [10_000usize, 100_000, 1_000_000] {
@@ -204,9 +216,17 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
         "memcpy_gb_per_s": memcpy,
         "particle_update_eager": {
             "shape_m_n_d": shape,
+            "noise": PRESETS.name(),
             "seconds_per_step": eager_s,
             "gb_per_s": eager_gbs,
             "fraction_of_memcpy": eager_gbs / memcpy,
+        },
+        "particle_update_eager_philox4x32_10": {
+            "shape_m_n_d": shape,
+            "noise": ten.name(),
+            "seconds_per_step": eager10_s,
+            "gb_per_s": eager10_gbs,
+            "fraction_of_memcpy": eager10_gbs / memcpy,
         },
         "particle_update_lazy": {
             "n": 16, "d": 2, "batch": 500,
@@ -230,11 +250,14 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     println!("| measure | value |");
     println!("| --- | --- |");
     println!("| memcpy bandwidth | {memcpy:.2} GB/s |");
-    println!(
-        "| eager particle update (M 1e5, N 16, d 2) | {:.2} ms/step, {eager_gbs:.2} GB/s = {:.0}% of memcpy |",
-        eager_s * 1e3,
-        100.0 * eager_gbs / memcpy
-    );
+    for (g, s, gbs) in [(PRESETS, eager_s, eager_gbs), (ten, eager10_s, eager10_gbs)] {
+        println!(
+            "| eager particle update (M 1e5, N 16, d 2), {} | {:.2} ms/step, {gbs:.2} GB/s = {:.0}% of memcpy |",
+            g.name(),
+            s * 1e3,
+            100.0 * gbs / memcpy
+        );
+    }
     for (m, s) in &lazy {
         println!(
             "| lazy particle update, N 16, d 2, M = {m} | {:.3} ms/step |",

@@ -16,7 +16,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use candle_core::{Device, Tensor};
 use ipld_particles::{
-    AdaptiveLangevin, CudaCloud, Langevin, NoiseStream, ParticleCloud, StepContext, UpdateConfig,
+    AdaptiveLangevin, CudaCloud, Langevin, NoiseGenerator, NoiseStream, ParticleCloud, StepContext,
+    UpdateConfig,
 };
 use serde_json::json;
 
@@ -45,12 +46,17 @@ fn moments(z: &[f32]) -> (f64, f64) {
     (mean, var)
 }
 
-fn agree(device: &Device, rule: &UpdateConfig, name: &str) -> anyhow::Result<serde_json::Value> {
+fn agree(
+    device: &Device,
+    rule: &UpdateConfig,
+    generator: NoiseGenerator,
+) -> anyhow::Result<serde_json::Value> {
+    let name = format!("{}, {}", rule.name(), generator.name());
     let (m, n, d, b) = (4096, 8, 4, 256);
     let cloud = ParticleCloud::gaussian(0, m, n, d, 11)?;
     let mut cpu = cloud.clone();
     let mut gpu = CudaCloud::upload(&cloud, device)?;
-    let noise = NoiseStream::new(5, 7);
+    let noise = NoiseStream::new(5, 7).with_generator(generator);
     for t in 0..60u64 {
         let batch: Vec<usize> = (0..b).map(|i| (i * 16 + t as usize) % m).collect();
         let g = grads(t, b * n * d);
@@ -93,7 +99,8 @@ fn timing(device: &Device, m: usize, n: usize, d: usize) -> anyhow::Result<serde
     let cloud = ParticleCloud::gaussian(0, m, n, d, 1)?;
     let mut gpu = CudaCloud::upload(&cloud, device)?;
     let rule = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default());
-    let noise = NoiseStream::new(3, 7);
+    // The presets' generator.
+    let noise = NoiseStream::new(3, 7).with_generator(NoiseGenerator::Philox4x32_7);
     let batch: Vec<usize> = (0..b).map(|i| i * (m / b)).collect();
     let g = Tensor::full(1e-6f32, (b, n, d), device)?;
     for t in 0..3 {
@@ -120,20 +127,20 @@ fn timing(device: &Device, m: usize, n: usize, d: usize) -> anyhow::Result<serde
 /// Runs the check and the timing; fails if the kernels disagree.
 pub fn run(out: &Path) -> anyhow::Result<()> {
     let device = Device::new_cuda(0).context("opening CUDA device 0 through candle")?;
-    let adaptive = agree(
-        &device,
-        &UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default()),
-        "adaptive-langevin",
-    )?;
-    let langevin = agree(
-        &device,
-        &UpdateConfig::Langevin(Langevin::default()),
-        "langevin",
-    )?;
+    let mut agreement = serde_json::Map::new();
+    for rule in [
+        UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default()),
+        UpdateConfig::Langevin(Langevin::default()),
+    ] {
+        for generator in [NoiseGenerator::Philox4x32_7, NoiseGenerator::Philox4x32_10] {
+            let key = format!("{} {}", rule.name(), generator.name());
+            agreement.insert(key, agree(&device, &rule, generator)?);
+        }
+    }
     let small = timing(&device, 100_000, 16, 2)?;
     let cifar = timing(&device, 50_000, 10, 256)?;
     let summary = json!({
-        "agreement": { "adaptive_langevin": adaptive, "langevin": langevin },
+        "agreement": agreement,
         "timing": [small, cifar],
     });
     if let Some(dir) = out.parent() {

@@ -3,10 +3,11 @@
 //! candle in-place op on candle's CUDA storage and candle's stream. The cloud (z, momentum,
 //! second moment) is one candle tensor on the GPU, so the gradients of a candle backward pass
 //! feed the update and the minibatch's particles are gathered from it without leaving the device.
-//! The in-kernel noise is the CPU's: Philox4x32-10 at counter (block, step, stream), the same
-//! planar layout of 64-element groups, and the same libm-free Box-Muller and (V + eps)^(-1/4),
-//! compiled with `--fmad=false` so that no multiply-add is contracted: the GPU should reproduce
-//! [`NoiseStream`] and the CPU kernels bit for bit, for any launch geometry.
+//! The in-kernel noise is the CPU's: Philox4x32-R (the stream's [`crate::NoiseGenerator`], 7 or
+//! 10 rounds) at counter (block, step, stream), the same planar layout of 64-element groups, and
+//! the same libm-free Box-Muller and (V + eps)^(-1/4), compiled with `--fmad=false` so that no
+//! multiply-add is contracted: the GPU should reproduce [`NoiseStream`] and the CPU kernels bit
+//! for bit, for any launch geometry.
 //!
 //! Status: compiled in CI (`cargo clippy --features cuda`, with CUDA 11.8's nvcc for candle's
 //! own kernels), and a test there checks that NVRTC accepts the source with no multiply-add in
@@ -25,9 +26,10 @@ use crate::{NoiseStream, ParticleCloud, ParticleError, StepContext, UpdateConfig
 /// CUDA C source of the kernels: the update (one thread per Philox block, i.e. four particle
 /// elements) and the batch-position scatter.
 pub const KERNEL_SOURCE: &str = r#"
-__device__ __forceinline__ void ipld_philox(unsigned int c[4], unsigned int k0, unsigned int k1) {
+__device__ __forceinline__ void ipld_philox(
+    unsigned int c[4], unsigned int k0, unsigned int k1, int rounds) {
     const unsigned int M0 = 0xD2511F53u, M1 = 0xCD9E8D57u;
-    for (int round = 0; round < 10; ++round) {
+    for (int round = 0; round < rounds; ++round) {
         if (round > 0) { k0 += 0x9E3779B9u; k1 += 0xBB67AE85u; }
         unsigned int hi0 = __umulhi(M0, c[0]), lo0 = M0 * c[0];
         unsigned int hi1 = __umulhi(M1, c[2]), lo1 = M1 * c[2];
@@ -36,23 +38,26 @@ __device__ __forceinline__ void ipld_philox(unsigned int c[4], unsigned int k0, 
     }
 }
 
-// ln x for x in [2^-24, 1]: the CPU's `ln_unit` (rng.rs), operation for operation.
-__device__ __forceinline__ float ipld_ln_unit(float x) {
-    unsigned int bits = __float_as_uint(x);
-    int e = ((int)(bits - 0x3f3504f3u)) >> 23;
-    float m = __uint_as_float(bits - ((unsigned int)e << 23));
+// -2 ln(k 2^-24) for k in [1, 2^24]: the CPU's `neg2_ln_draw` (rng.rs), operation for operation.
+__device__ __forceinline__ float ipld_neg2_ln_draw(unsigned int k) {
+    unsigned int bits = __float_as_uint((float)k);
+    int e24 = ((int)(bits - 0x3f3504f3u)) >> 23;
+    float m = __uint_as_float(bits - ((unsigned int)e24 << 23));
     float s = (m - 1.0f) / (m + 1.0f);
     float s2 = s * s;
-    float p = s2 * (1.0f / 3.0f + s2 * (1.0f / 5.0f + s2 * (1.0f / 7.0f + s2 * (1.0f / 9.0f))));
-    float ef = (float)e;
-    return ef * __uint_as_float(0x3f317180u) + (2.0f * s + (2.0f * s * p + ef * 9.0580015e-6f));
+    float p4 = s2 * (-4.0f * (1.0f / 3.0f) + s2 * (-4.0f * (1.0f / 5.0f)
+        + s2 * (-4.0f * (1.0f / 7.0f) + s2 * (-4.0f * (1.0f / 9.0f)))));
+    float ef = (float)(e24 - 24);
+    float two_s = s + s;
+    return ef * (-2.0f * __uint_as_float(0x3f317180u))
+        + ((s * p4 + ef * (-2.0f * 9.0580015e-6f)) - (two_s + two_s));
 }
 
 // (sin, cos) of 2 pi k / 2^24: the CPU's `sincos_turn24`.
 __device__ __forceinline__ void ipld_sincos_turn24(unsigned int k, float *sn, float *cs) {
     unsigned int qk = (k + (1u << 21)) >> 22;
-    float r = (float)((int)k - (int)(qk << 22)) * (1.0f / 4194304.0f);
-    float t = r * __uint_as_float(0x3fc90fdbu);
+    // (pi/2) 2^-22 (the f32 pi/2, 0x3fc90fdb, with its exponent lowered by 22).
+    float t = (float)((int)k - (int)(qk << 22)) * __uint_as_float(0x34c90fdbu);
     float t2 = t * t;
     float s = t + t * t2
         * (-1.0f / 6.0f + t2 * (1.0f / 120.0f + t2 * (-1.0f / 5040.0f + t2 * (1.0f / 362880.0f))));
@@ -65,10 +70,8 @@ __device__ __forceinline__ void ipld_sincos_turn24(unsigned int k, float *sn, fl
 }
 
 __device__ __forceinline__ void ipld_box_muller4(const unsigned int b[4], float out[4]) {
-    const float SCALE = 1.0f / 16777216.0f;
     for (int p = 0; p < 2; ++p) {
-        float u1 = (float)((b[2 * p] >> 8) + 1u) * SCALE;
-        float r = sqrtf(-2.0f * ipld_ln_unit(u1));
+        float r = sqrtf(ipld_neg2_ln_draw((b[2 * p] >> 8) + 1u));
         float s, c;
         ipld_sincos_turn24(b[2 * p + 1] >> 8, &s, &c);
         out[2 * p] = r * c;
@@ -79,9 +82,10 @@ __device__ __forceinline__ void ipld_box_muller4(const unsigned int b[4], float 
 // x^(-1/4): the CPU's `inv_fourth_root` (update.rs).
 __device__ __forceinline__ float ipld_inv_fourth_root(float x) {
     float y = __uint_as_float(0x4f586000u - (__float_as_uint(x) >> 2));
+    float xq = 0.25f * x;
     for (int i = 0; i < 3; ++i) {
         float y2 = y * y;
-        y *= 1.25f - 0.25f * (x * (y2 * y2));
+        y *= 1.25f - xq * (y2 * y2);
     }
     return y;
 }
@@ -94,7 +98,7 @@ extern "C" __global__ void ipld_particle_update(
     float *state, unsigned long long plane, const float *grads, const unsigned int *pos,
     unsigned long long rows, unsigned int w, unsigned long long start,
     unsigned int key0, unsigned int key1, unsigned int stream, unsigned long long step,
-    int rule, float drift, float a, float b, float eps, float h, float sd, int precondition) {
+    int rounds, int rule, float drift, float a, float b, float eps, float h, float sd, int precondition) {
     float *z = state, *m1 = state + plane, *m2 = state + 2ull * plane;
     unsigned long long first = start * (unsigned long long)w;
     unsigned long long end = first + rows * (unsigned long long)w;
@@ -104,7 +108,7 @@ extern "C" __global__ void ipld_particle_update(
     unsigned int c[4] = {
         (unsigned int)block, (unsigned int)(block >> 32), (unsigned int)step,
         stream ^ ((((unsigned int)(step >> 32)) << 16) | (((unsigned int)(step >> 32)) >> 16))};
-    ipld_philox(c, key0, key1);
+    ipld_philox(c, key0, key1, rounds);
     float noise[4];
     ipld_box_muller4(c, noise);
     for (int q = 0; q < 4; ++q) {
@@ -238,6 +242,7 @@ struct Update {
     key: [u32; 2],
     stream: u32,
     step: u64,
+    rounds: i32,
     rule: i32,
     drift: f32,
     a: f32,
@@ -314,6 +319,7 @@ impl InplaceOp3 for Update {
             .arg(&self.key[1])
             .arg(&self.stream)
             .arg(&self.step)
+            .arg(&self.rounds)
             .arg(&self.rule)
             .arg(&self.drift)
             .arg(&self.a)
@@ -454,6 +460,7 @@ impl CudaCloud {
             key: noise.key(),
             stream: noise.stream_id(),
             step: ctx.step,
+            rounds: noise.generator().rounds() as i32,
             rule: rule_id,
             drift,
             a,

@@ -15,7 +15,7 @@ pub use cloud::{INIT_STREAM, ParticleCloud, advise_huge_pages};
 pub use cuda::{CudaCloud, KERNEL_SOURCE};
 pub use error::ParticleError;
 pub use lazy::{LAZY_STREAM, LazyNoise};
-pub use rng::{NoiseStream, box_muller4, philox4x32_10};
+pub use rng::{NoiseGenerator, NoiseStream, box_muller4, philox4x32, philox4x32_10};
 pub use schedule::{KlAnnealing, StepSizeSchedule};
 pub use update::{
     AdaptiveLangevin, KineticLangevin, Langevin, ParticleUpdate, StepContext, StepVariance,

@@ -299,7 +299,7 @@ impl Trainer {
     }
 
     fn lazy_stream(&self) -> NoiseStream {
-        NoiseStream::new(self.cfg.seed, LAZY_STREAM)
+        NoiseStream::new(self.cfg.seed, LAZY_STREAM).with_generator(self.cfg.particles.noise)
     }
 
     /// The particle cloud as stored (None for DiffusionVAE); with lazy noise, particles not in
@@ -461,7 +461,8 @@ impl Trainer {
                         what: "the particle gradient".into(),
                     });
                 }
-                let stream = NoiseStream::new(self.cfg.seed, PARTICLE_NOISE_STREAM);
+                let stream =
+                    NoiseStream::new(self.cfg.seed, PARTICLE_NOISE_STREAM).with_generator(pc.noise);
                 match &mut self.lazy {
                     Some(lazy) => other!(lazy.step(&pc.update, cloud, &batch, &gz, &ctx, &stream))?,
                     None => other!(pc.update.rule().step(cloud, &batch, &gz, &ctx, &stream))?,
