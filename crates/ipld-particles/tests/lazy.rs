@@ -1,10 +1,12 @@
 //! Exact lazy noise against the eager update: identical where it must be (a minibatch of every
 //! row, or no noise), the closed-form variance of accumulated noise, and equality in
 //! distribution under a fixed gradient field with annealing, step-size decay and the switch to
-//! preconditioned noise (moments within standard errors and a two-sample Kolmogorov-Smirnov test).
+//! preconditioned noise (moments within standard errors and a two-sample Kolmogorov-Smirnov test),
+//! with either noise generator, and between the generators.
 
 use ipld_particles::{
-    AdaptiveLangevin, Langevin, LazyNoise, NoiseStream, ParticleCloud, StepContext, UpdateConfig,
+    AdaptiveLangevin, Langevin, LazyNoise, NoiseGenerator, NoiseStream, ParticleCloud, StepContext,
+    UpdateConfig,
 };
 
 /// A deterministic batch schedule: epoch e visits rows in a scrambled order, |B| at a time.
@@ -47,10 +49,28 @@ fn run(
     steps: u64,
     all_rows: bool,
 ) -> Vec<f32> {
+    run_with(
+        rule,
+        lazy,
+        seed,
+        (m, b, steps),
+        all_rows,
+        NoiseGenerator::default(),
+    )
+}
+
+fn run_with(
+    rule: &UpdateConfig,
+    lazy: bool,
+    seed: u64,
+    (m, b, steps): (usize, usize, u64),
+    all_rows: bool,
+    generator: NoiseGenerator,
+) -> Vec<f32> {
     let (n, d) = (2, 2);
     let mut cloud = ParticleCloud::gaussian(0, m, n, d, 11).unwrap();
-    let noise = NoiseStream::new(seed, 7);
-    let lazy_noise = NoiseStream::new(seed, ipld_particles::LAZY_STREAM);
+    let noise = NoiseStream::new(seed, 7).with_generator(generator);
+    let lazy_noise = NoiseStream::new(seed, ipld_particles::LAZY_STREAM).with_generator(generator);
     let eps = rule.lazy_eps();
     let mut state = LazyNoise::new(&cloud, 0, eps);
     let per_epoch = (m / b) as u64;
@@ -168,60 +188,72 @@ fn ks(a: &[f64], b: &[f64]) -> f64 {
     d
 }
 
+/// Two clouds' coordinates agree in distribution: means and variances within 4 standard
+/// errors, and a two-sample KS test at alpha = 0.001 (which a shift of a fifth of an sd fails).
+fn assert_same_distribution(name: &str, a: &[f32], b: &[f32]) {
+    let (a, b): (Vec<f64>, Vec<f64>) = (
+        a.iter().map(|&v| v as f64).collect(),
+        b.iter().map(|&v| v as f64).collect(),
+    );
+    // Per coordinate (d = 2), pooled over points and particles.
+    for j in 0..2 {
+        let pick = |v: &[f64]| v.iter().skip(j).step_by(2).copied().collect::<Vec<f64>>();
+        let (x, y) = (pick(&a), pick(&b));
+        let k = x.len() as f64;
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let var = |v: &[f64]| {
+            let m = mean(v);
+            v.iter().map(|a| (a - m).powi(2)).sum::<f64>() / (v.len() as f64 - 1.0)
+        };
+        let (mx, my, vx, vy) = (mean(&x), mean(&y), var(&x), var(&y));
+        // Difference of means: SE sqrt(vx/k + vy/k); of variances: sqrt(2/(k-1)) (vx + vy)
+        // / sqrt(2) roughly; 4 SE each. The N = 2 particles of a point are correlated, so k
+        // counts points, not particles, to stay conservative.
+        let k_eff = k / 2.0;
+        assert!(
+            (mx - my).abs() < 4.0 * ((vx + vy) / k_eff).sqrt(),
+            "{name} mean {mx} vs {my}"
+        );
+        assert!(
+            (vx - vy).abs() < 4.0 * (vx + vy) * (1.0 / (k_eff - 1.0)).sqrt(),
+            "{name} var {vx} vs {vy}"
+        );
+        // KS at alpha = 0.001 with the effective sample size: c = 1.95.
+        let d = ks(&x, &y);
+        assert!(
+            d < 1.95 * (2.0 / k_eff).sqrt(),
+            "{name} coordinate {j}: KS {d}"
+        );
+        // And the test can fail: shifting one sample by a fifth of an sd is detected (4 SE of
+        // the means' difference is about 0.09 sd here).
+        let shifted: Vec<f64> = y.iter().map(|a| a + 0.2 * vy.sqrt()).collect();
+        assert!(
+            ks(&x, &shifted) > 1.95 * (2.0 / k_eff).sqrt()
+                || (mean(&shifted) - mx).abs() > 4.0 * ((vx + vy) / k_eff).sqrt(),
+            "{name} coordinate {j}: a shifted sample passes"
+        );
+    }
+}
+
 #[test]
 fn lazy_and_eager_clouds_agree_in_distribution() {
     // 4000 points, |B| = 40 (100 steps per epoch), 600 steps: each particle is visited ~6 times
     // and misses ~99 steps between visits; annealing, step decay and the switch to
-    // preconditioned noise at epoch 1 all fall inside the run. Independent seeds.
-    let (m, b, steps) = (4000, 40, 600);
+    // preconditioned noise at epoch 1 all fall inside the run. Independent seeds. Lazy against
+    // eager with each generator, and the two generators' eager clouds against each other.
+    let shape = (4000, 40, 600);
+    let (ten, seven) = (NoiseGenerator::Philox4x32_10, NoiseGenerator::Philox4x32_7);
     for (name, rule) in [
         ("adaptive", adaptive()),
         ("langevin", UpdateConfig::Langevin(Langevin {})),
     ] {
-        let eager: Vec<f64> = run(&rule, false, 21, m, b, steps, false)
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
-        let lazy: Vec<f64> = run(&rule, true, 22, m, b, steps, false)
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
-        // Per coordinate (d = 2), pooled over points and particles.
-        for j in 0..2 {
-            let pick = |v: &[f64]| v.iter().skip(j).step_by(2).copied().collect::<Vec<f64>>();
-            let (x, y) = (pick(&eager), pick(&lazy));
-            let k = x.len() as f64;
-            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-            let var = |v: &[f64]| {
-                let m = mean(v);
-                v.iter().map(|a| (a - m).powi(2)).sum::<f64>() / (v.len() as f64 - 1.0)
-            };
-            let (mx, my, vx, vy) = (mean(&x), mean(&y), var(&x), var(&y));
-            // Difference of means: SE sqrt(vx/k + vy/k); of variances: sqrt(2/(k-1)) (vx + vy)
-            // / sqrt(2) roughly; 4 SE each. The N = 2 particles of a point are correlated, so k
-            // counts points, not particles, to stay conservative.
-            let k_eff = k / 2.0;
-            assert!(
-                (mx - my).abs() < 4.0 * ((vx + vy) / k_eff).sqrt(),
-                "{name} mean {mx} vs {my}"
-            );
-            assert!(
-                (vx - vy).abs() < 4.0 * (vx + vy) * (1.0 / (k_eff - 1.0)).sqrt(),
-                "{name} var {vx} vs {vy}"
-            );
-            // KS at alpha = 0.001 with the effective sample size: c = 1.95.
-            let d = ks(&x, &y);
-            assert!(
-                d < 1.95 * (2.0 / k_eff).sqrt(),
-                "{name} coordinate {j}: KS {d}"
-            );
-            // And the test can fail: shifting one sample by a tenth of an sd is detected.
-            let shifted: Vec<f64> = y.iter().map(|a| a + 0.1 * vy.sqrt()).collect();
-            assert!(
-                ks(&x, &shifted) > 1.95 * (2.0 / k_eff).sqrt()
-                    || (mean(&shifted) - mx).abs() > 4.0 * ((vx + vy) / k_eff).sqrt()
-            );
-        }
+        let eager10 = run_with(&rule, false, 21, shape, false, ten);
+        let lazy10 = run_with(&rule, true, 22, shape, false, ten);
+        assert_same_distribution(&format!("{name}, 10 rounds"), &eager10, &lazy10);
+        let eager7 = run_with(&rule, false, 23, shape, false, seven);
+        let lazy7 = run_with(&rule, true, 24, shape, false, seven);
+        assert_same_distribution(&format!("{name}, 7 rounds"), &eager7, &lazy7);
+        assert_same_distribution(&format!("{name}, 10 vs 7 rounds"), &eager10, &eager7);
     }
 }
 
