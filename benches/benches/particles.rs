@@ -9,8 +9,13 @@ use ipld_particles::{
     ParticleUpdate, StepContext, UpdateConfig,
 };
 
-/// The presets' generator.
-const PRESETS: NoiseGenerator = NoiseGenerator::Philox4x32_7;
+/// The generator the presets draw their particle noise with (`particles.noise`).
+fn presets() -> NoiseGenerator {
+    ipld_train::RunConfig::preset("gmm")
+        .unwrap()
+        .particles
+        .noise
+}
 
 const BATCH: usize = 500;
 
@@ -35,7 +40,7 @@ fn eager(c: &mut Criterion) {
         (100_000, 1, 2),
     ];
     let cases = shapes
-        .map(|s| (s, PRESETS))
+        .map(|s| (s, presets()))
         .into_iter()
         .chain([((100_000, 16, 2), NoiseGenerator::Philox4x32_10)]);
     for ((m, n, d), generator) in cases {
@@ -81,8 +86,8 @@ fn lazy(c: &mut Criterion) {
         let rule = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default());
         let mut state = LazyNoise::new(&cloud, 0, 1e-8);
         let (noise, lazy_noise) = (
-            NoiseStream::new(3, 7).with_generator(PRESETS),
-            NoiseStream::new(3, LAZY_STREAM).with_generator(PRESETS),
+            NoiseStream::new(3, 7).with_generator(presets()),
+            NoiseStream::new(3, LAZY_STREAM).with_generator(presets()),
         );
         let grads = vec![1e-6f32; BATCH * n * d];
         let mut t = 0;

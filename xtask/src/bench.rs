@@ -87,8 +87,11 @@ fn ctx(step: u64, m: usize, b: usize) -> StepContext {
     }
 }
 
-/// The presets' noise generator (`particles.noise` in configs/).
-const PRESETS: NoiseGenerator = NoiseGenerator::Philox4x32_7;
+/// The generator the presets draw their particle noise with (`particles.noise`; every preset
+/// sets the same, see ipld-train's tests/noise.rs).
+fn presets_generator() -> anyhow::Result<NoiseGenerator> {
+    Ok(ipld_train::RunConfig::preset("gmm")?.particles.noise)
+}
 
 /// Eager Algorithm 2 over M = 10^5 points, N = 16, d = 2 with a batch of 500: seconds per step
 /// and GB/s of particle state (z and V read, z written, per element; the batch rows also
@@ -111,14 +114,14 @@ fn eager_update(generator: NoiseGenerator) -> (f64, f64, [usize; 3]) {
 }
 
 /// Lazy steps (sync the batch, update it, record) for growing M at N = 16.
-fn lazy_update(m: usize, d: usize) -> f64 {
+fn lazy_update(m: usize, d: usize, generator: NoiseGenerator) -> f64 {
     let (n, b) = (16, 500);
     let mut cloud = ParticleCloud::gaussian(0, m, n, d, 1).expect("cloud");
     let rule = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default());
     let mut lazy = LazyNoise::new(&cloud, 0, 1e-8);
     let (noise, lazy_noise) = (
-        NoiseStream::new(3, 7).with_generator(PRESETS),
-        NoiseStream::new(3, ipld_particles::LAZY_STREAM).with_generator(PRESETS),
+        NoiseStream::new(3, 7).with_generator(generator),
+        NoiseStream::new(3, ipld_particles::LAZY_STREAM).with_generator(generator),
     );
     let grads = vec![1e-6f32; b * n * d];
     let mut t = 0u64;
@@ -171,10 +174,11 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     ipld_train::quiet_candle_pool(2);
     let memcpy = memcpy_gb_per_s();
     println!("memcpy: {memcpy:.2} GB/s");
-    let (eager_s, eager_gbs, shape) = eager_update(PRESETS);
+    let presets = presets_generator()?;
+    let (eager_s, eager_gbs, shape) = eager_update(presets);
     println!(
         "eager update {shape:?}, {}: {:.2} ms/step, {eager_gbs:.2} GB/s",
-        PRESETS.name(),
+        presets.name(),
         eager_s * 1e3
     );
     let ten = NoiseGenerator::Philox4x32_10;
@@ -186,13 +190,13 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     );
     let mut lazy = BTreeMap::new();
     for m in [10_000usize, 100_000, 1_000_000] {
-        let s = lazy_update(m, 2);
+        let s = lazy_update(m, 2, presets);
         println!("lazy update M = {m}, d 2: {:.3} ms/step", s * 1e3);
         lazy.insert(m.to_string(), s);
     }
     let mut lazy256 = BTreeMap::new();
     for m in [10_000usize, 100_000] {
-        let s = lazy_update(m, 256);
+        let s = lazy_update(m, 256, presets);
         println!("lazy update M = {m}, d 256: {:.3} ms/step", s * 1e3);
         lazy256.insert(m.to_string(), s);
     }
@@ -216,7 +220,7 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
         "memcpy_gb_per_s": memcpy,
         "particle_update_eager": {
             "shape_m_n_d": shape,
-            "noise": PRESETS.name(),
+            "noise": presets.name(),
             "seconds_per_step": eager_s,
             "gb_per_s": eager_gbs,
             "fraction_of_memcpy": eager_gbs / memcpy,
@@ -250,7 +254,7 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     println!("| measure | value |");
     println!("| --- | --- |");
     println!("| memcpy bandwidth | {memcpy:.2} GB/s |");
-    for (g, s, gbs) in [(PRESETS, eager_s, eager_gbs), (ten, eager10_s, eager10_gbs)] {
+    for (g, s, gbs) in [(presets, eager_s, eager_gbs), (ten, eager10_s, eager10_gbs)] {
         println!(
             "| eager particle update (M 1e5, N 16, d 2), {} | {:.2} ms/step, {gbs:.2} GB/s = {:.0}% of memcpy |",
             g.name(),

@@ -100,7 +100,8 @@ fn timing(device: &Device, m: usize, n: usize, d: usize) -> anyhow::Result<serde
     let mut gpu = CudaCloud::upload(&cloud, device)?;
     let rule = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default());
     // The presets' generator.
-    let noise = NoiseStream::new(3, 7).with_generator(NoiseGenerator::Philox4x32_7);
+    let generator = ipld_train::RunConfig::preset("gmm")?.particles.noise;
+    let noise = NoiseStream::new(3, 7).with_generator(generator);
     let batch: Vec<usize> = (0..b).map(|i| i * (m / b)).collect();
     let g = Tensor::full(1e-6f32, (b, n, d), device)?;
     for t in 0..3 {
