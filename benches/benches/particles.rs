@@ -11,10 +11,7 @@ use ipld_particles::{
 
 /// The generator the presets draw their particle noise with (`particles.noise`).
 fn presets() -> NoiseGenerator {
-    ipld_train::RunConfig::preset("gmm")
-        .unwrap()
-        .particles
-        .noise
+    ipld_train::RunConfig::presets_noise().expect("the embedded presets parse")
 }
 
 const BATCH: usize = 500;
@@ -39,8 +36,9 @@ fn eager(c: &mut Criterion) {
         (10_000, 16, 256),
         (100_000, 1, 2),
     ];
+    let presets = presets();
     let cases = shapes
-        .map(|s| (s, presets()))
+        .map(|s| (s, presets))
         .into_iter()
         .chain([((100_000, 16, 2), NoiseGenerator::Philox4x32_10)]);
     for ((m, n, d), generator) in cases {
@@ -75,6 +73,7 @@ fn eager(c: &mut Criterion) {
 fn lazy(c: &mut Criterion) {
     let mut g = c.benchmark_group("particle_update_lazy");
     g.sample_size(20);
+    let presets = presets();
     for (m, n, d) in [
         (10_000, 16, 2),
         (100_000, 16, 2),
@@ -86,8 +85,8 @@ fn lazy(c: &mut Criterion) {
         let rule = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default());
         let mut state = LazyNoise::new(&cloud, 0, 1e-8);
         let (noise, lazy_noise) = (
-            NoiseStream::new(3, 7).with_generator(presets()),
-            NoiseStream::new(3, LAZY_STREAM).with_generator(presets()),
+            NoiseStream::new(3, 7).with_generator(presets),
+            NoiseStream::new(3, LAZY_STREAM).with_generator(presets),
         );
         let grads = vec![1e-6f32; BATCH * n * d];
         let mut t = 0;

@@ -87,12 +87,6 @@ fn ctx(step: u64, m: usize, b: usize) -> StepContext {
     }
 }
 
-/// The generator the presets draw their particle noise with (`particles.noise`; every preset
-/// sets the same, see ipld-train's tests/noise.rs).
-fn presets_generator() -> anyhow::Result<NoiseGenerator> {
-    Ok(ipld_train::RunConfig::preset("gmm")?.particles.noise)
-}
-
 /// Eager Algorithm 2 over M = 10^5 points, N = 16, d = 2 with a batch of 500: seconds per step
 /// and GB/s of particle state (z and V read, z written, per element; the batch rows also
 /// read/write M).
@@ -174,7 +168,7 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     ipld_train::quiet_candle_pool(2);
     let memcpy = memcpy_gb_per_s();
     println!("memcpy: {memcpy:.2} GB/s");
-    let presets = presets_generator()?;
+    let presets = ipld_train::RunConfig::presets_noise()?;
     let (eager_s, eager_gbs, shape) = eager_update(presets);
     println!(
         "eager update {shape:?}, {}: {:.2} ms/step, {eager_gbs:.2} GB/s",

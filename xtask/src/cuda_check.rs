@@ -99,9 +99,7 @@ fn timing(device: &Device, m: usize, n: usize, d: usize) -> anyhow::Result<serde
     let cloud = ParticleCloud::gaussian(0, m, n, d, 1)?;
     let mut gpu = CudaCloud::upload(&cloud, device)?;
     let rule = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default());
-    // The presets' generator.
-    let generator = ipld_train::RunConfig::preset("gmm")?.particles.noise;
-    let noise = NoiseStream::new(3, 7).with_generator(generator);
+    let noise = NoiseStream::new(3, 7).with_generator(ipld_train::RunConfig::presets_noise()?);
     let batch: Vec<usize> = (0..b).map(|i| i * (m / b)).collect();
     let g = Tensor::full(1e-6f32, (b, n, d), device)?;
     for t in 0..3 {

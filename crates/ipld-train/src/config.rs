@@ -411,6 +411,12 @@ impl RunConfig {
         Self::from_toml(text, &format!("preset `{name}`"))
     }
 
+    /// The particle-noise generator the presets draw with (`particles.noise`; every preset sets
+    /// the same, which tests/noise.rs checks). Benchmarks time this one.
+    pub fn presets_noise() -> Result<NoiseGenerator, ConfigError> {
+        Ok(Self::preset("gmm")?.particles.noise)
+    }
+
     /// Reads and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

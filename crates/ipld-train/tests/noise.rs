@@ -29,6 +29,11 @@ fn presets_use_seven_rounds_and_an_old_config_means_ten() {
         let old = RunConfig::from_toml(&old, "old").unwrap();
         assert_eq!(old.particles.noise, NoiseGenerator::Philox4x32_10, "{name}");
     }
+    // What the benchmarks time.
+    assert_eq!(
+        RunConfig::presets_noise().unwrap(),
+        NoiseGenerator::Philox4x32_7
+    );
     let e = common::tiny(10)
         .with_overrides(&["particles.noise=philox4x32-5".into()], "t")
         .unwrap_err()
