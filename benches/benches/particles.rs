@@ -23,7 +23,7 @@ fn ctx(step: u64, m: usize) -> StepContext {
         step_size: 0.1,
         batch_size: BATCH,
         total_points: m,
-        precondition_noise: true,
+        epoch: 1,
     }
 }
 

@@ -5,7 +5,7 @@
 
 use criterion::{Criterion, criterion_group};
 use ipld_train::Trainer;
-use ipld_train::run::preset_trainer;
+use ipld_train::rundir::preset_trainer;
 
 fn trainer(n: usize, lazy: bool) -> Trainer {
     preset_trainer(

@@ -23,7 +23,7 @@ use ipld_particles::{
     AdaptiveLangevin, LazyNoise, NoiseGenerator, NoiseStream, ParticleCloud, ParticleUpdate,
     StepContext, UpdateConfig,
 };
-use ipld_train::run::preset_trainer;
+use ipld_train::rundir::preset_trainer;
 use serde_json::json;
 
 /// Median of `reps` timings of `f` in seconds.
@@ -83,7 +83,7 @@ fn ctx(step: u64, m: usize, b: usize) -> StepContext {
         step_size: 0.1,
         batch_size: b,
         total_points: m,
-        precondition_noise: true,
+        epoch: 1,
     }
 }
 

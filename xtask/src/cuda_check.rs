@@ -28,7 +28,7 @@ fn ctx(step: u64, m: usize, b: usize, precondition: bool) -> StepContext {
         step_size: 0.1,
         batch_size: b,
         total_points: m,
-        precondition_noise: precondition,
+        epoch: precondition as u64,
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ipld_diffusion::{Ddpm, SamplerConfig};
-use ipld_train::run::{CHECKPOINT_FILE, SUMMARY_FILE, open_run};
+use ipld_train::rundir::{CHECKPOINT_FILE, SUMMARY_FILE, open_run};
 use ipld_train::{Progress, RunConfig, RunPlan, RunSummary};
 use plotters::prelude::*;
 
@@ -97,10 +97,10 @@ fn read_summary(dir: &Path) -> Option<serde_json::Value> {
 /// Whether the cached run in `dir` was made with `config` up to the keys a resume may change
 /// (a changed preset or default makes a cell stale, so it is recomputed, not silently reused).
 fn same_config(dir: &Path, config: &RunConfig) -> bool {
-    std::fs::read_to_string(dir.join(ipld_train::run::CONFIG_FILE))
+    std::fs::read_to_string(dir.join(ipld_train::rundir::CONFIG_FILE))
         .ok()
         .and_then(|s| RunConfig::from_toml(&s, "cached config").ok())
-        .is_some_and(|saved| ipld_train::run::check_resumable(&saved, config).is_ok())
+        .is_some_and(|saved| ipld_train::rundir::check_resumable(&saved, config).is_ok())
 }
 
 /// Runs (or loads) every cell, then writes the results.

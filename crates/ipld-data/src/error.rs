@@ -50,6 +50,20 @@ pub enum DataError {
 }
 
 impl DataError {
+    /// The same error with `prefix.` before a parameter's key: a library names keys relative to
+    /// its own config struct, and the program that nests that struct adds the path to it.
+    pub fn under(self, prefix: &str) -> Self {
+        match self {
+            Self::Param { key, reason } => Self::Param {
+                key: format!("{prefix}.{key}"),
+                reason,
+            },
+            other => other,
+        }
+    }
+}
+
+impl DataError {
     pub(crate) fn format(path: &std::path::Path, reason: impl Into<String>) -> Self {
         Self::Format {
             path: path.to_path_buf(),

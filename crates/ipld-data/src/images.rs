@@ -562,7 +562,7 @@ pub fn load_image_folder(
 ) -> Result<ImageSet, DataError> {
     if size == 0 {
         return Err(DataError::Param {
-            key: "data.images.size".into(),
+            key: "size".into(),
             reason: "must be > 0".into(),
         });
     }

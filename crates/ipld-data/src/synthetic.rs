@@ -95,13 +95,13 @@ impl SyntheticData {
     pub fn generate(config: &SyntheticConfig) -> Result<Self, DataError> {
         if config.points == 0 {
             return Err(DataError::Param {
-                key: "data.points".into(),
+                key: "points".into(),
                 reason: "must be at least 1".into(),
             });
         }
         if config.ambient_dim < LATENT_DIM {
             return Err(DataError::Param {
-                key: "data.ambient_dim".into(),
+                key: "ambient_dim".into(),
                 reason: format!("must be at least {LATENT_DIM}, got {}", config.ambient_dim),
             });
         }

@@ -44,7 +44,7 @@ impl EmaConfig {
     pub fn validate(&self) -> Result<(), DiffusionError> {
         if !(0.0..1.0).contains(&self.decay) {
             return Err(DiffusionError::param(
-                "ema.decay",
+                "decay",
                 &format!("must lie in [0, 1), got {}", self.decay),
             ));
         }

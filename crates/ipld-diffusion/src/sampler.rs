@@ -178,13 +178,13 @@ impl Ddim {
     pub fn validate(&self, schedule: &NoiseSchedule) -> Result<(), DiffusionError> {
         if self.steps == 0 || self.steps > schedule.steps() {
             return Err(DiffusionError::param(
-                "sampler.steps",
+                "steps",
                 &format!("must lie in 1..={}, got {}", schedule.steps(), self.steps),
             ));
         }
         if !(self.eta >= 0.0 && self.eta.is_finite()) {
             return Err(DiffusionError::param(
-                "sampler.eta",
+                "eta",
                 &format!("must be finite and >= 0, got {}", self.eta),
             ));
         }

@@ -120,10 +120,7 @@ impl NoiseSchedule {
     pub fn new(config: &ScheduleConfig) -> Result<Self, DiffusionError> {
         let steps = config.steps;
         if steps == 0 {
-            return Err(DiffusionError::param(
-                "schedule.steps",
-                "must be at least 1",
-            ));
+            return Err(DiffusionError::param("steps", "must be at least 1"));
         }
         let betas = match config.kind {
             ScheduleKind::Linear {
@@ -133,7 +130,7 @@ impl NoiseSchedule {
                 for (key, v) in [("beta_start", beta_start), ("beta_end", beta_end)] {
                     if !(v > 0.0 && v < 1.0) {
                         return Err(DiffusionError::param(
-                            &format!("schedule.kind.{key}"),
+                            &format!("kind.{key}"),
                             &format!("must lie in (0, 1), got {v}"),
                         ));
                     }
@@ -143,13 +140,13 @@ impl NoiseSchedule {
             ScheduleKind::Cosine { offset, max_beta } => {
                 if !(offset >= 0.0 && offset.is_finite()) {
                     return Err(DiffusionError::param(
-                        "schedule.kind.offset",
+                        "kind.offset",
                         &format!("must be finite and >= 0, got {offset}"),
                     ));
                 }
                 if !(max_beta > 0.0 && max_beta < 1.0) {
                     return Err(DiffusionError::param(
-                        "schedule.kind.max_beta",
+                        "kind.max_beta",
                         &format!("must lie in (0, 1), got {max_beta}"),
                     ));
                 }
@@ -425,12 +422,7 @@ mod tests {
             steps: 0,
             ..Default::default()
         };
-        assert!(
-            bad.build()
-                .unwrap_err()
-                .to_string()
-                .contains("schedule.steps")
-        );
+        assert!(bad.build().unwrap_err().to_string().contains("`steps`"));
         let bad = ScheduleConfig {
             steps: 10,
             kind: ScheduleKind::Linear {

@@ -198,6 +198,6 @@ fn sampler_config_parses_and_validates() {
         bad.validate(&schedule)
             .unwrap_err()
             .to_string()
-            .contains("sampler.steps")
+            .contains("`steps`")
     );
 }

@@ -39,13 +39,13 @@ impl MmdConfig {
     pub fn validate(&self) -> Result<(), EvalError> {
         if !(self.gamma > 0.0 && self.gamma.is_finite()) {
             return Err(EvalError::Param {
-                key: "mmd.gamma".into(),
+                key: "gamma".into(),
                 reason: format!("must be finite and > 0, got {}", self.gamma),
             });
         }
         if self.block == 0 {
             return Err(EvalError::Param {
-                key: "mmd.block".into(),
+                key: "block".into(),
                 reason: "must be at least 1".into(),
             });
         }

@@ -68,27 +68,27 @@ impl ConvDecoderConfig {
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.channel_mult.is_empty() || self.channel_mult.contains(&0) {
             return Err(ModelError::param(
-                "model.decoder.channel_mult",
+                "channel_mult",
                 "needs at least one level, all multipliers >= 1",
             ));
         }
         if self.latent_channels == 0 || self.latent_size == 0 || self.out_channels == 0 {
             return Err(ModelError::param(
-                "model.decoder",
-                "latent_channels, latent_size and out_channels must be >= 1",
+                "latent_channels/latent_size/out_channels",
+                "must be at least 1",
             ));
         }
         for m in &self.channel_mult {
             let w = self.base_channels * m;
             if self.groups == 0 || w == 0 || !w.is_multiple_of(self.groups) {
                 return Err(ModelError::param(
-                    "model.decoder.groups",
+                    "groups",
                     format!("{} groups must divide every width (got {w})", self.groups),
                 ));
             }
         }
         if !(self.sigma > 0.0 && self.sigma.is_finite()) {
-            return Err(ModelError::param("model.decoder.sigma", "must be > 0"));
+            return Err(ModelError::param("sigma", "must be > 0"));
         }
         Ok(())
     }

@@ -23,6 +23,19 @@ pub struct LinearDecoderConfig {
     pub sigma: f64,
 }
 
+impl LinearDecoderConfig {
+    /// Checks sigma > 0 (keys relative to this struct).
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if !(self.sigma > 0.0 && self.sigma.is_finite()) {
+            return Err(ModelError::param(
+                "sigma",
+                format!("must be > 0, got {}", self.sigma),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for LinearDecoderConfig {
     fn default() -> Self {
         Self {
@@ -46,12 +59,7 @@ impl LinearDecoder {
         data_dim: usize,
         vb: VarBuilder,
     ) -> Result<Self, ModelError> {
-        if !(cfg.sigma > 0.0 && cfg.sigma.is_finite()) {
-            return Err(ModelError::param(
-                "model.decoder.sigma",
-                format!("must be > 0, got {}", cfg.sigma),
-            ));
-        }
+        cfg.validate()?;
         let linear = if cfg.bias {
             candle_nn::linear(latent_dim, data_dim, vb)?
         } else {

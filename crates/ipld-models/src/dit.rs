@@ -68,7 +68,7 @@ impl DitConfig {
 
     /// Checks the sizes.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let bad = |k: &str, r: String| Err(ModelError::param(&format!("model.eps.{k}"), r));
+        let bad = |k: &str, r: String| Err(ModelError::param(k, r));
         if self.channels == 0 || self.size == 0 || self.depth == 0 || self.mlp_ratio == 0 {
             return bad("channels/size/depth/mlp_ratio", "must be at least 1".into());
         }

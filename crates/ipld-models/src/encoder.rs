@@ -19,8 +19,8 @@ impl LinearGaussianEncoder {
     pub fn new(data_dim: usize, latent_dim: usize, vb: VarBuilder) -> Result<Self, ModelError> {
         if data_dim == 0 || latent_dim == 0 {
             return Err(ModelError::param(
-                "model.encoder",
-                "dimensions must be at least 1",
+                "data_dim/latent_dim",
+                "must be at least 1",
             ));
         }
         Ok(Self {

@@ -23,4 +23,16 @@ impl ModelError {
             reason: reason.into(),
         }
     }
+
+    /// The same error with `prefix.` before a parameter's key: a library names keys relative to
+    /// its own config struct, and the program that nests that struct adds the path to it.
+    pub fn under(self, prefix: &str) -> Self {
+        match self {
+            Self::Param { key, reason } => Self::Param {
+                key: format!("{prefix}.{key}"),
+                reason,
+            },
+            other => other,
+        }
+    }
 }

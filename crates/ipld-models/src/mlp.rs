@@ -38,14 +38,11 @@ impl MlpEpsConfig {
     /// Checks the sizes.
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.hidden == 0 || self.layers == 0 {
-            return Err(ModelError::param(
-                "model.eps.hidden/layers",
-                "must be at least 1",
-            ));
+            return Err(ModelError::param("hidden/layers", "must be at least 1"));
         }
         if self.time_embedding == 0 || self.time_embedding % 2 == 1 {
             return Err(ModelError::param(
-                "model.eps.time_embedding",
+                "time_embedding",
                 format!("must be even and >= 2, got {}", self.time_embedding),
             ));
         }

@@ -200,10 +200,7 @@ impl ParticleCloud {
             )));
         }
         if n == 0 {
-            return Err(ParticleError::param(
-                "particles.count",
-                "must be at least 1",
-            ));
+            return Err(ParticleError::param("n", "must be at least 1"));
         }
         let rep = |v: &[f32]| -> Vec<f32> {
             v.chunks_exact(self.dim)

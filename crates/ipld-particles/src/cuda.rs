@@ -21,7 +21,8 @@ use candle_core::cuda_backend::cudarc::driver::{CudaFunction, LaunchConfig, Push
 use candle_core::cuda_backend::cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 use candle_core::{CpuStorage, CudaStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Tensor};
 
-use crate::{NoiseStream, ParticleCloud, ParticleError, StepContext, UpdateConfig};
+use crate::kernel::{check_ctx, local_rows};
+use crate::{NoiseStream, ParticleCloud, ParticleError, ParticleUpdate, StepContext};
 
 /// CUDA C source of the kernels: the update (one thread per Philox block, i.e. four particle
 /// elements) and the batch-position scatter.
@@ -403,13 +404,13 @@ impl CudaCloud {
     /// (f32, contiguous, in batch order), typically straight from a candle backward pass.
     pub fn step(
         &mut self,
-        rule: &UpdateConfig,
+        rule: &dyn ParticleUpdate,
         batch: &[usize],
         grads: &Tensor,
         ctx: &StepContext,
         noise: &NoiseStream,
     ) -> Result<(), ParticleError> {
-        crate::update::check_ctx(ctx)?;
+        check_ctx(ctx)?;
         let [rows, n, d] = self.shape;
         let w = n * d;
         if grads.dtype() != DType::F32 || grads.elem_count() != batch.len() * w {
@@ -426,33 +427,8 @@ impl CudaCloud {
                 "the gradients are not on the cloud's CUDA device".into(),
             ));
         }
-        let local = crate::update::local_rows(self.start, rows, batch)?;
-        let (rule_id, drift, a, b, eps, sd, precondition) = match rule {
-            UpdateConfig::Langevin(r) => (
-                0i32,
-                (ctx.step_size * ctx.total_points as f64 * n as f64) as f32,
-                0f32,
-                0f32,
-                0f32,
-                r.step_variance(ctx).plain.sqrt() as f32,
-                0i32,
-            ),
-            UpdateConfig::AdaptiveLangevin(r) => (
-                1i32,
-                (ctx.total_points as f64 * n as f64) as f32,
-                r.momentum as f32,
-                r.second_moment as f32,
-                r.eps as f32,
-                r.noise_sd(ctx) as f32,
-                ctx.precondition_noise as i32,
-            ),
-            UpdateConfig::KineticLangevin(_) => {
-                return Err(ParticleError::param(
-                    "particles.update.type",
-                    "the CUDA kernel implements langevin and adaptive-langevin",
-                ));
-            }
-        };
+        let local = local_rows(self.start, rows, batch)?;
+        let p = rule.kernel_params(ctx, n)?;
         let update = Update {
             rows: rows as u64,
             w: w as u32,
@@ -461,14 +437,14 @@ impl CudaCloud {
             stream: noise.stream_id(),
             step: ctx.step,
             rounds: noise.generator().rounds() as i32,
-            rule: rule_id,
-            drift,
-            a,
-            b,
-            eps,
+            rule: p.rule,
+            drift: p.drift,
+            a: p.a,
+            b: p.b,
+            eps: p.eps,
             h: ctx.step_size as f32,
-            sd,
-            precondition,
+            sd: p.sd,
+            precondition: p.precondition as i32,
         };
         let grads = grads.contiguous().map_err(dev)?;
         if local.is_empty() {

@@ -16,13 +16,8 @@
 
 use rayon::prelude::*;
 
-use crate::rng::prefetch;
-use crate::update::{Row, StepVariance, Task, inv_fourth_root};
-use crate::{NoiseStream, ParticleCloud, ParticleError, StepContext, UpdateConfig};
-
-/// Below this many elements a minibatch pass runs on the calling thread: waking the thread pool
-/// costs more than it saves (a 500 x 16 x 2 minibatch took 0.45 ms in parallel, 0.2 alone).
-pub(crate) const PARALLEL_MIN: usize = 1 << 16;
+use crate::kernel::{inv_fourth_root, prefetch_rows, rows_mut, rows_pass};
+use crate::{NoiseStream, ParticleCloud, ParticleError, ParticleUpdate, StepContext, StepVariance};
 
 /// Noise-stream id of the accumulated (lazy) draws.
 pub const LAZY_STREAM: u32 = 0x1a27;
@@ -60,6 +55,11 @@ impl LazyNoise {
         }
     }
 
+    /// The preconditioner epsilon the accumulated noise is drawn with.
+    pub fn eps(&self) -> f64 {
+        self.eps as f64
+    }
+
     /// The per-row sync steps.
     pub fn synced(&self) -> &[u64] {
         &self.synced
@@ -84,7 +84,7 @@ impl LazyNoise {
             && v.preconditioned.is_finite())
         {
             return Err(ParticleError::param(
-                "particles.step_size",
+                "step_variance",
                 format!("noise variance must be finite and >= 0, got {v:?}"),
             ));
         }
@@ -215,12 +215,13 @@ impl LazyNoise {
     }
 
     /// One lazy step of `rule` at `ctx.step`: syncs the minibatch rows to `ctx.step`, applies the
-    /// rule's eager update (drift, moments, this step's noise) to them only, records the step's
-    /// variance for everyone else, and marks the minibatch synced through `ctx.step + 1`.
-    /// Kinetic Langevin carries a velocity that moves between visits, so it has no lazy form.
+    /// rule's eager update (drift, moments, this step's noise) to them only
+    /// ([`ParticleUpdate::step_batch_rows`]), records the step's variance for everyone else, and
+    /// marks the minibatch synced through `ctx.step + 1`. Rules without a lazy form (kinetic
+    /// Langevin's velocity moves between visits) are refused before anything changes.
     pub fn step(
         &mut self,
-        rule: &UpdateConfig,
+        rule: &dyn ParticleUpdate,
         cloud: &mut ParticleCloud,
         batch: &[usize],
         grads: &[f32],
@@ -236,18 +237,9 @@ impl LazyNoise {
                 w[0]
             )));
         }
-        self.sync(cloud, batch, t, noise)?;
         let v = rule.step_variance(ctx)?;
-        let n = cloud.particles();
-        match rule {
-            UpdateConfig::Langevin(r) => {
-                batch_pass(cloud, batch, grads, ctx, noise, r.kernel(ctx, n))?
-            }
-            UpdateConfig::AdaptiveLangevin(r) => {
-                batch_pass(cloud, batch, grads, ctx, noise, r.kernel(ctx, n))?
-            }
-            UpdateConfig::KineticLangevin(_) => unreachable!("step_variance rejects it"),
-        }
+        self.sync(cloud, batch, t, noise)?;
+        rule.step_batch_rows(cloud, batch, grads, ctx, noise)?;
         self.record(t, v)?;
         for &m in batch {
             let r = cloud.local(m)?;
@@ -255,111 +247,4 @@ impl LazyNoise {
         }
         Ok(())
     }
-}
-
-/// The eager kernel applied to the minibatch rows only, with the same per-row noise the eager
-/// pass would draw for them (so a minibatch of every row reproduces the eager step exactly).
-fn batch_pass(
-    cloud: &mut ParticleCloud,
-    batch: &[usize],
-    grads: &[f32],
-    ctx: &StepContext,
-    noise: &NoiseStream,
-    kernel: impl Fn(Row<'_>) + Sync,
-) -> Result<(), ParticleError> {
-    crate::update::check_ctx(ctx)?;
-    let w = cloud.particles() * cloud.dim();
-    if grads.len() != batch.len() * w {
-        return Err(ParticleError::Shape(format!(
-            "{} gradient values for a batch of {} rows of {w}",
-            grads.len(),
-            batch.len()
-        )));
-    }
-    // Rows in memory order (the batch has no repeats: `step` checks), each with its gradient.
-    let mut rows = batch
-        .iter()
-        .enumerate()
-        .map(|(p, &m)| Ok((cloud.local(m)?, p)))
-        .collect::<Result<Vec<_>, ParticleError>>()?;
-    rows.sort_unstable();
-    let local: Vec<usize> = rows.iter().map(|&(r, _)| r).collect();
-    let start = cloud.start();
-    let (z, m1, m2) = cloud.buffers_mut();
-    prefetch_rows(&local, w, &[&*z, &*m1, &*m2]);
-    let items: Vec<_> = rows
-        .iter()
-        .zip(
-            rows_mut(z, w, &local)
-                .into_iter()
-                .zip(rows_mut(m1, w, &local))
-                .zip(rows_mut(m2, w, &local)),
-        )
-        .collect();
-    let update = |buf: &mut Vec<f32>, (&(r, p), ((z, m1), m2)): (&(usize, usize), _)| {
-        noise.fill(ctx.step, ((start + r) * w) as u64, buf);
-        if w < 256 {
-            // Short rows: the call into the dispatched loop costs more than its vectors save.
-            kernel((z, m1, m2, Some(&grads[p * w..(p + 1) * w]), buf));
-        } else {
-            Task {
-                w,
-                pos: &[0],
-                grads: &grads[p * w..(p + 1) * w],
-                z,
-                m1,
-                m2,
-                noise: buf,
-            }
-            .run_dispatch(&kernel);
-        }
-        Ok::<(), ParticleError>(())
-    };
-    rows_pass(items, w, update)
-}
-
-/// Before a pass over few scattered rows (local indices `rows` of width `w`), issues every row's
-/// loads of `bufs` at once, so the cache misses of a big cloud overlap instead of arriving one
-/// row at a time. Larger passes run in parallel and need no help.
-fn prefetch_rows(rows: &[usize], w: usize, bufs: &[&[f32]]) {
-    if rows.len() * w < PARALLEL_MIN {
-        for &r in rows {
-            for b in bufs {
-                prefetch(&b[r * w..(r + 1) * w]);
-            }
-        }
-    }
-}
-
-/// Runs `f(scratch, item)` for one item per row of width `w`, each with a scratch buffer of `w`
-/// floats: on the calling thread below [`PARALLEL_MIN`] elements, else in parallel (rayon).
-fn rows_pass<I: Send>(
-    items: Vec<I>,
-    w: usize,
-    f: impl Fn(&mut Vec<f32>, I) -> Result<(), ParticleError> + Sync + Send,
-) -> Result<(), ParticleError> {
-    if items.len() * w < PARALLEL_MIN {
-        let mut buf = vec![0f32; w];
-        items.into_iter().try_for_each(|item| f(&mut buf, item))
-    } else {
-        items
-            .into_par_iter()
-            .with_min_len((4096 / w).max(1))
-            .try_for_each_init(|| vec![0f32; w], f)
-    }
-}
-
-/// Disjoint mutable views of rows `rows` (local indices, sorted, distinct) of a buffer of row
-/// width `w`, in O(rows) so a step never walks the whole cloud.
-fn rows_mut<'a>(mut buf: &'a mut [f32], w: usize, rows: &[usize]) -> Vec<&'a mut [f32]> {
-    let mut out = Vec::with_capacity(rows.len());
-    let mut base = 0;
-    for &r in rows {
-        let tail = std::mem::take(&mut buf).split_at_mut((r - base) * w).1;
-        let (row, rest) = tail.split_at_mut(w);
-        out.push(row);
-        buf = rest;
-        base = r + 1;
-    }
-    out
 }

@@ -11,6 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::{Isa, prefetch};
+
 /// Philox4x32 round multipliers and Weyl key increments (Random123).
 const M0: u32 = 0xD251_1F53;
 const M1: u32 = 0xCD9E_8D57;
@@ -233,22 +235,6 @@ impl Ahead<'_> {
     }
 }
 
-/// Asks the CPU to bring `buf` into cache without waiting for it.
-#[inline(always)]
-pub(crate) fn prefetch(buf: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in buf.chunks(16) {
-        // SAFETY: a prefetch of a valid address has no architectural effect.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = buf;
-}
-
 /// [`philox_group`] in AVX-512 intrinsics. Each counter word lives in the low half of a 64-bit
 /// lane (two registers of 8 blocks per word): `vpmuludq` reads only those low halves and leaves
 /// the whole 64-bit product in the lane, so the product *is* the next round's c1 / c3 (its high
@@ -350,38 +336,6 @@ fn normals_groups_dispatch<const R: usize>(
         // SAFETY: as above.
         Isa::Avx2 => unsafe { normals_groups_avx2::<R>(key, c23, first, out, ahead) },
         Isa::Portable => normals_groups::<R>(key, c23, first, out, ahead),
-    }
-}
-
-/// The widest vector unit this CPU has, for the kernels compiled once per ISA (the noise here,
-/// the row kernels in `update.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Isa {
-    /// AVX-512 F/VL/DQ/BW.
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    /// AVX2.
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    /// Whatever the build's baseline is.
-    Portable,
-}
-
-impl Isa {
-    /// Runtime detection (std caches it, so this is a few loads).
-    #[inline]
-    pub(crate) fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx512vl") && has!("avx512dq") && has!("avx512bw") {
-                return Self::Avx512;
-            }
-            if has!("avx2") {
-                return Self::Avx2;
-            }
-        }
-        Self::Portable
     }
 }
 

@@ -29,7 +29,7 @@ impl KlAnnealing {
     pub fn validate(&self) -> Result<(), ParticleError> {
         if !(self.coefficient >= 0.0 && self.coefficient.is_finite()) {
             return Err(ParticleError::param(
-                "train.kl.coefficient",
+                "coefficient",
                 format!("must be finite and >= 0, got {}", self.coefficient),
             ));
         }
@@ -57,13 +57,13 @@ impl StepSizeSchedule {
     pub fn validate(&self) -> Result<(), ParticleError> {
         if !(self.initial > 0.0 && self.initial.is_finite()) {
             return Err(ParticleError::param(
-                "particles.step_size.initial",
+                "initial",
                 format!("must be > 0, got {}", self.initial),
             ));
         }
         if !(self.decay_per_epoch > 0.0 && self.decay_per_epoch <= 1.0) {
             return Err(ParticleError::param(
-                "particles.step_size.decay_per_epoch",
+                "decay_per_epoch",
                 format!("must lie in (0, 1], got {}", self.decay_per_epoch),
             ));
         }

@@ -18,7 +18,7 @@ fn ctx(
         step_size: h,
         batch_size: batch,
         total_points: total,
-        precondition_noise: precondition,
+        epoch: precondition as u64,
     }
 }
 

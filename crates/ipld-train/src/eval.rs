@@ -6,14 +6,12 @@ use ipld_data::Dataset;
 use ipld_diffusion::{SamplerConfig, SamplerProgress, gaussian};
 use ipld_eval::mmd2_unbiased;
 use ipld_models::Decoder;
-use rand::SeedableRng;
 use rand::seq::index::sample;
-use rand_chacha::ChaCha8Rng;
 
-use crate::trainer::{TrainError, Trainer, mix_seed};
-
-const STREAM_SAMPLE: u64 = 3;
-const STREAM_REFERENCE: u64 = 4;
+use crate::error::TrainError;
+use crate::progress::Progress;
+use crate::streams::Stream;
+use crate::trainer::Trainer;
 
 /// Generated data and how long it took.
 #[derive(Debug, Clone)]
@@ -35,19 +33,13 @@ pub fn generate(
     progress: &mut dyn FnMut(SamplerProgress),
 ) -> Result<Samples, TrainError> {
     let start = std::time::Instant::now();
-    let dz = trainer.cfg.data.latent_dim;
-    let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(seed, STREAM_SAMPLE, n as u64));
+    let dz = trainer.config().data.latent_dim;
+    let mut rng = Stream::Sample.rng(seed, n as u64);
     let z = gaussian(&mut rng, (n, dz), DType::F32, trainer.device())?;
+    let prior = trainer.sampling_prior()?;
     let z0 = sampler
         .sampler()
-        .sample(
-            trainer.sampling_prior()?,
-            trainer.schedule(),
-            z,
-            &mut rng,
-            progress,
-        )
-        .map_err(|e| TrainError::Other(e.to_string()))?;
+        .sample(&prior, trainer.schedule(), z, &mut rng, progress)?;
     let z0 = trainer.latent_space(&z0)?;
     let x = trainer.decoder().decode(&z0)?;
     let to_vec = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
@@ -73,11 +65,11 @@ pub fn reference(trainer: &Trainer) -> Result<Vec<f32>, TrainError> {
 /// `eval.reference_points`.
 pub fn reference_indices(trainer: &Trainer) -> Vec<usize> {
     let n = trainer.data().len();
-    let want = trainer.cfg.eval.reference_points;
+    let want = trainer.config().eval.reference_points;
     if want >= n {
         (0..n).collect()
     } else {
-        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(trainer.cfg.seed, STREAM_REFERENCE, 0));
+        let mut rng = Stream::Reference.rng(trainer.config().seed, 0);
         let mut v = sample(&mut rng, n, want).into_vec();
         v.sort_unstable();
         v
@@ -92,11 +84,37 @@ pub fn mmd(trainer: &Trainer, samples: &Samples, reference: &[f32]) -> Result<f6
             what: "a generated sample".into(),
         });
     }
-    mmd2_unbiased(
+    Ok(mmd2_unbiased(
         &samples.data,
         reference,
         trainer.data().dim(),
-        &trainer.cfg.eval.mmd,
-    )
-    .map_err(|e| TrainError::Other(e.to_string()))
+        &trainer.config().eval.mmd,
+    )?)
+}
+
+/// [`generate`] with progress shown as `progress` says.
+pub fn generate_with_progress(
+    trainer: &Trainer,
+    n: usize,
+    sampler: &SamplerConfig,
+    seed: u64,
+    progress: Progress,
+) -> Result<Samples, TrainError> {
+    let total = sampler.sampler().evaluations(trainer.schedule()) as u64;
+    let bar = progress.bar(
+        total,
+        "sample {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
+    );
+    let mut cb = |p: SamplerProgress| {
+        if let Some(b) = &bar {
+            b.set_position(p.step as u64);
+        } else if progress == Progress::Log && (p.step.is_multiple_of(250) || p.step == p.total) {
+            tracing::info!(step = p.step, total = p.total, "sampling");
+        }
+    };
+    let s = generate(trainer, n, sampler, seed, &mut cb)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(s)
 }

@@ -1,7 +1,8 @@
 //! `ipld-train fid`: Fréchet Inception Distance (Heusel et al. 2017) between two image sets, the
 //! paper's image metric (5.2, B.2: 50,000 samples against the data). Each side is a folder of
 //! images or a statistics file (`.safetensors` with `mu`, `sigma`, written by `--save-stats` or
-//! cached per dataset), so reference statistics are computed once.
+//! cached per dataset), so reference statistics are computed once. A run's own FID
+//! ([`fid_of_samples`]) compares its samples with its training images through that cache.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -12,7 +13,11 @@ use ipld_eval::inception::FEATURE_DIM;
 use ipld_eval::{GaussianStats, InceptionV3, frechet_distance};
 use serde::Serialize;
 
-use crate::{Progress, RunError};
+use crate::data::{load_images, resolve_image_path};
+use crate::error::RunError;
+use crate::eval::reference_indices;
+use crate::progress::Progress;
+use crate::trainer::Trainer;
 
 /// Options of an FID computation.
 #[derive(Debug, Clone)]
@@ -47,13 +52,6 @@ pub struct FidSummary {
     pub feature_seconds: f64,
 }
 
-fn err(path: &Path, e: impl std::fmt::Display) -> RunError {
-    RunError::Io {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    }
-}
-
 /// Inception statistics of the first `limit` images of `set`.
 pub fn image_stats(
     net: &InceptionV3,
@@ -67,16 +65,10 @@ pub fn image_stats(
     let [c, h, w] = set.shape();
     let pixels = set.pixels_255();
     let pixels = &pixels[..n * c * h * w];
-    let bar = (progress == Progress::Bar).then(|| {
-        let b = indicatif::ProgressBar::new(n as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(&format!(
-                "{label} {{bar:30}} {{pos}}/{{len}} images [{{elapsed_precise}}<{{eta_precise}}]"
-            ))
-            .expect("template"),
-        );
-        b
-    });
+    let bar = progress.bar(
+        n as u64,
+        &format!("{label} {{bar:30}} {{pos}}/{{len}} images [{{elapsed_precise}}<{{eta_precise}}]"),
+    );
     let mut last_log = 0;
     let feats = net
         .features_u8(pixels, (c, h, w), batch, |done| {
@@ -87,11 +79,12 @@ pub fn image_stats(
                 tracing::info!(done, total = n, "{label}: Inception features");
             }
         })
-        .map_err(|e| err(Path::new(set.source()), e))?;
+        .map_err(|e| RunError::eval(Path::new(set.source()), e))?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    GaussianStats::from_features(&feats, FEATURE_DIM).map_err(|e| err(Path::new(set.source()), e))
+    GaussianStats::from_features(&feats, FEATURE_DIM)
+        .map_err(|e| RunError::eval(Path::new(set.source()), e))
 }
 
 fn stats_of(
@@ -101,18 +94,25 @@ fn stats_of(
     label: &str,
 ) -> Result<(GaussianStats, bool), RunError> {
     if path.is_file() {
-        return Ok((GaussianStats::load(path).map_err(|e| err(path, e))?, false));
+        return Ok((
+            GaussianStats::load(path).map_err(|e| RunError::eval(path, e))?,
+            false,
+        ));
     }
     if !path.is_dir() {
-        return Err(err(path, "neither an image folder nor a statistics file"));
+        return Err(RunError::invalid(
+            path,
+            "neither an image folder nor a statistics file",
+        ));
     }
-    let set = load_image_folder_native(path).map_err(|e| err(path, e))?;
+    let set = load_image_folder_native(path)?;
     if set.len().min(opts.limit) < 2 {
-        return Err(err(path, "FID needs at least 2 images"));
+        return Err(RunError::invalid(path, "FID needs at least 2 images"));
     }
     if net.is_none() {
         *net = Some(
-            InceptionV3::load(&opts.weights, &Device::Cpu).map_err(|e| err(&opts.weights, e))?,
+            InceptionV3::load(&opts.weights, &Device::Cpu)
+                .map_err(|e| RunError::eval(&opts.weights, e))?,
         );
     }
     let stats = image_stats(
@@ -129,7 +129,7 @@ fn stats_of(
 /// FID between `real` and `fake` (folders of images or statistics files).
 pub fn fid_paths(real: &Path, fake: &Path, opts: &FidOptions) -> Result<FidSummary, RunError> {
     if opts.limit < 2 || opts.batch == 0 {
-        return Err(err(
+        return Err(RunError::invalid(
             real,
             format!(
                 "--limit {} / --batch {}: need limit >= 2 and batch >= 1",
@@ -142,21 +142,73 @@ pub fn fid_paths(real: &Path, fake: &Path, opts: &FidOptions) -> Result<FidSumma
     let (a, a_from_images) = stats_of(real, &mut net, opts, "real")?;
     if let Some(out) = &opts.save_stats {
         if !a_from_images {
-            return Err(err(
+            return Err(RunError::invalid(
                 real,
                 "--save-stats needs an image folder as the first input",
             ));
         }
-        a.save(out).map_err(|e| err(out, e))?;
+        a.save(out).map_err(|e| RunError::eval(out, e))?;
     }
     let (b, _) = stats_of(fake, &mut net, opts, "fake")?;
-    let fid = frechet_distance(&a, &b).map_err(|e| err(fake, e))?;
+    let fid = frechet_distance(&a, &b).map_err(|e| RunError::eval(fake, e))?;
     Ok(FidSummary {
         fid,
         real_count: a.count,
         fake_count: b.count,
         feature_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// FID of decoded samples against the first `eval.reference_points` training images (a seeded
+/// subset when fewer, the MMD reference), the reference statistics cached under the data
+/// directory's `fid-stats/`.
+pub fn fid_of_samples(
+    trainer: &Trainer,
+    set: &ImageSet,
+    progress: Progress,
+) -> Result<f64, RunError> {
+    let cfg = trainer.config();
+    let dir = Path::new(set.source());
+    let src = cfg
+        .data
+        .images
+        .as_ref()
+        .ok_or_else(|| RunError::invalid(dir, "FID needs an image run"))?;
+    let shape = src.shape();
+    let weights = default_weights();
+    let net = InceptionV3::load(&weights, &Device::Cpu).map_err(|e| RunError::eval(&weights, e))?;
+    let n_ref = cfg.eval.reference_points.min(trainer.data().len());
+    let src = resolve_image_path(src);
+    let key = format!(
+        "{}-{}-{n_ref}-seed{}-{:016x}",
+        cfg.data.name(),
+        shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x"),
+        cfg.seed,
+        fnv1a(src.path().display().to_string().as_bytes())
+    );
+    let cache = ipld_data::default_data_dir()
+        .join("fid-stats")
+        .join(format!("{key}.safetensors"));
+    let real = match GaussianStats::load(&cache) {
+        Ok(s) if s.count == n_ref => s,
+        _ => {
+            // The same training points as the MMD reference (a seeded subset when fewer).
+            let idx = reference_indices(trainer);
+            let data = load_images(&src, cfg.data.max_points)?.select(&idx)?;
+            let s = image_stats(&net, &data, n_ref, 50, progress, "FID reference")?;
+            if let Some(parent) = cache.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| RunError::io(parent, e))?;
+            }
+            s.save(&cache).map_err(|e| RunError::eval(&cache, e))?;
+            s
+        }
+    };
+    let fake = image_stats(&net, set, usize::MAX, 50, progress, "FID samples")?;
+    frechet_distance(&real, &fake).map_err(|e| RunError::eval(dir, e))
 }
 
 /// FNV-1a, 64 bit: a stable short hash for cache file names.

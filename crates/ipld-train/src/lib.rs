@@ -1,25 +1,34 @@
 //! The IPLD trainer as a library: configuration (presets mirroring the paper), the training state
 //! and its step (Algorithm 2), evaluation, and runs on disk. The `ipld-train` binary only parses
-//! arguments, builds a [`RunPlan`], and calls [`run`].
+//! arguments, builds a [`RunPlan`], and calls [`run`]. docs/architecture.md maps the modules.
 //! The workspace README follows (its example is compiled as a doctest here).
 #![doc = include_str!("../../../README.md")]
 
+pub mod checkpoint;
+pub mod commands;
 pub mod config;
+pub mod data;
+pub mod error;
 pub mod eval;
 pub mod fid;
 pub mod nets;
 pub mod optim;
 pub mod pictures;
 pub mod plot;
+pub mod progress;
 pub mod run;
+pub mod rundir;
+pub mod streams;
 pub mod threads;
 pub mod trainer;
 
+pub use commands::{eval_run, sample_run};
 pub use config::{
-    ConfigError, DataConfig, DiffusionConfig, EvalConfig, Method, PRESETS, RunConfig,
+    ConfigError, DataConfig, DiffusionConfig, EvalConfig, Method, PRESETS, RunConfig, ValidConfig,
 };
-pub use run::{
-    Progress, RunError, RunPlan, RunSummary, default_run_dir, eval_run, run, sample_run,
-};
+pub use error::{RunError, TrainError};
+pub use progress::Progress;
+pub use run::{RunPlan, RunSummary, run};
+pub use rundir::default_run_dir;
 pub use threads::{pin_thread_count, quiet_candle_pool};
-pub use trainer::{StepMetrics, TrainError, Trainer};
+pub use trainer::{StepMetrics, Trainer};

@@ -147,7 +147,7 @@ fn plan(args: TrainArgs) -> anyhow::Result<Option<RunPlan>> {
         sets.insert(0, format!("seed={seed}"));
     }
     let (config, run_dir, resume) = if let Some(dir) = &args.resume {
-        let path = dir.join(ipld_train::run::CONFIG_FILE);
+        let path = dir.join(ipld_train::rundir::CONFIG_FILE);
         let cfg = RunConfig::from_file(&path)
             .with_context(|| format!("--resume {}: not a run directory", dir.display()))?
             .with_overrides(&sets, &path.display().to_string())?;

@@ -11,7 +11,7 @@ use ipld_models::{
     ModelError,
 };
 
-use crate::RunConfig;
+use crate::config::{DecoderConfig, PriorConfig};
 
 /// The prior's epsilon-network.
 pub enum PriorNet {
@@ -22,21 +22,23 @@ pub enum PriorNet {
 }
 
 impl PriorNet {
-    /// Builds the network the config names under `vb` and draws its seeded initial weights.
+    /// Builds the network `cfg` names for latents of dimension `dz` under `vb` and draws its
+    /// seeded initial weights into `vars`.
     pub fn new(
-        cfg: &RunConfig,
+        cfg: &PriorConfig,
+        dz: usize,
         vars: &VarMap,
         vb: VarBuilder,
         seed: u64,
     ) -> Result<Self, ModelError> {
-        Ok(match &cfg.model.dit {
-            Some(d) => {
+        Ok(match cfg {
+            PriorConfig::Dit(d) => {
                 let net = Dit::new(d, vb)?;
                 Dit::init(vars, seed)?;
                 Self::Dit(net)
             }
-            None => {
-                let net = MlpEps::new(&cfg.model.eps, cfg.data.latent_dim, vb)?;
+            PriorConfig::Mlp(m) => {
+                let net = MlpEps::new(m, dz, vb)?;
                 ipld_models::seeded_init(vars, seed)?;
                 Self::Mlp(net)
             }
@@ -69,22 +71,24 @@ pub enum DecoderNet {
 }
 
 impl DecoderNet {
-    /// Builds the decoder the config names for data of dimension `dx`, with seeded weights.
+    /// Builds the decoder `cfg` names from latents of dimension `dz` to data of dimension
+    /// `dx`, with seeded weights.
     pub fn new(
-        cfg: &RunConfig,
+        cfg: &DecoderConfig,
+        dz: usize,
         dx: usize,
         vars: &VarMap,
         vb: VarBuilder,
         seed: u64,
     ) -> Result<Self, ModelError> {
-        Ok(match &cfg.model.conv_decoder {
-            Some(c) => {
+        Ok(match cfg {
+            DecoderConfig::Conv(c) => {
                 let net = ConvDecoder::new(c, vb)?;
                 ConvDecoder::init(vars, seed)?;
                 Self::Conv(Box::new(net))
             }
-            None => {
-                let net = LinearDecoder::new(&cfg.model.decoder, cfg.data.latent_dim, dx, vb)?;
+            DecoderConfig::Linear(l) => {
+                let net = LinearDecoder::new(l, dz, dx, vb)?;
                 ipld_models::seeded_init(vars, seed)?;
                 Self::Linear(net)
             }
@@ -110,23 +114,25 @@ pub enum EncoderNet {
 }
 
 impl EncoderNet {
-    /// Builds the encoder matching the config's decoder, with seeded weights.
+    /// Builds the encoder mirroring the decoder `cfg` (data of dimension `dx` to latents of
+    /// dimension `dz`), with seeded weights.
     pub fn new(
-        cfg: &RunConfig,
+        cfg: &DecoderConfig,
+        dz: usize,
         dx: usize,
         vars: &VarMap,
         vb: VarBuilder,
         seed: u64,
     ) -> Result<Self, ModelError> {
-        Ok(match &cfg.model.conv_decoder {
-            Some(c) => {
+        Ok(match cfg {
+            DecoderConfig::Conv(c) => {
                 let net = ConvEncoder::new(c, vb)?;
                 // Same rule as the decoder: PyTorch-default convs, unit GroupNorm.
                 ConvDecoder::init(vars, seed)?;
                 Self::Conv(Box::new(net))
             }
-            None => {
-                let net = LinearGaussianEncoder::new(dx, cfg.data.latent_dim, vb)?;
+            DecoderConfig::Linear(_) => {
+                let net = LinearGaussianEncoder::new(dx, dz, vb)?;
                 ipld_models::seeded_init(vars, seed)?;
                 Self::Linear(net)
             }

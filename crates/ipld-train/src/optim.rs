@@ -8,6 +8,9 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{CheckpointReader, CheckpointWriter, Checkpointed};
+use crate::error::TrainError;
+
 /// AdamW hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -162,6 +165,24 @@ impl AdamW {
         }
         self.t = steps;
         Ok(())
+    }
+}
+
+/// The moments as `<prefix>/m/<var>`, `<prefix>/v/<var>`, and the step count as the metadata
+/// `<prefix>_steps`.
+impl Checkpointed for AdamW {
+    fn save(&self, prefix: &str, out: &mut CheckpointWriter) -> Result<(), TrainError> {
+        for (name, t) in self.state() {
+            out.tensor(format!("{prefix}/{name}"), t);
+        }
+        out.meta(&format!("{prefix}_steps"), self.t);
+        Ok(())
+    }
+
+    fn load(&mut self, prefix: &str, ck: &CheckpointReader) -> Result<(), TrainError> {
+        let steps = ck.meta_u64(&format!("{prefix}_steps"))?;
+        self.load_state(steps, &ck.under(prefix))
+            .map_err(|e| ck.problem(e))
     }
 }
 

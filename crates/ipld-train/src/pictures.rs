@@ -9,20 +9,13 @@ use candle_core::{DType, Tensor};
 use ipld_data::{Dataset, ImageSet, save_image_grid};
 use ipld_models::Decoder;
 
-use crate::run::RunError;
-use crate::trainer::{TrainError, Trainer};
+use crate::error::{RunError, TrainError};
+use crate::trainer::Trainer;
 
 /// The interpolation picture's file name.
 pub const INTERPOLATION_PNG: &str = "interpolation.png";
 /// Interpolation points per row (s = 0, 1/(K-1), ..., 1).
 pub const INTERPOLATION_STEPS: usize = 10;
-
-fn io(path: &Path, e: impl std::fmt::Display) -> RunError {
-    RunError::Io {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    }
-}
 
 /// `k` training indices spread evenly over the data (so sorted files show every class).
 pub fn picture_points(trainer: &Trainer, k: usize) -> Vec<usize> {
@@ -33,7 +26,7 @@ pub fn picture_points(trainer: &Trainer, k: usize) -> Vec<usize> {
 
 fn image_shape(trainer: &Trainer) -> Result<[usize; 3], TrainError> {
     trainer
-        .cfg
+        .config()
         .data
         .images
         .as_ref()
@@ -42,7 +35,7 @@ fn image_shape(trainer: &Trainer) -> Result<[usize; 3], TrainError> {
 }
 
 fn decode(trainer: &Trainer, z: Vec<f32>, rows: usize) -> Result<Vec<f32>, TrainError> {
-    let dz = trainer.cfg.data.latent_dim;
+    let dz = trainer.config().data.latent_dim;
     let z = Tensor::from_vec(z, (rows, dz), trainer.device())?;
     Ok(trainer
         .decoder()
@@ -58,16 +51,14 @@ fn particles(trainer: &Trainer, points: &[usize]) -> Result<Option<(Vec<f32>, us
         return Ok(None);
     };
     let mut z = Vec::new();
-    cloud
-        .gather_into(points, &mut z)
-        .map_err(|e| TrainError::Other(e.to_string()))?;
+    cloud.gather_into(points, &mut z)?;
     Ok(Some((z, cloud.particles())))
 }
 
 /// Writes `clouds/epoch-EEEE.png`: one row per picture point, the data image first, then its N
 /// decoded particles.
 pub fn cloud_snapshot(trainer: &Trainer, epoch: u64, dir: &Path) -> Result<(), RunError> {
-    let points = picture_points(trainer, trainer.cfg.eval.picture_points);
+    let points = picture_points(trainer, trainer.config().eval.picture_points);
     let Some((z, n)) = particles(trainer, &points)? else {
         return Ok(());
     };
@@ -75,20 +66,17 @@ pub fn cloud_snapshot(trainer: &Trainer, epoch: u64, dir: &Path) -> Result<(), R
     let dx = trainer.data().dim();
     let decoded = decode(trainer, z, points.len() * n)?;
     let mut data = Vec::new();
-    trainer
-        .data()
-        .gather_into(&points, &mut data)
-        .map_err(TrainError::from)?;
+    trainer.data().gather_into(&points, &mut data)?;
     let mut grid = Vec::with_capacity(points.len() * (n + 1) * dx);
     for (i, _) in points.iter().enumerate() {
         grid.extend_from_slice(&data[i * dx..(i + 1) * dx]);
         grid.extend_from_slice(&decoded[i * n * dx..(i + 1) * n * dx]);
     }
-    let set = ImageSet::from_f32(&grid, shape, "particle cloud").map_err(TrainError::from)?;
+    let set = ImageSet::from_f32(&grid, shape, "particle cloud")?;
     let out = dir.join("clouds");
-    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+    std::fs::create_dir_all(&out).map_err(|e| RunError::io(&out, e))?;
     let path = out.join(format!("epoch-{epoch:04}.png"));
-    save_image_grid(&set, points.len(), n + 1, &path).map_err(|e| io(&path, e))?;
+    save_image_grid(&set, points.len(), n + 1, &path)?;
     Ok(())
 }
 
@@ -96,11 +84,11 @@ pub fn cloud_snapshot(trainer: &Trainer, epoch: u64, dir: &Path) -> Result<(), R
 /// decoded lerp(z^{m1,0}, z^{m2,0}, s) for s from 1 down to 0, between the two data images.
 /// DiffusionVAE runs (no particles) write nothing.
 pub fn interpolation(trainer: &Trainer, path: &Path) -> Result<(), RunError> {
-    let points = picture_points(trainer, trainer.cfg.eval.picture_points.max(2));
+    let points = picture_points(trainer, trainer.config().eval.picture_points.max(2));
     let Some((z, n)) = particles(trainer, &points)? else {
         return Ok(());
     };
-    let dz = trainer.cfg.data.latent_dim;
+    let dz = trainer.config().data.latent_dim;
     let shape = image_shape(trainer)?;
     let dx = trainer.data().dim();
     let pairs: Vec<(usize, usize)> = (0..points.len() / 2).map(|p| (2 * p, 2 * p + 1)).collect();
@@ -118,16 +106,13 @@ pub fn interpolation(trainer: &Trainer, path: &Path) -> Result<(), RunError> {
     }
     let decoded = decode(trainer, lat, pairs.len() * k)?;
     let mut data = Vec::new();
-    trainer
-        .data()
-        .gather_into(&points, &mut data)
-        .map_err(TrainError::from)?;
+    trainer.data().gather_into(&points, &mut data)?;
     let mut grid = Vec::with_capacity(pairs.len() * (k + 2) * dx);
     for (p, &(a, b)) in pairs.iter().enumerate() {
         grid.extend_from_slice(&data[a * dx..(a + 1) * dx]);
         grid.extend_from_slice(&decoded[p * k * dx..(p + 1) * k * dx]);
         grid.extend_from_slice(&data[b * dx..(b + 1) * dx]);
     }
-    let set = ImageSet::from_f32(&grid, shape, "interpolation").map_err(TrainError::from)?;
-    save_image_grid(&set, pairs.len(), k + 2, path).map_err(|e| io(path, e))
+    let set = ImageSet::from_f32(&grid, shape, "interpolation")?;
+    Ok(save_image_grid(&set, pairs.len(), k + 2, path)?)
 }

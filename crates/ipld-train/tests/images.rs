@@ -9,7 +9,8 @@ use std::path::Path;
 
 use common::plan;
 use ipld_data::Dataset;
-use ipld_train::run::{CHECKPOINT_FILE, METRICS_FILE, SAMPLES_PNG};
+use ipld_train::config::{DecoderConfig, PriorConfig};
+use ipld_train::rundir::{CHECKPOINT_FILE, METRICS_FILE, SAMPLES_PNG};
 use ipld_train::{Progress, RunConfig, run};
 use safetensors::SafeTensors;
 
@@ -46,11 +47,8 @@ ambient_dim = 0
 seed = 0
 latent_dim = 8
 images = {{ format = "csv", path = "{}", height = 8, width = 8, max_value = 255 }}
-[model.eps]
-hidden = 8
-layers = 1
-time_embedding = 8
-[model.dit]
+[model.prior]
+type = "dit"
 channels = 2
 size = 2
 patch = 1
@@ -60,9 +58,7 @@ heads = 2
 mlp_ratio = 2
 frequency_dim = 8
 [model.decoder]
-bias = false
-sigma = 1.0
-[model.conv_decoder]
+type = "conv"
 latent_channels = 2
 latent_size = 2
 out_channels = 1
@@ -283,8 +279,11 @@ fn image_configs_name_what_does_not_fit() {
         let e = cfg.with_overrides(&sets, "t").unwrap_err().to_string();
         assert!(e.contains(needle), "{sets:?}: {e}");
     };
-    bad(&["model.dit.size=3"], "model.dit");
-    bad(&["model.conv_decoder.latent_size=3"], "model.conv_decoder");
+    bad(&["model.prior.size=3"], "model.prior");
+    bad(&["model.prior.heads=3"], "`model.prior.heads`");
+    bad(&["model.decoder.latent_size=3"], "model.decoder");
+    bad(&["model.decoder.groups=3"], "`model.decoder.groups`");
+    bad(&["model.decoder.sigma=0"], "`model.decoder.sigma`");
     bad(&["train.lr_decay_phi=1.5"], "train.lr_decay_phi");
     bad(&["train.ema.decay=1.0"], "ema.decay");
     // A missing image file is named, with the hint where downloads go.
@@ -305,9 +304,12 @@ fn image_configs_name_what_does_not_fit() {
 fn image_presets_parse_and_mirror_table_2() {
     for name in ["cifar10", "svhn", "celeba64", "mnist5k"] {
         let cfg = RunConfig::preset(name).unwrap();
-        assert!(cfg.is_image_run() && cfg.model.dit.is_some() && cfg.model.conv_decoder.is_some());
+        let (PriorConfig::Dit(d), DecoderConfig::Conv(_)) = (&cfg.model.prior, &cfg.model.decoder)
+        else {
+            panic!("{name}: a DiT prior and the convolutional decoder");
+        };
+        assert!(cfg.is_image_run());
         if name != "mnist5k" {
-            let d = cfg.model.dit.unwrap();
             assert_eq!(
                 (d.hidden, d.depth, d.heads, d.patch),
                 (384, 12, 6, 1),

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::Device;
-use ipld_train::run::load_data;
+use ipld_train::data::load_data;
 use ipld_train::{RunConfig, Trainer};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
@@ -34,7 +34,7 @@ fn config(scale: f64) -> RunConfig {
 fn trainer(scale: f64) -> Trainer {
     let cfg = config(scale);
     let data = load_data(&cfg).unwrap();
-    Trainer::new(cfg, data, Device::Cpu).unwrap()
+    Trainer::new(cfg.validated("test").unwrap(), data, Device::Cpu).unwrap()
 }
 
 /// Writes `from`'s checkpoint to `path` with the particles times `SCALE` and the decoder's

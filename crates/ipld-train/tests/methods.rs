@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::plan;
-use ipld_train::run::{CHECKPOINT_FILE, METRICS_FILE, open_run};
+use ipld_train::rundir::{CHECKPOINT_FILE, METRICS_FILE, open_run};
 use ipld_train::{RunConfig, run};
 
 fn tiny(method: &str, steps: u64, extra: &[&str]) -> RunConfig {
@@ -104,7 +104,7 @@ fn two_stage_particles_do_not_see_the_prior() {
                 "train.kl.warmup_steps=0",
                 "train.kl.coefficient=1.0",
                 &format!("train.two_stage={two_stage}"),
-                &format!("model.eps.hidden={hidden}"),
+                &format!("model.prior.hidden={hidden}"),
             ],
         );
         run(plan(cfg, &dir, false)).unwrap();

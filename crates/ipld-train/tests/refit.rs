@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use common::{plan, tensors};
 use ipld_diffusion::{DiffusionLoss, LossWeighting, gaussian, sample_timesteps, timestep_tensor};
-use ipld_train::run::{CHECKPOINT_FILE, METRICS_FILE, open_run};
+use ipld_train::rundir::{CHECKPOINT_FILE, METRICS_FILE, open_run};
 use ipld_train::{RunConfig, run};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

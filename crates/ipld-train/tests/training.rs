@@ -6,7 +6,7 @@ use std::path::Path;
 
 use common::{plan, tensors};
 use ipld_train::run;
-use ipld_train::run::{CHECKPOINT_FILE, METRICS_FILE};
+use ipld_train::rundir::{CHECKPOINT_FILE, METRICS_FILE};
 
 #[test]
 fn resume_is_exact_tensor_for_tensor() {
@@ -107,7 +107,7 @@ fn divergence_stops_and_keeps_the_last_good_checkpoint() {
         "{err}"
     );
     // The checkpoint on disk is a valid earlier state.
-    let t = ipld_train::run::open_run(&dir, &[]).unwrap();
+    let t = ipld_train::rundir::open_run(&dir, &[]).unwrap();
     assert!(t.step() >= 1 && t.step() < 20, "step {}", t.step());
 }
 
@@ -137,13 +137,13 @@ fn warm_start_replicates_one_particle_to_n() {
     let cfg = |steps| common::tiny(steps).with_overrides(&sets, "test").unwrap();
     run(plan(cfg(5), &dir, false)).unwrap();
     assert_eq!(
-        ipld_train::run::open_run(&dir, &[])
+        ipld_train::rundir::open_run(&dir, &[])
             .unwrap()
             .particles_per_point(),
         1
     );
     run(plan(cfg(40), &dir, true)).unwrap();
-    let t = ipld_train::run::open_run(&dir, &[]).unwrap();
+    let t = ipld_train::rundir::open_run(&dir, &[]).unwrap();
     assert_eq!(t.particles_per_point(), 3);
     let p = t.cloud().unwrap().particles_of(0).unwrap();
     assert!(

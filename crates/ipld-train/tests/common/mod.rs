@@ -20,7 +20,7 @@ pub fn plan(cfg: RunConfig, dir: &Path, resume: bool) -> RunPlan {
 
 /// Asserts that two run directories hold the same checkpoint, tensor for tensor, bit for bit.
 pub fn assert_same_checkpoints(a: &Path, b: &Path, what: &str) {
-    let file = ipld_train::run::CHECKPOINT_FILE;
+    let file = ipld_train::rundir::CHECKPOINT_FILE;
     let (ta, tb) = (tensors(&a.join(file)), tensors(&b.join(file)));
     assert_eq!(ta.len(), tb.len(), "{what}: tensor count");
     for (name, t) in &ta {
@@ -48,8 +48,8 @@ pub fn tiny(steps: u64) -> RunConfig {
         "train.log_every=5",
         "train.checkpoint_every=10",
         "train.kl.warmup_steps=20",
-        "model.eps.hidden=32",
-        "model.eps.time_embedding=16",
+        "model.prior.hidden=32",
+        "model.prior.time_embedding=16",
         "eval.samples=200",
         "eval.reference_points=300",
         "eval.sampler.type=ddim",

@@ -1,0 +1,469 @@
+//! The run configuration: one serde struct per concern (data, model, diffusion prior, particles,
+//! training, evaluation), read from TOML with unknown keys rejected, validated at the boundary,
+//! and presets mirroring the paper (`configs/*.toml`, embedded so the binary runs anywhere).
+//! `--set a.b.c=VALUE` overrides are applied to the fully resolved tree, so every valid key exists
+//! and an unknown one is reported with the valid keys beside it. Choices between networks or
+//! rules are tagged enums (`model.prior = { type = "mlp" | "dit", ... }`). Files in the layout
+//! before those enums still load (`compat.rs`), so saved runs resume.
+
+use std::path::{Path, PathBuf};
+
+use ipld_data::SyntheticKind;
+use ipld_diffusion::{EmaConfig, LossWeighting, SamplerConfig, ScheduleConfig};
+use ipld_eval::MmdConfig;
+use ipld_models::{ConvDecoderConfig, DitConfig, LinearDecoderConfig, MlpEpsConfig};
+use ipld_particles::{KlAnnealing, NoiseGenerator, RuleKind, StepSizeSchedule, UpdateConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::optim::AdamWConfig;
+
+mod compat;
+mod overrides;
+mod validate;
+
+pub use overrides::method_overrides;
+pub use validate::ValidConfig;
+
+/// Errors reading or validating a configuration; each names the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown/missing keys.
+    #[error("parsing config {origin}: {message}")]
+    Parse {
+        /// File path or preset name.
+        origin: String,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("config {origin}: {message}")]
+    Invalid {
+        /// File path or preset name.
+        origin: String,
+        /// Which key and why.
+        message: String,
+    },
+    /// A `--set` override is malformed or names an unknown key.
+    #[error("--set {assignment}: {message}")]
+    Override {
+        /// The KEY=VALUE text.
+        assignment: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No preset of that name.
+    #[error("unknown preset `{name}`; valid presets: {}", PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))]
+    UnknownPreset {
+        /// The name asked for.
+        name: String,
+    },
+}
+
+/// The presets shipped in `configs/`, embedded at compile time.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("gmm", include_str!("../../../../configs/gmm.toml")),
+    ("circles", include_str!("../../../../configs/circles.toml")),
+    ("mnist5k", include_str!("../../../../configs/mnist5k.toml")),
+    ("cifar10", include_str!("../../../../configs/cifar10.toml")),
+    ("svhn", include_str!("../../../../configs/svhn.toml")),
+    (
+        "celeba64",
+        include_str!("../../../../configs/celeba64.toml"),
+    ),
+];
+
+/// The training method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Interacting Particle Latent Diffusion (Algorithm 2; Algorithm 1 with the `langevin` rule).
+    Ipld,
+    /// VAE with a diffusion prior (Wehenkel & Louppe 2021) as the paper re-implements it: a linear
+    /// Gaussian encoder, N reparameterised samples per point, the same decoder, prior and KL
+    /// annealing.
+    DiffusionVae,
+    /// Particle gradient descent (Kuntz et al. 2023): plain Langevin particles (`langevin` rule).
+    Pgd,
+    /// Momentum particle descent (Lim et al. 2024): kinetic Langevin particles
+    /// (`kinetic-langevin` rule).
+    Mpgd,
+}
+
+impl Method {
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ipld => "ipld",
+            Self::DiffusionVae => "diffusion-vae",
+            Self::Pgd => "pgd",
+            Self::Mpgd => "mpgd",
+        }
+    }
+
+    /// Whether the method keeps a particle cloud (all but DiffusionVAE).
+    pub fn uses_particles(self) -> bool {
+        self != Self::DiffusionVae
+    }
+
+    /// The particle rules (`particles.update.type`) the method may run with.
+    pub fn allowed_updates(self) -> &'static [RuleKind] {
+        use RuleKind::*;
+        match self {
+            Self::Ipld => &[AdaptiveLangevin, Langevin],
+            Self::DiffusionVae => &[AdaptiveLangevin, Langevin, KineticLangevin],
+            Self::Pgd => &[Langevin],
+            Self::Mpgd => &[KineticLangevin],
+        }
+    }
+}
+
+/// Training data: a synthetic benchmark, or a user's file when `path` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Synthetic benchmark (`gmm` or `circles`, Appendix B.1), used when `path` is empty.
+    pub synthetic: SyntheticKind,
+    /// A user's [M, d] float32 matrix (`.npy` or `.safetensors`); empty = the synthetic data.
+    pub path: String,
+    /// Number of synthetic points M.
+    pub points: usize,
+    /// Ambient dimension d_x of the synthetic data.
+    pub ambient_dim: usize,
+    /// Seed of the synthetic data (independent of the run's seed).
+    pub seed: u64,
+    /// Latent dimension d_z of the particles and the prior.
+    pub latent_dim: usize,
+    /// Image data (`[data.images]`, `format = "cifar10" | "svhn" | "mnist-idx" | "folder" |
+    /// "csv"`); when set it replaces `synthetic`/`path`. A relative path that does not exist is
+    /// looked up under the data directory (`$IPLD_DATA_DIR`, else `~/.cache/ipld/data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ipld_data::ImageSourceConfig>,
+    /// Use at most this many image training points, evenly spaced over the set (0 = all), e.g. a
+    /// CPU-sized subset that keeps every class of a file sorted by label.
+    #[serde(default)]
+    pub max_points: usize,
+}
+
+impl DataConfig {
+    /// The dataset's short name: the synthetic kind or the file stem.
+    pub fn name(&self) -> String {
+        if let Some(img) = &self.images {
+            let p = img.path();
+            let stem = p
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            return stem
+                .split('.')
+                .next()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("images")
+                .to_string();
+        }
+        if self.path.is_empty() {
+            self.synthetic.name().to_string()
+        } else {
+            Path::new(&self.path)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "data".into())
+        }
+    }
+}
+
+/// The networks: which prior epsilon-network and which decoder, each a tagged choice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The epsilon-network of the latent prior: `{ type = "mlp", ... }` (Appendix B.1) or
+    /// `{ type = "dit", ... }` (B.2; its latent C x H x W must equal `data.latent_dim`).
+    pub prior: PriorConfig,
+    /// The Gaussian decoder p_phi(x | z) = N(g_phi(z), sigma² I): `{ type = "linear", ... }`
+    /// (B.1) or `{ type = "conv", ... }` (the LDM decoder of Table 2, image data only).
+    /// DiffusionVAE's encoder mirrors it (linear, or the LDM encoder).
+    pub decoder: DecoderConfig,
+}
+
+/// The prior's epsilon-network (`model.prior`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum PriorConfig {
+    /// Residual MLP with a sinusoidal time embedding (Appendix B.1).
+    Mlp(MlpEpsConfig),
+    /// DiT with adaLN-Zero (B.2, Table 2: DiT-S).
+    Dit(DitConfig),
+}
+
+/// The decoder g_phi (`model.decoder`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum DecoderConfig {
+    /// Linear map (Appendix B.1).
+    Linear(LinearDecoderConfig),
+    /// LDM convolutional decoder (Table 2).
+    Conv(ConvDecoderConfig),
+}
+
+impl DecoderConfig {
+    /// The observation noise sigma of p_phi(x | z).
+    pub fn sigma(&self) -> f64 {
+        match self {
+            Self::Linear(d) => d.sigma,
+            Self::Conv(d) => d.sigma,
+        }
+    }
+}
+
+/// The latent DDPM prior.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionConfig {
+    /// Noise schedule (Appendix B: linear, 1e-4 to 0.02, K = 1000).
+    pub schedule: ScheduleConfig,
+    /// Diffusion loss weighting: `simple` (eq. 41) or `likelihood-weighted` (eq. 40).
+    pub loss: LossWeighting,
+    /// The prior models u = z / s with this s (the role of LDM's latent scale factor, Rombach
+    /// et al. 2022): the diffusion loss of eq. (64) sees z / s and prior samples are s u. The
+    /// ideal score of z is unchanged, only the schedule's noise levels move relative to the
+    /// latents' scale. 1 = the paper.
+    #[serde(default = "unit_scale")]
+    pub latent_scale: f64,
+}
+
+fn unit_scale() -> f64 {
+    1.0
+}
+
+/// The particle cloud and its dynamics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticlesConfig {
+    /// Particles per training point N.
+    pub count: usize,
+    /// Train with one particle for this many steps, then replicate to `count` (Appendix B.3);
+    /// 0 starts with `count` particles.
+    pub warm_start_steps: u64,
+    /// Particle step size h_z and its per-epoch decay.
+    pub step_size: StepSizeSchedule,
+    /// The update rule: `adaptive-langevin` (Algorithm 2) or `langevin` (Algorithm 1).
+    pub update: UpdateConfig,
+    /// Exact lazy noise: touch only the minibatch's particles per step and give every other
+    /// particle its missed noise, as one Gaussian of the summed variance, when it is next read
+    /// (same distribution as the eager update; not for `kinetic-langevin`).
+    #[serde(default)]
+    pub lazy_noise: bool,
+    /// The particle noise's generator (the Langevin W of eqs. 22 and 66, and lazy noise's
+    /// catch-up draws): `philox4x32-7` (the presets) or `philox4x32-10` (Random123's default, 3
+    /// rounds of safety margin; what a config without this key means, so older runs resume
+    /// and reproduce bit for bit). Same distribution, other bits; with 7 rounds the eager
+    /// update takes about 15% less time (docs/performance.md).
+    #[serde(default)]
+    pub noise: NoiseGenerator,
+}
+
+/// Optimisation of theta and phi, and bookkeeping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Total optimisation steps.
+    pub steps: u64,
+    /// Minibatch size |B| (training points per step; each brings its N particles).
+    pub batch_size: usize,
+    /// KL annealing gamma_t = c_KL min(1, t / T) (A.4.1).
+    pub kl: KlAnnealing,
+    /// AdamW for the prior's parameters theta.
+    pub optimizer_theta: AdamWConfig,
+    /// AdamW for the decoder's parameters phi.
+    pub optimizer_phi: AdamWConfig,
+    /// AdamW for the encoder (DiffusionVAE only).
+    pub optimizer_encoder: AdamWConfig,
+    /// Exponential learning-rate decay per epoch for the decoder and encoder (B.2: 0.999 on
+    /// images; 1 = constant).
+    #[serde(default = "one")]
+    pub lr_decay_phi: f64,
+    /// Exponential moving average of the prior's weights, used for sampling (Table 2: decay
+    /// 0.999 / 0.9999 from step 40,000); absent = sample with the raw weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<EmaConfig>,
+    /// Monte Carlo draws of (k, eps) per latent in the diffusion loss's estimate (1 in the
+    /// paper). More draws lower the variance of the prior's gradient at the cost of extra prior
+    /// evaluations only, which on images are cheap next to the decoder.
+    #[serde(default = "one_draw")]
+    pub diffusion_samples: usize,
+    /// Data-parallel shards of each minibatch: the loss (64) and its backward run per shard of
+    /// points, on separate CPU threads (one after the other on a GPU), and the gradients are
+    /// summed. The result depends on this (float summation order), never on the thread count.
+    /// 1 (the default when absent, as in configs written before this key) = one pass over the
+    /// whole minibatch; the CPU-sized presets use 2, one per core of the development VM.
+    #[serde(default = "one_shard")]
+    pub shards: usize,
+    /// Two-stage ablation (Table 4): the particles see only the decoder's likelihood; the
+    /// diffusion loss trains theta on detached particles.
+    pub two_stage: bool,
+    /// Optional prior refit after the `steps` joint steps of Algorithm 2 (not in the paper):
+    /// further steps that train only theta (and its EMA) on the frozen latents. Absent = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_refit: Option<PriorRefitConfig>,
+    /// Write a metrics line every this many steps.
+    pub log_every: u64,
+    /// Write a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: u64,
+}
+
+/// Prior-only steps after joint training (`train.prior_refit`). On a CPU budget the joint phase
+/// ends long before the prior has fitted the latents (the paper gives the prior ~10^5 steps,
+/// Table 2); these steps cost one prior evaluation each and no decoder pass. Step numbers
+/// continue after `train.steps`, so checkpoints, resume and the EMA carry over unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriorRefitConfig {
+    /// Number of prior-only steps.
+    pub steps: u64,
+    /// Training points per step, drawn without replacement; each brings all its N particles
+    /// (DiffusionVAE: N encoder draws).
+    pub batch_size: usize,
+    /// AdamW learning rate for theta in this phase (the optimizer state carries over).
+    pub lr: f64,
+}
+
+/// Evaluation after training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Number of generated samples (10,000 in Appendix B.1).
+    pub samples: usize,
+    /// Training points they are compared with (all of them if fewer).
+    pub reference_points: usize,
+    /// Reverse-process sampler.
+    pub sampler: SamplerConfig,
+    /// MMD kernel settings.
+    pub mmd: MmdConfig,
+    /// Image runs: also compute FID of the samples against the training images (needs `cargo
+    /// xtask fetch-inception`), and write a sample grid.
+    #[serde(default)]
+    pub fid: bool,
+    /// Image runs with particles: decode the particle clouds of `cloud_points` training points at
+    /// the start of these epochs into `clouds/epoch-EEEE.png` (D.2, Figure 5).
+    #[serde(default)]
+    pub cloud_epochs: Vec<u64>,
+    /// Training points (evenly spaced over the data) shown in the cloud pictures and the latent
+    /// interpolation (D.1, Figure 4).
+    #[serde(default = "eight")]
+    pub picture_points: usize,
+}
+
+fn eight() -> usize {
+    8
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn one_draw() -> usize {
+    1
+}
+
+fn one_shard() -> usize {
+    1
+}
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Training method.
+    pub method: Method,
+    /// Seed of every random draw of the run (particles, batches, noise, sampling).
+    pub seed: u64,
+    /// Training data.
+    pub data: DataConfig,
+    /// Networks.
+    pub model: ModelConfig,
+    /// Latent diffusion prior.
+    pub diffusion: DiffusionConfig,
+    /// Particle cloud.
+    pub particles: ParticlesConfig,
+    /// Optimisation.
+    pub train: TrainConfig,
+    /// Evaluation.
+    pub eval: EvalConfig,
+}
+
+impl RunConfig {
+    /// Parses and validates TOML text; `origin` names it in errors. Text in the layout before
+    /// the tagged model choices (`[model.eps]`, `[model.dit]`, `[model.conv_decoder]`) is read
+    /// as the same configuration in today's layout.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let parse = |message: String| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: message.trim_end().to_string(),
+        };
+        let mut tree: toml::Table = toml::from_str(text).map_err(|e| parse(e.to_string()))?;
+        let cfg: Self = if compat::upgrade(&mut tree).map_err(parse)? {
+            toml::Value::Table(tree)
+                .try_into()
+                .map_err(|e: toml::de::Error| parse(e.to_string()))?
+        } else {
+            // Parsed from the text itself, so errors carry their line and column.
+            toml::from_str(text).map_err(|e| parse(e.to_string()))?
+        };
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// A named preset (`gmm`, `circles`).
+    pub fn preset(name: &str) -> Result<Self, ConfigError> {
+        let (_, text) =
+            PRESETS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| ConfigError::UnknownPreset {
+                    name: name.to_string(),
+                })?;
+        Self::from_toml(text, &format!("preset `{name}`"))
+    }
+
+    /// The particle-noise generator the presets draw with (`particles.noise`; every preset sets
+    /// the same, which tests/noise.rs checks). Benchmarks time this one.
+    pub fn presets_noise() -> Result<NoiseGenerator, ConfigError> {
+        Ok(Self::preset("gmm")?.particles.noise)
+    }
+
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The observation noise sigma of p_phi(x | z).
+    pub fn decoder_sigma(&self) -> f64 {
+        self.model.decoder.sigma()
+    }
+
+    /// All steps of the run: the joint steps plus any prior-refit steps.
+    pub fn total_steps(&self) -> u64 {
+        self.train.steps + self.train.prior_refit.map_or(0, |r| r.steps)
+    }
+
+    /// Whether the data are images (`[data.images]`).
+    pub fn is_image_run(&self) -> bool {
+        self.data.images.is_some()
+    }
+
+    /// The resolved configuration as TOML (what a run directory saves).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("RunConfig serialises")
+    }
+}

@@ -1,0 +1,256 @@
+//! Validation at the boundary: every range the types cannot express, checked once, and
+//! [`ValidConfig`], the only form of a configuration a trainer accepts. Library crates name
+//! parameter keys relative to their own structs; the key paths into a run's config are added
+//! here.
+
+use std::ops::Deref;
+
+use crate::config::{ConfigError, DecoderConfig, Method, PriorConfig, RunConfig};
+
+/// A [`RunConfig`] that passed [`RunConfig::validate`]: what `Trainer::new` takes, so a trainer
+/// never runs on a configuration nobody checked. Read it through `Deref`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidConfig(RunConfig);
+
+impl Deref for ValidConfig {
+    type Target = RunConfig;
+    fn deref(&self) -> &RunConfig {
+        &self.0
+    }
+}
+
+impl ValidConfig {
+    /// Validates `cfg`; `origin` names it in errors.
+    pub fn new(cfg: RunConfig, origin: &str) -> Result<Self, ConfigError> {
+        cfg.validate(origin)?;
+        Ok(Self(cfg))
+    }
+
+    /// The configuration.
+    pub fn get(&self) -> &RunConfig {
+        &self.0
+    }
+
+    /// Back to a plain configuration (to change it and validate again).
+    pub fn into_inner(self) -> RunConfig {
+        self.0
+    }
+}
+
+impl RunConfig {
+    /// This configuration validated (see [`ValidConfig`]).
+    pub fn validated(self, origin: &str) -> Result<ValidConfig, ConfigError> {
+        ValidConfig::new(self, origin)
+    }
+
+    /// Checks every range the types cannot express.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            message,
+        };
+        let key = |k: &str, why: String| invalid(format!("invalid parameter `{k}`: {why}"));
+        let schedule = self
+            .diffusion
+            .schedule
+            .build()
+            .map_err(|e| invalid(e.under("diffusion.schedule").to_string()))?;
+        self.eval
+            .sampler
+            .validate(&schedule)
+            .map_err(|e| invalid(e.under("eval.sampler").to_string()))?;
+        self.eval
+            .mmd
+            .validate()
+            .map_err(|e| invalid(e.under("eval.mmd").to_string()))?;
+        self.particles
+            .update
+            .validate()
+            .map_err(|e| invalid(e.under("particles.update").to_string()))?;
+        self.particles
+            .step_size
+            .validate()
+            .map_err(|e| invalid(e.under("particles.step_size").to_string()))?;
+        self.train
+            .kl
+            .validate()
+            .map_err(|e| invalid(e.under("train.kl").to_string()))?;
+        for (name, opt) in [
+            ("train.optimizer_theta", &self.train.optimizer_theta),
+            ("train.optimizer_phi", &self.train.optimizer_phi),
+            ("train.optimizer_encoder", &self.train.optimizer_encoder),
+        ] {
+            opt.validate(name).map_err(invalid)?;
+        }
+        let rule = self.particles.update.kind();
+        let allowed = self.method.allowed_updates();
+        if !allowed.contains(&rule) {
+            let names: Vec<&str> = allowed.iter().map(|k| k.name()).collect();
+            return Err(key(
+                "particles.update.type",
+                format!(
+                    "method `{}` runs with {}, got `{}` (e.g. --set particles.update.type={})",
+                    self.method.name(),
+                    names.join(" or "),
+                    rule.name(),
+                    names[0]
+                ),
+            ));
+        }
+        if self.particles.lazy_noise && !self.particles.update.rule().supports_lazy_noise() {
+            return Err(key(
+                "particles.lazy_noise",
+                format!(
+                    "{} moves every particle every step (its velocity); use the eager update",
+                    rule.name()
+                ),
+            ));
+        }
+        if self.train.two_stage && self.method == Method::DiffusionVae {
+            return Err(key(
+                "train.two_stage",
+                "is an IPLD/particle ablation; DiffusionVAE has no particles".into(),
+            ));
+        }
+        let positive: [(&str, u64); 9] = [
+            ("train.shards", self.train.shards as u64),
+            (
+                "train.diffusion_samples",
+                self.train.diffusion_samples as u64,
+            ),
+            ("particles.count", self.particles.count as u64),
+            ("train.steps", self.train.steps),
+            ("train.batch_size", self.train.batch_size as u64),
+            ("train.log_every", self.train.log_every),
+            ("train.checkpoint_every", self.train.checkpoint_every),
+            ("data.latent_dim", self.data.latent_dim as u64),
+            ("eval.reference_points", self.eval.reference_points as u64),
+        ];
+        for (k, v) in positive {
+            if v == 0 {
+                return Err(key(k, "must be at least 1, got 0".into()));
+            }
+        }
+        if self.eval.samples < 2 {
+            return Err(key(
+                "eval.samples",
+                format!("must be at least 2, got {}", self.eval.samples),
+            ));
+        }
+        self.validate_model(&invalid, &key)?;
+        let s = self.diffusion.latent_scale;
+        if !(s > 0.0 && s.is_finite()) {
+            return Err(key(
+                "diffusion.latent_scale",
+                format!("must be finite and > 0, got {s}"),
+            ));
+        }
+        if let Some(ema) = &self.train.ema {
+            ema.validate()
+                .map_err(|e| invalid(e.under("train.ema").to_string()))?;
+        }
+        if let Some(r) = &self.train.prior_refit {
+            if r.steps == 0 || r.batch_size == 0 {
+                return Err(key(
+                    "train.prior_refit",
+                    format!(
+                        "steps and batch_size must be at least 1, got {} and {}",
+                        r.steps, r.batch_size
+                    ),
+                ));
+            }
+            if !(r.lr > 0.0 && r.lr.is_finite()) {
+                return Err(key(
+                    "train.prior_refit.lr",
+                    format!("must be > 0, got {}", r.lr),
+                ));
+            }
+        }
+        if !(self.train.lr_decay_phi > 0.0 && self.train.lr_decay_phi <= 1.0) {
+            return Err(key(
+                "train.lr_decay_phi",
+                format!("must lie in (0, 1], got {}", self.train.lr_decay_phi),
+            ));
+        }
+        if self.eval.fid && self.data.images.is_none() {
+            return Err(key(
+                "eval.fid",
+                "FID needs image data ([data.images])".into(),
+            ));
+        }
+        if self.data.images.is_none() && self.data.path.is_empty() {
+            if self.data.points < 2 {
+                return Err(key(
+                    "data.points",
+                    format!("must be at least 2, got {}", self.data.points),
+                ));
+            }
+            if self.data.ambient_dim < ipld_data::LATENT_DIM {
+                return Err(key(
+                    "data.ambient_dim",
+                    format!(
+                        "must be at least {}, got {}",
+                        ipld_data::LATENT_DIM,
+                        self.data.ambient_dim
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `model.prior` and `model.decoder`: their own ranges, and that they fit the latents.
+    fn validate_model(
+        &self,
+        invalid: &dyn Fn(String) -> ConfigError,
+        key: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let dz = self.data.latent_dim;
+        match &self.model.prior {
+            PriorConfig::Mlp(mlp) => mlp
+                .validate()
+                .map_err(|e| invalid(e.under("model.prior").to_string()))?,
+            PriorConfig::Dit(dit) => {
+                dit.validate()
+                    .map_err(|e| invalid(e.under("model.prior").to_string()))?;
+                if dit.latent_dim() != dz {
+                    return Err(key(
+                        "model.prior",
+                        format!(
+                            "the DiT's latent {} x {} x {} = {} values, but data.latent_dim = {dz}",
+                            dit.channels,
+                            dit.size,
+                            dit.size,
+                            dit.latent_dim(),
+                        ),
+                    ));
+                }
+            }
+        }
+        match &self.model.decoder {
+            DecoderConfig::Linear(lin) => lin
+                .validate()
+                .map_err(|e| invalid(e.under("model.decoder").to_string()))?,
+            DecoderConfig::Conv(dec) => {
+                dec.validate()
+                    .map_err(|e| invalid(e.under("model.decoder").to_string()))?;
+                let d = dec.latent_channels * dec.latent_size * dec.latent_size;
+                if d != dz {
+                    return Err(key(
+                        "model.decoder",
+                        format!(
+                            "the convolutional decoder takes {d} latent values, but data.latent_dim = {dz}"
+                        ),
+                    ));
+                }
+                if self.data.images.is_none() {
+                    return Err(key(
+                        "model.decoder",
+                        "the convolutional decoder needs image data ([data.images])".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,174 @@
+//! A run directory on disk: its file names (the resolved `config.toml`, `metrics.jsonl`, an
+//! atomic safetensors checkpoint, `samples.png`, `summary.json`), the default directory name,
+//! what a resumed run may change, and opening a run's trainer again. Nothing existing is
+//! overwritten in place: every file is written to a temporary sibling and renamed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use ipld_data::write_atomically;
+
+use crate::config::RunConfig;
+use crate::data::load_data;
+use crate::error::RunError;
+use crate::trainer::{StepMetrics, Trainer};
+
+/// File names inside a run directory.
+pub const CONFIG_FILE: &str = "config.toml";
+/// Metrics, one JSON object per line.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The checkpoint.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// Scatter of data vs samples.
+pub const SAMPLES_PNG: &str = "samples.png";
+/// The run's summary.
+pub const SUMMARY_FILE: &str = "summary.json";
+
+/// The default run directory `runs/<dataset>-<method>-n<N>-seed<S>`, suffixed `-2`, `-3`, ... if
+/// taken.
+pub fn default_run_dir(cfg: &RunConfig) -> PathBuf {
+    let base = format!(
+        "{}-{}-n{}-seed{}",
+        cfg.data.name(),
+        cfg.method.name(),
+        cfg.particles.count,
+        cfg.seed
+    );
+    let root = PathBuf::from("runs");
+    let mut dir = root.join(&base);
+    let mut i = 2;
+    while dir.exists() {
+        dir = root.join(format!("{base}-{i}"));
+        i += 1;
+    }
+    dir
+}
+
+/// Keeps only metrics lines with step <= `step` (so a resumed run does not repeat lines).
+pub fn truncate_metrics(path: &Path, step: u64) -> Result<(), RunError> {
+    let Ok(text) = fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    Ok(write_atomically(path, kept.as_bytes())?)
+}
+
+/// Keys a resumed run may change: anything else would make it a different run than the one its
+/// checkpoint belongs to (and break exact resumption).
+pub const RESUMABLE_KEYS: &[&str] = &[
+    "train.steps",
+    "train.prior_refit",
+    "train.log_every",
+    "train.checkpoint_every",
+    "eval",
+];
+
+/// Checks that `new` differs from `saved` only in [`RESUMABLE_KEYS`].
+pub fn check_resumable(saved: &RunConfig, new: &RunConfig) -> Result<(), String> {
+    fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            other => out.push((prefix.to_string(), other.to_string())),
+        }
+    }
+    let leaves = |c: &RunConfig| {
+        let mut out = Vec::new();
+        flatten(
+            "",
+            &toml::Value::try_from(c).expect("config serialises"),
+            &mut out,
+        );
+        out.into_iter()
+            .collect::<std::collections::BTreeMap<String, String>>()
+    };
+    let (a, b) = (leaves(saved), leaves(new));
+    let allowed = |k: &str| {
+        RESUMABLE_KEYS
+            .iter()
+            .any(|r| k == *r || k.starts_with(&format!("{r}.")))
+    };
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        let (va, vb) = (a.get(k), b.get(k));
+        if va != vb && !allowed(k) {
+            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "absent".into());
+            return Err(format!(
+                "`{k}` differs from the saved run ({} vs {}); on --resume only {} may change",
+                show(va),
+                show(vb),
+                RESUMABLE_KEYS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A fresh CPU trainer on an embedded preset with `overrides` applied (benchmarks, experiments).
+pub fn preset_trainer(name: &str, overrides: &[String]) -> Result<Trainer, RunError> {
+    let origin = format!("preset {name}");
+    let cfg = RunConfig::preset(name)?.with_overrides(overrides, &origin)?;
+    let data = load_data(&cfg)?;
+    Ok(Trainer::new(cfg.validated(&origin)?, data, Device::Cpu)?)
+}
+
+/// Opens an existing run (its config with `overrides` applied, data, and checkpoint).
+pub fn open_run(dir: &Path, overrides: &[String]) -> Result<Trainer, RunError> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    if !cfg_path.exists() {
+        return Err(RunError::invalid(
+            dir,
+            format!("no {CONFIG_FILE} here: not a run directory"),
+        ));
+    }
+    let origin = cfg_path.display().to_string();
+    let cfg = RunConfig::from_file(&cfg_path)?.with_overrides(overrides, &origin)?;
+    let data = load_data(&cfg)?;
+    let mut trainer = Trainer::new(cfg.validated(&origin)?, data, Device::Cpu)?;
+    trainer.load_checkpoint(&dir.join(CHECKPOINT_FILE))?;
+    Ok(trainer)
+}
+
+/// Writes the trainer's checkpoint into `dir`, atomically.
+pub fn save_checkpoint(trainer: &Trainer, dir: &Path) -> Result<(), RunError> {
+    let bytes = trainer.checkpoint_bytes()?;
+    Ok(write_atomically(&dir.join(CHECKPOINT_FILE), &bytes)?)
+}
+
+/// One `metrics.jsonl` line for the step `m` (`step` counts steps done, from 1), with the
+/// learning rates that step used.
+pub fn metrics_line(m: &StepMetrics, seconds: f64) -> String {
+    serde_json::json!({
+        "step": m.step + 1,
+        "loss": m.loss,
+        "diffusion_loss": m.diffusion_loss,
+        "nll": m.nll,
+        "gamma": m.gamma,
+        "particle_step_size": m.particle_step_size,
+        "particle_norm": m.particle_norm,
+        "particle_spread": m.particle_spread,
+        "phase": if m.prior_refit { "prior-refit" } else { "joint" },
+        "lr_theta": m.lr_theta,
+        "lr_phi": m.lr_phi,
+        "seconds": seconds,
+    })
+    .to_string()
+}

@@ -1,0 +1,81 @@
+//! The optional prior refit after the joint steps (`train.prior_refit`, not in the paper):
+//! prior-only steps of the diffusion loss of eq. (64) on random points' latents, frozen at the
+//! end of the joint phase; AdamW on theta (its state carries over) and the EMA.
+
+use candle_core::DType;
+use candle_core::backprop::GradStore;
+use ipld_data::Dataset;
+use ipld_diffusion::{gaussian, sample_timesteps, timestep_tensor};
+
+use super::loss::{add_grads, particle_stats, run_shards};
+use super::{StepMetrics, Trainer};
+use crate::config::PriorRefitConfig;
+use crate::error::TrainError;
+use crate::streams::Stream;
+
+impl Trainer {
+    /// One prior-only step on `r.batch_size` points drawn without replacement, each with all its
+    /// latents.
+    pub(super) fn prior_refit_step(
+        &mut self,
+        r: PriorRefitConfig,
+    ) -> Result<StepMetrics, TrainError> {
+        let t = self.step;
+        let joint = self.cfg.train.steps;
+        let b = r.batch_size.min(self.data.len());
+        let mut rng = Stream::Refit.rng(self.cfg.seed, t);
+        let mut batch = rand::seq::index::sample(&mut rng, self.data.len(), b).into_vec();
+        batch.sort_unstable();
+        let (n, dz) = (self.particles_per_point(), self.cfg.data.latent_dim);
+        let rows = b * n;
+        let z = self
+            .latents
+            .frozen(&batch, joint, &self.data, &mut rng, dz, &self.device)?;
+        let k = timestep_tensor(
+            &sample_timesteps(&mut rng, rows, self.schedule.steps()),
+            self.schedule.steps(),
+            &self.device,
+        )?;
+        let noise = gaussian(&mut rng, (rows, dz), DType::F32, &self.device)?;
+        let z_prior = self.prior_space(&z)?;
+        let refit_shard = |p: std::ops::Range<usize>| -> Result<(f64, GradStore), TrainError> {
+            let (r0, len) = (p.start * n, p.len() * n);
+            let terms = self.loss.per_sample(
+                &self.prior.net,
+                &z_prior.narrow(0, r0, len)?,
+                &noise.narrow(0, r0, len)?,
+                &k.narrow(0, r0, len)?,
+            )?;
+            let loss = terms.total.sum_all()?.affine(1.0 / rows as f64, 0.0)?;
+            let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            Ok((value, loss.backward()?))
+        };
+        let outs = run_shards(&self.device, self.cfg.train.shards, b, refit_shard)?;
+        let loss_v: f64 = outs.iter().map(|o| o.0).sum();
+        if !loss_v.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: t,
+                what: "the prior-refit loss".into(),
+            });
+        }
+        let grads = add_grads(outs.into_iter().map(|(_, g)| g))?;
+        self.prior.step(&grads, r.lr)?;
+        self.update_ema(t)?;
+        self.step += 1;
+        let zs: Vec<f32> = z.flatten_all()?.to_vec1()?;
+        let stats = particle_stats(&zs, b, n, dz);
+        Ok(StepMetrics {
+            step: t,
+            loss: loss_v,
+            diffusion_loss: loss_v,
+            nll: f64::NAN,
+            gamma: self.cfg.train.kl.gamma(joint),
+            particle_step_size: 0.0,
+            particle_norm: stats.0,
+            particle_spread: stats.1,
+            lr_theta: r.lr,
+            lr_phi: 0.0,
+            prior_refit: true,
+        })
+    }
+}

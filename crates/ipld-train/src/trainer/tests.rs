@@ -1,0 +1,103 @@
+//! The sharded loss against the whole minibatch's, for every method and ablation.
+
+use candle_core::{Device, Tensor};
+
+use super::loss::MinibatchLoss;
+use super::{Latents, Trainer};
+use crate::checkpoint::sorted_vars;
+use crate::config::RunConfig;
+
+fn trainer(method: &str, extra: &[&str]) -> Trainer {
+    let mut sets = crate::config::method_overrides(method).unwrap();
+    sets.extend(
+        [
+            "data.points=300",
+            "data.ambient_dim=8",
+            "particles.count=2",
+            "train.batch_size=50",
+            "train.kl.warmup_steps=20",
+            "model.prior.hidden=32",
+            "model.prior.time_embedding=16",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string()),
+    );
+    let cfg = RunConfig::preset("gmm")
+        .unwrap()
+        .with_overrides(&sets, "test")
+        .unwrap();
+    let data = crate::data::load_data(&cfg).unwrap();
+    Trainer::new(cfg.validated("test").unwrap(), data, Device::Cpu).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// Agreement up to f32 summation order: max |a - b| <= 1e-5 max |a|.
+fn assert_close(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: length");
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(scale > 0.0, "{what}: all zero");
+    assert!(
+        diff <= 1e-5 * scale,
+        "{what}: differs by {diff:e} (scale {scale:e})"
+    );
+}
+
+/// The shards' losses and gradients add up to the whole minibatch's, for every method and
+/// ablation (3 uneven shards of 16, 17 and 17 points); only the float order changes.
+#[test]
+fn shards_add_up_to_the_whole_minibatch() {
+    let cases: [(&str, &[&str]); 6] = [
+        ("ipld", &[]),
+        ("ipld", &["train.two_stage=true"]),
+        ("ipld", &["train.diffusion_samples=2"]),
+        ("diffusion-vae", &[]),
+        ("pgd", &[]),
+        ("mpgd", &[]),
+    ];
+    for (method, extra) in cases {
+        let what = format!("{method} {extra:?}");
+        let tr = trainer(method, extra);
+        // Past the KL warm-up's start, so the diffusion loss carries weight.
+        let t = 30;
+        let batch = tr.batch_indices(t);
+        let whole = tr.minibatch_loss(t, &batch, 1).unwrap();
+        let split = tr.minibatch_loss(t, &batch, 3).unwrap();
+        assert_eq!((whole.z_grads.len(), split.z_grads.len()), (1, 3), "{what}");
+        let rel = |a: f64, b: f64| (a - b).abs() / a.abs();
+        assert!(rel(whole.loss, split.loss) < 1e-6, "{what}: loss");
+        assert!(rel(whole.nll_sum, split.nll_sum) < 1e-6, "{what}: nll");
+        assert!(
+            rel(whole.diffusion_sum, split.diffusion_sum) < 1e-6,
+            "{what}: diffusion"
+        );
+        let mut vars = [&tr.prior.vars, &tr.decoder.vars].map(sorted_vars).concat();
+        if let Some(enc) = tr.latents.encoder() {
+            vars.extend(sorted_vars(&enc.vars));
+        }
+        for (name, var) in vars {
+            let g = |l: &MinibatchLoss| values(l.grads.get(var.as_tensor()).unwrap());
+            assert_close(&g(&whole), &g(&split), &format!("{what}: {name}"));
+        }
+        let cat = |l: &MinibatchLoss| -> Vec<f32> { l.z_values.iter().flat_map(values).collect() };
+        assert_eq!(cat(&whole), cat(&split), "{what}: the shards' latents");
+        match &tr.latents {
+            Latents::Particles(_) => {
+                let zg = |l: &MinibatchLoss| -> Vec<f32> {
+                    l.z_grads
+                        .iter()
+                        .flat_map(|g| values(g.as_ref().unwrap()))
+                        .collect()
+                };
+                assert_close(&zg(&whole), &zg(&split), &format!("{what}: particles"));
+            }
+            Latents::Encoder { .. } => {
+                assert!(split.z_grads.iter().all(Option::is_none), "{what}");
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The configuration: presets, unknown keys, overrides, and the old layout's compatibility path.
+
+use ipld_diffusion::{SamplerConfig, ScheduleConfig};
+use ipld_train::config::{DecoderConfig, PriorConfig};
+use ipld_train::{PRESETS, RunConfig};
+
+#[test]
+fn presets_parse_validate_and_round_trip() {
+    for (name, _) in PRESETS {
+        let cfg = RunConfig::preset(name).unwrap();
+        let again = RunConfig::from_toml(&cfg.to_toml(), "round trip").unwrap();
+        assert_eq!(cfg, again, "{name}");
+    }
+    let gmm = RunConfig::preset("gmm").unwrap();
+    assert_eq!(gmm.diffusion.schedule, ScheduleConfig::default());
+    assert_eq!(
+        (gmm.train.steps, gmm.train.batch_size, gmm.particles.count),
+        (1000, 500, 4)
+    );
+    assert_eq!(
+        (gmm.train.kl.coefficient, gmm.train.kl.warmup_steps),
+        (0.01, 1000)
+    );
+    assert_eq!(gmm.particles.step_size.initial, 0.1);
+    assert_eq!(gmm.train.optimizer_theta.lr, 1e-3);
+    assert_eq!(gmm.eval.mmd.gamma, 0.1);
+}
+
+#[test]
+fn unknown_keys_and_values_are_named() {
+    let text = PRESETS[0]
+        .1
+        .replace("seed = 0\n\n[data]", "seed = 0\nsed = 1\n\n[data]");
+    let e = RunConfig::from_toml(&text, "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("x.toml") && e.contains("sed"), "{e}");
+    let text = PRESETS[0]
+        .1
+        .replace("method = \"ipld\"", "method = \"vae\"");
+    let e = RunConfig::from_toml(&text, "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ipld") && e.contains("vae"),
+        "lists valid methods: {e}"
+    );
+    let text = PRESETS[0]
+        .1
+        .replace("steps = 1000\nkind", "steps = 0\nkind");
+    let e = RunConfig::from_toml(&text, "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("schedule.steps"), "{e}");
+    let e = RunConfig::from_toml("method = [", "bad.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad.toml"), "{e}");
+    assert!(
+        RunConfig::preset("mnist")
+            .unwrap_err()
+            .to_string()
+            .contains("gmm, circles")
+    );
+}
+
+#[test]
+fn overrides_set_dotted_keys_and_reject_unknown_ones() {
+    let base = RunConfig::preset("gmm").unwrap();
+    let sets = |s: &[&str]| {
+        base.with_overrides(&s.iter().map(|x| x.to_string()).collect::<Vec<_>>(), "gmm")
+    };
+    let c = sets(&[
+        "particles.count=16",
+        "train.steps=200",
+        "data.path=my data.npy",
+        "method=ipld",
+    ])
+    .unwrap();
+    assert_eq!(
+        (c.particles.count, c.train.steps, c.data.path.as_str()),
+        (16, 200, "my data.npy")
+    );
+    let c = sets(&["eval.sampler.type=ddim", "eval.sampler.steps=50"]).unwrap();
+    assert_eq!(
+        c.eval.sampler,
+        SamplerConfig::Ddim(ipld_diffusion::Ddim {
+            steps: 50,
+            eta: 0.0
+        })
+    );
+    let e = sets(&["train.stpes=5"]).unwrap_err().to_string();
+    assert!(
+        e.contains("train.stpes") && e.contains("train.steps") && e.contains("train.batch_size"),
+        "{e}"
+    );
+    let e = sets(&["particles.count=0"]).unwrap_err().to_string();
+    assert!(e.contains("particles.count"), "{e}");
+    let e = sets(&["particles.count=many"]).unwrap_err().to_string();
+    assert!(e.contains("particles.count") || e.contains("count"), "{e}");
+    assert!(
+        sets(&["nokey"])
+            .unwrap_err()
+            .to_string()
+            .contains("KEY=VALUE")
+    );
+    let e = sets(&["bogus=1"]).unwrap_err().to_string();
+    assert!(e.contains("valid keys") && e.contains("particles"), "{e}");
+}
+
+/// The presets as they were before the tagged model choices (copies of the files at the commit
+/// before the architecture refactor) read as today's presets: the compatibility path that lets
+/// saved `config.toml` files load and resume.
+#[test]
+fn old_layout_files_read_as_todays_presets() {
+    for (name, old) in [
+        ("gmm", include_str!("data/legacy/gmm.toml")),
+        ("cifar10", include_str!("data/legacy/cifar10.toml")),
+        ("mnist5k", include_str!("data/legacy/mnist5k.toml")),
+    ] {
+        let cfg = RunConfig::from_toml(old, name).unwrap();
+        assert_eq!(cfg, RunConfig::preset(name).unwrap(), "{name}");
+    }
+    let gmm = RunConfig::from_toml(include_str!("data/legacy/gmm.toml"), "gmm").unwrap();
+    assert!(matches!(gmm.model.prior, PriorConfig::Mlp(_)));
+    assert!(matches!(gmm.model.decoder, DecoderConfig::Linear(_)));
+    // The committed mnist5k result's saved config (older still: no particles.noise or shards).
+    let saved = include_str!("../../../docs/results/mnist5k/config.toml");
+    let cfg = RunConfig::from_toml(saved, "docs/results/mnist5k/config.toml").unwrap();
+    assert!(matches!(cfg.model.prior, PriorConfig::Dit(_)));
+    assert!(matches!(cfg.model.decoder, DecoderConfig::Conv(_)));
+    // Written back, it is in today's layout.
+    let text = cfg.to_toml();
+    assert!(
+        text.contains("[model.prior]") && !text.contains("conv_decoder"),
+        "{text}"
+    );
+}
+
+#[test]
+fn old_layout_errors_name_the_key() {
+    let old = include_str!("data/legacy/gmm.toml");
+    let e = RunConfig::from_toml(&old.replace("[model.eps]\n", "[model.epz]\n"), "old.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("old.toml") && e.contains("model.epz"), "{e}");
+    let e = RunConfig::from_toml(&old.replace("hidden = 128", "hidden = 0"), "old.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`model.prior.hidden/layers`"), "{e}");
+}
+
+/// Library crates name keys relative to their own structs; the config adds the path.
+#[test]
+fn library_errors_carry_the_full_key_path() {
+    let base = RunConfig::preset("gmm").unwrap();
+    let err = |set: &str| {
+        base.with_overrides(&[set.to_string()], "gmm")
+            .unwrap_err()
+            .to_string()
+    };
+    for (set, key) in [
+        (
+            "model.prior.time_embedding=3",
+            "`model.prior.time_embedding`",
+        ),
+        ("model.decoder.sigma=-1", "`model.decoder.sigma`"),
+        (
+            "particles.update.momentum=1.5",
+            "`particles.update.momentum`",
+        ),
+        (
+            "particles.step_size.initial=0",
+            "`particles.step_size.initial`",
+        ),
+        ("train.kl.coefficient=-1", "`train.kl.coefficient`"),
+        ("eval.mmd.gamma=0", "`eval.mmd.gamma`"),
+        (
+            "eval.sampler={ type = \"ddim\", steps = 0, eta = 0.0 }",
+            "`eval.sampler.steps`",
+        ),
+        ("diffusion.schedule.steps=0", "`diffusion.schedule.steps`"),
+        ("train.ema={decay=1.5, start_step=0}", "`train.ema.decay`"),
+    ] {
+        let e = err(set);
+        assert!(e.contains(key), "{set}: {e}");
+    }
+    let e = err("model.prior.type=dit");
+    assert!(e.contains("channels"), "a DiT needs its fields: {e}");
+}
