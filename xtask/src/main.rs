@@ -7,7 +7,10 @@
 //! - `fetch-inception`: the TF-FID Inception-v3 weights, converted from TorchScript.
 //! - `bench`: the quick performance suite (`target/bench/summary.json`).
 //! - `cuda-check` (feature `cuda`): the CUDA particle kernel against the CPU one, and its speed.
+//! - `check-architecture`: no two modules of a crate import each other, and ipld-train's files
+//!   stay within their line budget (docs/architecture.md; run by CI).
 
+mod architecture;
 mod bench;
 #[cfg(feature = "cuda")]
 mod cuda_check;
@@ -125,6 +128,16 @@ enum Command {
         #[arg(long, default_value = "target/bench/cuda.json")]
         out: PathBuf,
     },
+    /// Check the module structure (docs/architecture.md): no two modules of a crate import each
+    /// other, and no ipld-train source file is over `--max-lines` lines.
+    CheckArchitecture {
+        /// Line budget of an ipld-train source file.
+        #[arg(long, default_value_t = 500)]
+        max_lines: usize,
+        /// The workspace to check (default: this one).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
     /// Reproduce an experiment of the paper.
     Experiment {
         #[command(subcommand)]
@@ -160,6 +173,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             fetch::fetch(&name, &dir)?;
         }
         Command::Bench { out } => bench::run(&out)?,
+        Command::CheckArchitecture { max_lines, root } => {
+            let root = root.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
+            architecture::run(&root, max_lines)?;
+        }
         #[cfg(feature = "cuda")]
         Command::CudaCheck { out } => cuda_check::run(&out)?,
         Command::FetchInception { dir } => {

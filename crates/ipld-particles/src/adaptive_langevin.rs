@@ -44,28 +44,6 @@ impl AdaptiveLangevin {
     /// G = I on the noise during the first epoch, while V is still warming up (A.4.2).
     pub const PRECONDITION_FROM_EPOCH: u64 = 1;
 
-    /// Checks the coefficients' ranges (keys relative to this struct).
-    pub fn validate(&self) -> Result<(), ParticleError> {
-        for (key, v) in [
-            ("momentum", self.momentum),
-            ("second_moment", self.second_moment),
-        ] {
-            if !(0.0..1.0).contains(&v) {
-                return Err(ParticleError::param(
-                    key,
-                    format!("must lie in [0, 1), got {v}"),
-                ));
-            }
-        }
-        if !(self.eps > 0.0 && self.eps.is_finite()) {
-            return Err(ParticleError::param(
-                "eps",
-                format!("must be > 0, got {}", self.eps),
-            ));
-        }
-        Ok(())
-    }
-
     /// Whether step `ctx` preconditions its noise.
     pub fn preconditions_noise(&self, ctx: &StepContext) -> bool {
         ctx.epoch >= Self::PRECONDITION_FROM_EPOCH
@@ -123,6 +101,27 @@ impl AdaptiveLangevin {
 impl ParticleUpdate for AdaptiveLangevin {
     fn name(&self) -> &'static str {
         "adaptive-langevin"
+    }
+
+    fn validate(&self) -> Result<(), ParticleError> {
+        for (key, v) in [
+            ("momentum", self.momentum),
+            ("second_moment", self.second_moment),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(ParticleError::param(
+                    key,
+                    format!("must lie in [0, 1), got {v}"),
+                ));
+            }
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(ParticleError::param(
+                "eps",
+                format!("must be > 0, got {}", self.eps),
+            ));
+        }
+        Ok(())
     }
 
     fn step(

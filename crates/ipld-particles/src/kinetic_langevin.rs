@@ -26,9 +26,12 @@ impl Default for KineticLangevin {
     }
 }
 
-impl KineticLangevin {
-    /// Checks the damping's range (keys relative to this struct).
-    pub fn validate(&self) -> Result<(), ParticleError> {
+impl ParticleUpdate for KineticLangevin {
+    fn name(&self) -> &'static str {
+        "kinetic-langevin"
+    }
+
+    fn validate(&self) -> Result<(), ParticleError> {
         if !(0.0..1.0).contains(&self.damping) {
             return Err(ParticleError::param(
                 "damping",
@@ -36,12 +39,6 @@ impl KineticLangevin {
             ));
         }
         Ok(())
-    }
-}
-
-impl ParticleUpdate for KineticLangevin {
-    fn name(&self) -> &'static str {
-        "kinetic-langevin"
     }
 
     fn step(

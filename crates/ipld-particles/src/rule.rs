@@ -62,6 +62,11 @@ pub trait ParticleUpdate {
     /// The rule's config name (`particles.update.type`).
     fn name(&self) -> &'static str;
 
+    /// Checks the rule's coefficients; keys are relative to the rule's struct (`damping`, ...).
+    fn validate(&self) -> Result<(), ParticleError> {
+        Ok(())
+    }
+
     /// Moves the cloud one step: drift for the rows in `batch` (global indices, no repeats),
     /// noise for every row of the cloud.
     fn step(

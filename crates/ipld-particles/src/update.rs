@@ -1,7 +1,7 @@
 //! The rule registry: [`UpdateConfig`], the serde enum a config names a rule by
 //! (`{ type = "adaptive-langevin", ... }`), and [`RuleKind`], its variants without their
 //! parameters. Adding a rule is a file with its struct and its [`ParticleUpdate`] impl, plus a
-//! variant here in both enums and one line in each `match` below.
+//! variant in each enum here and its arm in `rule`, `kind` and `RuleKind::name`.
 
 use serde::{Deserialize, Serialize};
 
@@ -71,15 +71,6 @@ impl UpdateConfig {
         }
     }
 
-    /// Checks the coefficients' ranges; keys are relative to this struct (`damping`, ...).
-    pub fn validate(&self) -> Result<(), ParticleError> {
-        match self {
-            Self::Langevin(_) => Ok(()),
-            Self::AdaptiveLangevin(r) => r.validate(),
-            Self::KineticLangevin(r) => r.validate(),
-        }
-    }
-
     /// The config name of the rule's type.
     pub fn name(&self) -> &'static str {
         self.kind().name()
@@ -95,6 +86,10 @@ impl UpdateConfig {
 impl ParticleUpdate for UpdateConfig {
     fn name(&self) -> &'static str {
         self.rule().name()
+    }
+
+    fn validate(&self) -> Result<(), ParticleError> {
+        self.rule().validate()
     }
 
     fn step(

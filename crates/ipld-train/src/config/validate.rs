@@ -5,6 +5,8 @@
 
 use std::ops::Deref;
 
+use ipld_particles::ParticleUpdate;
+
 use crate::config::{ConfigError, DecoderConfig, Method, PriorConfig, RunConfig};
 
 /// A [`RunConfig`] that passed [`RunConfig::validate`]: what `Trainer::new` takes, so a trainer
