@@ -35,7 +35,7 @@ pub(crate) fn gather_coef(
 }
 
 /// z_k = sqrt(abar_k) z_0 + sqrt(1 - abar_k) eps for a batch: `z0` and `eps` are [B, ...],
-/// `k` is a u32 tensor [B] of 1-based timesteps. Differentiable in `z0`.
+/// `k` is a u32 tensor \[B\] of 1-based timesteps. Differentiable in `z0`.
 pub fn q_sample(
     tables: &ScheduleTensors,
     z0: &Tensor,

@@ -37,7 +37,7 @@ pub fn loss_weight(schedule: &NoiseSchedule, weighting: LossWeighting, k: usize)
     }
 }
 
-/// Per-sample loss terms, each a tensor [B].
+/// Per-sample loss terms, each a tensor \[B\].
 #[derive(Debug, Clone)]
 pub struct LossTerms {
     /// The whole per-sample loss: `denoise + prior`.
@@ -94,7 +94,7 @@ impl DiffusionLoss {
         &self.tables
     }
 
-    /// One-sample estimates for a batch: `z0` and `eps` are [B, ...], `k` is u32 [B] in 1..=K.
+    /// One-sample estimates for a batch: `z0` and `eps` are [B, ...], `k` is u32 \[B\] in 1..=K.
     /// Differentiable in `z0` (through z_k and the prior term) and in the model's parameters.
     pub fn per_sample<M: EpsModel + ?Sized>(
         &self,

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 
 /// A network (or closed form) predicting the noise in z_k.
 pub trait EpsModel {
-    /// eps_theta(z_k, k) for a batch: `z_k` is [B, ...] and `k` a u32 tensor [B] of 1-based
+    /// eps_theta(z_k, k) for a batch: `z_k` is [B, ...] and `k` a u32 tensor \[B\] of 1-based
     /// timesteps; returns a tensor shaped like `z_k`.
     fn predict_eps(&self, z_k: &Tensor, k: &Tensor) -> candle_core::Result<Tensor>;
 

@@ -83,7 +83,7 @@ impl GaussianStats {
         Ok(())
     }
 
-    /// Serialises as safetensors with f64 tensors `mu` [d], `sigma` [d, d] and metadata `count`.
+    /// Serialises as safetensors with f64 tensors `mu` \[d\], `sigma` [d, d] and metadata `count`.
     pub fn to_safetensors(&self) -> Result<Vec<u8>, EvalError> {
         self.check("statistics")?;
         let d = self.dim();

@@ -76,7 +76,7 @@ impl Decoder for LinearDecoder {
 }
 
 /// Per-sample negative log-likelihood -log N(x; mean, sigma² I) without the constant
-/// (d/2) log(2 pi sigma²): ||x - mean||² / (2 sigma²), a tensor [B].
+/// (d/2) log(2 pi sigma²): ||x - mean||² / (2 sigma²), a tensor \[B\].
 pub fn gaussian_nll(x: &Tensor, mean: &Tensor, sigma: f64) -> candle_core::Result<Tensor> {
     (x - mean)?.sqr()?.flatten_from(1)?.sum(1)? / (2.0 * sigma * sigma)
 }

@@ -6,7 +6,7 @@
 //! gradient over the rows by a strided scalar loop (11% of a `gmm` step at N = 16 under perf)
 //! and differentiates relu in four passes (zeros_like, ge, to_dtype, mul). Here the forward is
 //! one gemm into a buffer preloaded with the bias, relu applied in place; the backward is one
-//! masking pass, two gemms and a row-blocked column sum. The bias may be one row [O] or one row
+//! masking pass, two gemms and a row-blocked column sum. The bias may be one row \[O\] or one row
 //! per input row [R, O] (the MLP's first layer adds a per-row timestep term that way). Devices
 //! other than the CPU, and dtypes other than f32/f64, take the plain candle ops, which are also
 //! the reference the tests compare with.
@@ -23,7 +23,7 @@ pub enum Activation {
     Relu,
 }
 
-/// act(x W^T + b) for x [R, I], w [O, I] and b [O] or [R, O]; differentiable in all three.
+/// act(x W^T + b) for x [R, I], w [O, I] and b \[O\] or [R, O]; differentiable in all three.
 pub fn dense(x: &Tensor, w: &Tensor, b: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
     let (r, i) = x.dims2()?;
     let (o, wi) = w.dims2()?;

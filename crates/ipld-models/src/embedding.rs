@@ -12,7 +12,7 @@ pub fn sinusoidal_frequencies(dim: usize, device: &Device) -> candle_core::Resul
     Tensor::from_vec(w, (1, half), device)
 }
 
-/// Embeds the timesteps `k` ([B], any numeric dtype) as [B, dim] in `dtype`.
+/// Embeds the timesteps `k` (\[B\], any numeric dtype) as [B, dim] in `dtype`.
 pub fn sinusoidal_embedding(
     k: &Tensor,
     freqs: &Tensor,

@@ -163,7 +163,7 @@ impl MlpEps {
         table.index_select(&Tensor::from_vec(rows, ks.len(), k.device())?, 0)
     }
 
-    /// The network given the first layer's timestep term `cond` ([R, H], or [H] for all rows).
+    /// The network given the first layer's timestep term `cond` ([R, H], or \[H\] for all rows).
     fn forward_with_term(&self, z_k: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
         let (w_z, _) = self.first_weights()?;
         let mut h = dense(z_k, &w_z, cond, Activation::Relu)?;

@@ -76,7 +76,7 @@ pub fn reference_indices(trainer: &Trainer) -> Vec<usize> {
     }
 }
 
-/// MMD² between generated samples and the reference set (from [`reference`]).
+/// MMD² between generated samples and the reference set (from [`reference()`]).
 pub fn mmd(trainer: &Trainer, samples: &Samples, reference: &[f32]) -> Result<f64, TrainError> {
     if samples.data.iter().any(|v| !v.is_finite()) {
         return Err(TrainError::NonFinite {

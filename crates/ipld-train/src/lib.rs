@@ -1,6 +1,6 @@
 //! The IPLD trainer as a library: configuration (presets mirroring the paper), the training state
 //! and its step (Algorithm 2), evaluation, and runs on disk. The `ipld-train` binary only parses
-//! arguments, builds a [`RunPlan`], and calls [`run`]. docs/architecture.md maps the modules.
+//! arguments, builds a [`RunPlan`], and calls [`run()`]. docs/architecture.md maps the modules.
 //! The workspace README follows (its example is compiled as a doctest here).
 #![doc = include_str!("../../../README.md")]
 

@@ -270,7 +270,7 @@ impl Latents {
 }
 
 /// Particles: `<prefix>/z`, `<prefix>/momentum`, `<prefix>/second_moment` ([M, N, d]) and, with
-/// lazy noise, `<prefix>/missed_noise_steps` ([M]: steps of noise each row still lacks, at most
+/// lazy noise, `<prefix>/missed_noise_steps` (\[M\]: steps of noise each row still lacks, at most
 /// a few epochs' worth, so exact in f32), with the metadata `<prefix>_start`. The encoder:
 /// `encoder/...`, `opt_encoder/...`, `opt_encoder_steps`. Both metadata entries are always
 /// written (0 for the other kind), as before the refactor.

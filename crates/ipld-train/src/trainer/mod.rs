@@ -1,17 +1,17 @@
 //! One training state and its step, for IPLD (Algorithm 2 with the loss of eq. 64) and the
 //! baselines that share its data, decoder, prior and evaluation:
 //!
-//! 1. draw the minibatch B (a fresh permutation of [M] each epoch);
-//! 2. latents ([`latents`]): the minibatch's particles (IPLD, PGD, MPGD), or N reparameterised
+//! 1. draw the minibatch B (a fresh permutation of \[M\] each epoch);
+//! 2. latents (`latents`): the minibatch's particles (IPLD, PGD, MPGD), or N reparameterised
 //!    draws from the encoder (DiffusionVAE);
 //! 3. L-hat = 1/(N|B|) sum_{m in B, n} [gamma_t L_simple(theta, z^{m,n}) - log p_phi(x^m | z^{m,n})]
 //!    (eq. 64), minus gamma_t times the encoder's entropy for DiffusionVAE (Section 2's VI
-//!    analogue of the free energy, eq. 6), in data-parallel shards ([`loss`]);
+//!    analogue of the free energy, eq. 6), in data-parallel shards (`loss`);
 //! 4. move the particles by the method's rule (or step the encoder), then AdamW on theta and phi
 //!    and the EMA of theta.
 //!
-//! After the joint steps an optional prior refit trains theta alone ([`refit`]). The state saves
-//! itself component by component ([`checkpoint`]). Every random draw is a pure function of
+//! After the joint steps an optional prior refit trains theta alone (`refit`). The state saves
+//! itself component by component (`checkpoint`). Every random draw is a pure function of
 //! (seed, stream, step) ([`crate::streams`]), so resuming needs no generator state beyond the
 //! step and reproduces an uninterrupted run exactly.
 
