@@ -359,3 +359,89 @@ fn kinetic_langevin_reaches_the_discrete_stationary_law() {
     // And close to the continuous-time law N(mu, s²), N(0, 1) for this small step.
     assert!((sig[0][0] - s2).abs() < 0.1 * s2 && (sig[1][1] - 1.0).abs() < 0.1);
 }
+
+/// What lazy noise and the CUDA kernel read from a rule, through the trait: the kernel's
+/// arguments are the eager kernel's constants, adaptive Langevin preconditions its noise from
+/// the second epoch on (A.4.2), and kinetic Langevin refuses both forms with its name.
+#[test]
+fn rules_report_their_lazy_and_kernel_forms_through_the_trait() {
+    use ipld_particles::{KineticLangevin, RuleKind, UpdateConfig};
+    let (m, n, b, h, gamma) = (1000usize, 4usize, 50usize, 0.1f64, 0.3f64);
+    let c0 = ctx(5, gamma, h, b, m, false);
+    let c1 = ctx(25, gamma, h, b, m, true);
+    let lang = Langevin {}.kernel_params(&c0, n).unwrap();
+    assert_eq!(lang.rule, 0);
+    assert_eq!(lang.drift, (h * m as f64 * n as f64) as f32);
+    assert_eq!(
+        lang.sd,
+        (2.0 * h * gamma * b as f64 / m as f64).sqrt() as f32
+    );
+    assert!(Langevin {}.supports_lazy_noise());
+    let ada = AdaptiveLangevin::default();
+    let sd = ((2.0 * h * gamma / m as f64).sqrt() / b as f64) as f32;
+    for (c, pre) in [(c0, false), (c1, true)] {
+        let p = ada.kernel_params(&c, n).unwrap();
+        assert_eq!((p.rule, p.sd, p.precondition), (1, sd, pre));
+        assert_eq!(ada.preconditions_noise(&c), pre);
+        let v = ada.step_variance(&c).unwrap();
+        let want = (sd as f64).powi(2);
+        let got = if pre { v.preconditioned } else { v.plain };
+        assert!((got / want - 1.0).abs() < 1e-6, "{got} vs {want}");
+    }
+    assert_eq!(ada.preconditioner_eps(), 1e-8);
+    let kin = KineticLangevin::default();
+    assert!(!kin.supports_lazy_noise());
+    let mut cloud = ParticleCloud::zeros(0, 10, 1, 2).unwrap();
+    let noise = NoiseStream::new(0, 1);
+    for e in [
+        kin.step_variance(&c0).unwrap_err(),
+        kin.step_batch_rows(&mut cloud, &[0], &[0.0; 2], &c0, &noise)
+            .unwrap_err(),
+        kin.kernel_params(&c0, 1).unwrap_err(),
+    ] {
+        assert!(e.to_string().contains("kinetic-langevin"), "{e}");
+    }
+    // The registry forwards to the rule and names its kind.
+    let cfg = UpdateConfig::KineticLangevin(kin);
+    assert_eq!(
+        (cfg.kind(), cfg.name()),
+        (RuleKind::KineticLangevin, "kinetic-langevin")
+    );
+    assert!(!cfg.supports_lazy_noise());
+}
+
+/// Stepping through the registry enum gives the rule's bits.
+#[test]
+fn the_registry_steps_exactly_like_its_rule() {
+    use ipld_particles::UpdateConfig;
+    let (rows, n, d) = (300usize, 2usize, 3usize);
+    let batch: Vec<usize> = (0..rows).step_by(3).collect();
+    let grads: Vec<f32> = (0..batch.len() * n * d)
+        .map(|i| (i as f32 * 0.37).sin())
+        .collect();
+    let noise = NoiseStream::new(9, 1);
+    let c = ctx(40, 0.2, 0.05, batch.len(), rows, true);
+    let rule = AdaptiveLangevin::default();
+    let mut a = ParticleCloud::gaussian(0, rows, n, d, 2).unwrap();
+    let mut b = a.clone();
+    rule.step(&mut a, &batch, &grads, &c, &noise).unwrap();
+    UpdateConfig::AdaptiveLangevin(rule)
+        .step(&mut b, &batch, &grads, &c, &noise)
+        .unwrap();
+    assert_eq!(a, b);
+}
+
+/// A library names keys relative to its own struct; `under` adds the path a program nests it at.
+#[test]
+fn parameter_errors_take_the_path_they_are_nested_under() {
+    use ipld_particles::{KineticLangevin, UpdateConfig};
+    let e = UpdateConfig::KineticLangevin(KineticLangevin { damping: 1.5 })
+        .validate()
+        .unwrap_err();
+    assert!(e.to_string().contains("`damping`"), "{e}");
+    let e = e.under("particles.update").to_string();
+    assert!(
+        e.contains("`particles.update.damping`") && e.contains("1.5"),
+        "{e}"
+    );
+}

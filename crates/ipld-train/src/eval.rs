@@ -39,7 +39,7 @@ pub fn generate(
     let prior = trainer.sampling_prior()?;
     let z0 = sampler
         .sampler()
-        .sample(&prior, trainer.schedule(), z, &mut rng, progress)?;
+        .sample(&*prior, trainer.schedule(), z, &mut rng, progress)?;
     let z0 = trainer.latent_space(&z0)?;
     let x = trainer.decoder().decode(&z0)?;
     let to_vec = |t: &Tensor| -> candle_core::Result<Vec<f32>> {

@@ -170,3 +170,46 @@ fn bad_refit_settings_are_named() {
         .to_string();
     assert!(e.contains("unknown key `train.prior_refits`"), "{e}");
 }
+
+/// `metrics.jsonl` logs the learning rates each step used: phi's after its per-epoch decay
+/// (`train.lr_decay_phi`), and in the refit theta's `train.prior_refit.lr` with phi not stepped.
+#[test]
+fn metrics_log_the_learning_rates_in_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lr");
+    // 300 points in batches of 50: 6 steps per epoch; lines every 5 steps.
+    let cfg = with(
+        common::tiny(15),
+        &[
+            "train.lr_decay_phi=0.5".into(),
+            "train.prior_refit={steps=5, batch_size=100, lr=3e-4}".into(),
+        ],
+    );
+    run(plan(cfg, &dir, false)).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join(METRICS_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(u64, f64, f64, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["step"].as_u64().unwrap(),
+                l["lr_theta"].as_f64().unwrap(),
+                l["lr_phi"].as_f64().unwrap(),
+                l["phase"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // Steps 5, 10, 15 are the 0-based steps 4 (epoch 0), 9 (epoch 1) and 14 (epoch 2).
+    assert_eq!(
+        got,
+        vec![
+            (5, 1e-3, 1e-3, "joint"),
+            (10, 1e-3, 5e-4, "joint"),
+            (15, 1e-3, 2.5e-4, "joint"),
+            (20, 3e-4, 0.0, "prior-refit"),
+        ]
+    );
+}

@@ -26,9 +26,7 @@ mod tests;
 
 use candle_core::{Device, Tensor};
 use ipld_data::{Dataset, InMemoryDataset};
-use ipld_diffusion::{
-    DiffusionLoss, EpsModel, NoiseSchedule, gaussian, sample_timesteps, timestep_tensor,
-};
+use ipld_diffusion::{DiffusionLoss, NoiseSchedule, gaussian, sample_timesteps, timestep_tensor};
 use ipld_particles::{ParticleCloud, StepContext};
 use rand::seq::SliceRandom;
 
@@ -78,18 +76,12 @@ pub enum SamplingPrior<'a> {
     Ema(Box<PriorNet>),
 }
 
-impl EpsModel for SamplingPrior<'_> {
-    fn predict_eps(&self, z_k: &Tensor, k: &Tensor) -> candle_core::Result<Tensor> {
+impl std::ops::Deref for SamplingPrior<'_> {
+    type Target = PriorNet;
+    fn deref(&self) -> &PriorNet {
         match self {
-            Self::Trained(n) => n.predict_eps(z_k, k),
-            Self::Ema(n) => n.predict_eps(z_k, k),
-        }
-    }
-
-    fn predict_eps_uniform(&self, z_k: &Tensor, k: usize) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Trained(n) => n.predict_eps_uniform(z_k, k),
-            Self::Ema(n) => n.predict_eps_uniform(z_k, k),
+            Self::Trained(n) => n,
+            Self::Ema(n) => n,
         }
     }
 }
