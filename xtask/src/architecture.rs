@@ -142,7 +142,6 @@ fn paths(text: &str) -> Vec<(String, Vec<String>)> {
                 match c {
                     '{' => depth += 1,
                     '}' if depth > 0 => depth -= 1,
-                    c if depth > 0 && (c.is_alphanumeric() || " _:,\n".contains(c)) => {}
                     c if c.is_alphanumeric() || c == '_' || c == ':' => {}
                     _ if depth > 0 => {}
                     _ => break,

@@ -70,16 +70,6 @@ impl UpdateConfig {
             Self::KineticLangevin(_) => RuleKind::KineticLangevin,
         }
     }
-
-    /// The config name of the rule's type.
-    pub fn name(&self) -> &'static str {
-        self.kind().name()
-    }
-
-    /// The preconditioner epsilon lazy noise needs (0 for rules without a preconditioner).
-    pub fn lazy_eps(&self) -> f64 {
-        self.rule().preconditioner_eps()
-    }
 }
 
 /// The config forwards to its rule, so it can be passed wherever a rule is.

@@ -71,7 +71,7 @@ fn run_with(
     let mut cloud = ParticleCloud::gaussian(0, m, n, d, 11).unwrap();
     let noise = NoiseStream::new(seed, 7).with_generator(generator);
     let lazy_noise = NoiseStream::new(seed, ipld_particles::LAZY_STREAM).with_generator(generator);
-    let eps = rule.lazy_eps();
+    let eps = rule.preconditioner_eps();
     let mut state = LazyNoise::new(&cloud, 0, eps);
     let per_epoch = (m / b) as u64;
     for t in 0..steps {
@@ -143,7 +143,7 @@ fn accumulated_noise_has_the_summed_variance() {
     let (m, n, d, b, steps) = (5000usize, 4, 4, 50, 300u64);
     let mut cloud = ParticleCloud::zeros(0, m, n, d).unwrap();
     let rule = Langevin {};
-    let mut state = LazyNoise::new(&cloud, 0, UpdateConfig::Langevin(rule).lazy_eps());
+    let mut state = LazyNoise::new(&cloud, 0, UpdateConfig::Langevin(rule).preconditioner_eps());
     let lazy_noise = NoiseStream::new(2, ipld_particles::LAZY_STREAM);
     let mut want = 0.0;
     for t in 0..steps {

@@ -28,11 +28,6 @@ impl ValidConfig {
         Ok(Self(cfg))
     }
 
-    /// The configuration.
-    pub fn get(&self) -> &RunConfig {
-        &self.0
-    }
-
     /// Back to a plain configuration (to change it and validate again).
     pub fn into_inner(self) -> RunConfig {
         self.0

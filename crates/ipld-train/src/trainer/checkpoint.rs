@@ -7,6 +7,8 @@
 
 use std::path::Path;
 
+use ipld_data::Dataset;
+
 use super::Trainer;
 use crate::checkpoint::{CheckpointReader, CheckpointWriter, Checkpointed};
 use crate::error::TrainError;
@@ -55,9 +57,11 @@ impl Trainer {
             None => self.step,
         };
         self.check_joint_steps(joint).map_err(|e| ck.problem(e))?;
-        let contexts: Vec<_> = (0..joint).map(|s| self.step_context(s)).collect();
+        let (cfg, m) = (&self.cfg, self.data.len());
         self.latents
-            .replay_noise_variances(&self.cfg.particles.update, &contexts)?;
+            .replay_noise_variances(joint, &cfg.particles.update, |s| {
+                super::step_context(cfg, m, s)
+            })?;
         Ok(())
     }
 }

@@ -251,18 +251,20 @@ impl Latents {
     }
 
     /// Lazy noise after a load: the per-step variances are a function of the config and the
-    /// step, so those of the joint steps are recomputed from their contexts (steps 0, 1, ...).
+    /// step, so those of the joint steps `0..joint` are recomputed from `ctx` (only with lazy
+    /// noise).
     pub fn replay_noise_variances(
         &mut self,
+        joint: u64,
         rule: &UpdateConfig,
-        contexts: &[StepContext],
+        ctx: impl Fn(u64) -> StepContext,
     ) -> Result<(), TrainError> {
         if let Self::Particles(Particles {
             lazy: Some(lazy), ..
         }) = self
         {
-            for ctx in contexts {
-                lazy.record(ctx.step, rule.step_variance(ctx)?)?;
+            for s in 0..joint {
+                lazy.record(s, rule.step_variance(&ctx(s))?)?;
             }
         }
         Ok(())

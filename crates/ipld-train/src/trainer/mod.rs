@@ -212,8 +212,7 @@ impl Trainer {
 
     /// Effective minibatch size min(|B|, M) and steps per epoch floor(M / |B|).
     pub fn batching(&self) -> (usize, u64) {
-        let b = self.cfg.train.batch_size.min(self.data.len());
-        (b, (self.data.len() / b).max(1) as u64)
+        batching(&self.cfg, self.data.len())
     }
 
     /// The minibatch of step `t`: a slice of epoch `t / steps_per_epoch`'s permutation.
@@ -227,16 +226,7 @@ impl Trainer {
 
     /// The particle update's context at step `t` (what [`Trainer::train_step`] passes).
     pub fn step_context(&self, t: u64) -> StepContext {
-        let (b, per_epoch) = self.batching();
-        let epoch = t / per_epoch;
-        StepContext {
-            step: t,
-            epoch,
-            gamma: self.cfg.train.kl.gamma(t),
-            step_size: self.cfg.particles.step_size.at_epoch(epoch),
-            batch_size: b,
-            total_points: self.data.len(),
-        }
+        step_context(&self.cfg, self.data.len(), t)
     }
 
     /// Replaces the configuration of a loaded state (a resumed run's new `train.steps`,
@@ -415,5 +405,25 @@ impl Trainer {
             ema.update(t, &self.prior.vars)?;
         }
         Ok(())
+    }
+}
+
+/// Effective minibatch size min(|B|, M) and steps per epoch floor(M / |B|) for `m` points.
+fn batching(cfg: &RunConfig, m: usize) -> (usize, u64) {
+    let b = cfg.train.batch_size.min(m);
+    (b, (m / b).max(1) as u64)
+}
+
+/// The particle update's context at step `t` for `m` points.
+fn step_context(cfg: &RunConfig, m: usize, t: u64) -> StepContext {
+    let (b, per_epoch) = batching(cfg, m);
+    let epoch = t / per_epoch;
+    StepContext {
+        step: t,
+        epoch,
+        gamma: cfg.train.kl.gamma(t),
+        step_size: cfg.particles.step_size.at_epoch(epoch),
+        batch_size: b,
+        total_points: m,
     }
 }
