@@ -16,8 +16,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use candle_core::{Device, Tensor};
 use ipld_particles::{
-    AdaptiveLangevin, CudaCloud, Langevin, NoiseGenerator, NoiseStream, ParticleCloud, StepContext,
-    UpdateConfig,
+    AdaptiveLangevin, CudaCloud, Langevin, NoiseGenerator, NoiseStream, ParticleCloud,
+    ParticleUpdate, StepContext, UpdateConfig,
 };
 use serde_json::json;
 
