@@ -23,6 +23,7 @@ fn ctx(step: u64, m: usize) -> StepContext {
         step_size: 0.1,
         batch_size: BATCH,
         total_points: m,
+        noise_scale: ipld_particles::NoiseScale::Paper,
         epoch: 1,
     }
 }
@@ -43,6 +44,8 @@ fn eager(c: &mut Criterion) {
         .chain([((100_000, 16, 2), NoiseGenerator::Philox4x32_10)]);
     for ((m, n, d), generator) in cases {
         let mut cloud = ParticleCloud::gaussian(0, m, n, d, 1).unwrap();
+        // Every point visited, as after a run's first epoch: the noise is preconditioned.
+        cloud.set_visits(&vec![1; m]).unwrap();
         let rule = AdaptiveLangevin::default();
         let noise = NoiseStream::new(3, 7).with_generator(generator);
         let grads = vec![1e-6f32; BATCH * n * d];
@@ -82,6 +85,8 @@ fn lazy(c: &mut Criterion) {
         (100_000, 16, 256),
     ] {
         let mut cloud = ParticleCloud::gaussian(0, m, n, d, 1).unwrap();
+        // Every point visited, as after a run's first epoch: the noise is preconditioned.
+        cloud.set_visits(&vec![1; m]).unwrap();
         let rule = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default());
         let mut state = LazyNoise::new(&cloud, 0, 1e-8);
         let (noise, lazy_noise) = (

@@ -83,6 +83,7 @@ fn ctx(step: u64, m: usize, b: usize) -> StepContext {
         step_size: 0.1,
         batch_size: b,
         total_points: m,
+        noise_scale: ipld_particles::NoiseScale::Paper,
         epoch: 1,
     }
 }
@@ -93,6 +94,8 @@ fn ctx(step: u64, m: usize, b: usize) -> StepContext {
 fn eager_update(generator: NoiseGenerator) -> (f64, f64, [usize; 3]) {
     let (m, n, d, b) = (100_000, 16, 2, 500);
     let mut cloud = ParticleCloud::gaussian(0, m, n, d, 1).expect("cloud");
+    // Every point visited, as after a run's first epoch: the noise is preconditioned.
+    cloud.set_visits(&vec![1; m]).expect("visits");
     let rule = AdaptiveLangevin::default();
     let noise = NoiseStream::new(3, 7).with_generator(generator);
     let batch: Vec<usize> = (0..b).map(|i| i * (m / b)).collect();
@@ -111,6 +114,8 @@ fn eager_update(generator: NoiseGenerator) -> (f64, f64, [usize; 3]) {
 fn lazy_update(m: usize, d: usize, generator: NoiseGenerator) -> f64 {
     let (n, b) = (16, 500);
     let mut cloud = ParticleCloud::gaussian(0, m, n, d, 1).expect("cloud");
+    // Every point visited, as after a run's first epoch: the noise is preconditioned.
+    cloud.set_visits(&vec![1; m]).expect("visits");
     let rule = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin::default());
     let mut lazy = LazyNoise::new(&cloud, 0, 1e-8);
     let (noise, lazy_noise) = (

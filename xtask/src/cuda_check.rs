@@ -28,6 +28,7 @@ fn ctx(step: u64, m: usize, b: usize, precondition: bool) -> StepContext {
         step_size: 0.1,
         batch_size: b,
         total_points: m,
+        noise_scale: ipld_particles::NoiseScale::Paper,
         epoch: precondition as u64,
     }
 }

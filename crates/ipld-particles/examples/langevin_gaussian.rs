@@ -34,6 +34,7 @@ fn main() -> Result<(), ipld_particles::ParticleError> {
             step_size: h,
             batch_size: m,
             total_points: m,
+            noise_scale: ipld_particles::NoiseScale::Paper,
         };
         Langevin {}.step(&mut cloud, &all, &grads, &ctx, &noise)?;
     }

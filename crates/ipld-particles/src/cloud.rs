@@ -1,13 +1,16 @@
 //! The particle cloud {z^{m,n}} (Section 3.2): N latent particles for each training point m, plus
 //! the per-particle optimiser state of the adaptive Langevin update (momentum M and second moment
-//! V of eq. 66). Rows are addressed by *global* data index: a cloud holds the contiguous range
-//! `start..start + rows`, so a distributed run can shard the cloud by index range and the update
-//! code never changes.
+//! V of eq. 66) and how often each point's particles have been in a minibatch. Rows are
+//! addressed by *global* data index: a cloud holds the contiguous range `start..start + rows`,
+//! so a distributed run can shard the cloud by index range and the update code never changes.
 
 use crate::{NoiseStream, ParticleError};
 
 /// Noise-stream id used to draw the initial particles.
 pub const INIT_STREAM: u32 = 0x1417;
+
+/// Mutable views of z, the momentum and the second moment.
+pub(crate) type Buffers<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32]);
 
 /// Particles z of shape [rows, n, dim] (row-major) and their optimiser moments.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +22,8 @@ pub struct ParticleCloud {
     z: Vec<f32>,
     momentum: Vec<f32>,
     second_moment: Vec<f32>,
+    /// Per row: the minibatches its point has been in (Adam's bias correction reads it).
+    visits: Vec<u32>,
 }
 
 /// A zeroed buffer whose pages are already backed by memory. The OS maps a zeroed allocation
@@ -91,11 +96,14 @@ impl ParticleCloud {
             z: committed_zeros(len),
             momentum: committed_zeros(len),
             second_moment: committed_zeros(len),
+            visits: vec![0; rows],
         })
     }
 
     /// Rebuilds a cloud from saved buffers (e.g. a checkpoint), checking their lengths; they are
-    /// copied into the cloud's own (committed, huge-page) buffers.
+    /// copied into the cloud's own (committed, huge-page) buffers. Visit counts start at 0, and
+    /// a row with count 0 counts as never visited (adaptive Langevin gives it G = I whatever its
+    /// V): restore them with [`set_visits`](Self::set_visits).
     pub fn from_parts(
         start: usize,
         shape: [usize; 3],
@@ -157,6 +165,24 @@ impl ParticleCloud {
         &self.second_moment
     }
 
+    /// Per row, the number of minibatches its point has been in.
+    pub fn visits(&self) -> &[u32] {
+        &self.visits
+    }
+
+    /// Restores the per-row visit counts (e.g. from a checkpoint).
+    pub fn set_visits(&mut self, visits: &[u32]) -> Result<(), ParticleError> {
+        if visits.len() != self.rows {
+            return Err(ParticleError::Shape(format!(
+                "{} visit counts for a cloud of {} rows",
+                visits.len(),
+                self.rows
+            )));
+        }
+        self.visits.copy_from_slice(visits);
+        Ok(())
+    }
+
     /// Local row of global index `m`.
     pub fn local(&self, m: usize) -> Result<usize, ParticleError> {
         if m < self.start || m >= self.start + self.rows {
@@ -185,9 +211,13 @@ impl ParticleCloud {
         Ok(())
     }
 
-    /// The three buffers z, momentum, second moment, for a pass over all rows at once.
-    pub(crate) fn buffers_mut(&mut self) -> (&mut [f32], &mut [f32], &mut [f32]) {
-        (&mut self.z, &mut self.momentum, &mut self.second_moment)
+    /// The three buffers z, momentum, second moment, for a pass over all rows at once, and the
+    /// visit counts, which a pass reads while it writes the buffers.
+    pub(crate) fn buffers_and_visits_mut(&mut self) -> (Buffers<'_>, &mut [u32]) {
+        (
+            (&mut self.z, &mut self.momentum, &mut self.second_moment),
+            &mut self.visits,
+        )
     }
 
     /// Warm start (Appendix B.3): replicate each point's single particle (and its moments) to

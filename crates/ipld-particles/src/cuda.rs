@@ -93,6 +93,7 @@ __device__ __forceinline__ float ipld_inv_fourth_root(float x) {
 
 // rule 0: Langevin (Algorithm 1), z += -drift g + sd W.
 // rule 1: adaptive Langevin (Algorithm 2), moments on batch rows, G^{1/2}-scaled noise.
+// The noise scale (paper or posterior) arrives in `sd` and `precondition`.
 // `state` holds three planes of `plane` floats: z, the momentum M and the second moment V.
 // `pos[r]` is local row r's position in the batch, or 0xFFFFFFFF when it is not in it.
 extern "C" __global__ void ipld_particle_update(
@@ -131,7 +132,9 @@ extern "C" __global__ void ipld_particle_update(
                 m2[i] = v;
                 zi -= h * m / sqrtf(v + eps);
             }
-            float s = precondition ? sd * ipld_inv_fourth_root(v + eps) : sd;
+            // G = I for a particle never visited: the device has no visit counts, but V = 0
+            // exactly until the first visit (and after it unless every gradient was 0).
+            float s = precondition ? sd * (v == 0.0f ? 1.0f : ipld_inv_fourth_root(v + eps)) : sd;
             z[i] = zi + s * noise[q];
         }
     }

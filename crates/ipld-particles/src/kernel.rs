@@ -106,14 +106,18 @@ pub(crate) fn check_ctx(ctx: &StepContext) -> Result<(), ParticleError> {
 }
 
 /// One row's buffers as a kernel sees them: (z, momentum, second moment, the row's gradient if
-/// it is in the batch, the row's noise). Without a gradient the slices may span several
-/// consecutive rows outside the batch, so kernels must be elementwise there.
+/// it is in the batch, the row's noise, the row's visit count before this step). Without a
+/// gradient the slices may span several consecutive rows outside the batch, so kernels must be
+/// elementwise there; those rows are all visited or all never visited, and the visit count is
+/// the first row's, unless the pass was asked for one row per call ([`fused_pass`]'s
+/// `per_row`).
 pub(crate) type Row<'a> = (
     &'a mut [f32],
     &'a mut [f32],
     &'a mut [f32],
     Option<&'a [f32]>,
     &'a [f32],
+    u32,
 );
 
 /// One task's slices of z, the momentum and the second moment, as the zipped chunk iterators
@@ -125,7 +129,10 @@ type TaskBuffers<'a> = ((&'a mut [f32], &'a mut [f32]), &'a mut [f32]);
 /// contiguous), then hands each row's (z, momentum, second moment, gradient if in the batch,
 /// noise) to `row`. Tasks run in parallel (rayon); the noise of element e is a function of
 /// (step, e) only, so the result is the same for every partition and thread count. Clouds under
-/// 65,536 elements run on the calling thread.
+/// 65,536 elements run on the calling thread. `per_row` hands rows outside the batch to `row`
+/// one at a time (for kernels that read the row's visit count). Afterwards the batch rows'
+/// visit counts go up by one.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fused_pass<F: Fn(Row<'_>) + Sync>(
     cloud: &mut ParticleCloud,
     batch: &[usize],
@@ -133,6 +140,7 @@ pub(crate) fn fused_pass<F: Fn(Row<'_>) + Sync>(
     ctx: &StepContext,
     noise: &NoiseStream,
     reads: Reads,
+    per_row: bool,
     row: F,
 ) -> Result<(), ParticleError> {
     check_ctx(ctx)?;
@@ -142,7 +150,8 @@ pub(crate) fn fused_pass<F: Fn(Row<'_>) + Sync>(
     // 16 KiB of each buffer per task: enough to amortise scheduling, small enough for L2.
     let rows_per_task = (4096 / w).max(1);
     let chunk = rows_per_task * w;
-    let (z, m1, m2) = cloud.buffers_mut();
+    let ((z, m1, m2), visits_mut) = cloud.buffers_and_visits_mut();
+    let visits = &*visits_mut;
     let small = z.len() < PARALLEL_MIN;
     let task = |buf: &mut Vec<f32>, (c, ((z, m1), m2)): (usize, TaskBuffers<'_>)| {
         let r0 = c * rows_per_task;
@@ -155,9 +164,12 @@ pub(crate) fn fused_pass<F: Fn(Row<'_>) + Sync>(
             Reads::M1 => noise.fill_prefetching(ctx.step, e0, buf, &[z, m1]),
             Reads::M2 => noise.fill_prefetching(ctx.step, e0, buf, &[z, m2]),
         }
+        let rows = z.len() / w;
         let task = Task {
             w,
-            pos: &pos[r0..r0 + z.len() / w],
+            pos: &pos[r0..r0 + rows],
+            visits: &visits[r0..r0 + rows],
+            per_row,
             grads,
             z,
             m1,
@@ -180,6 +192,11 @@ pub(crate) fn fused_pass<F: Fn(Row<'_>) + Sync>(
             .zip(m2.par_chunks_mut(chunk))
             .enumerate()
             .for_each_init(|| vec![0f32; chunk], task);
+    }
+    // O(|B|): the batch was checked against the cloud's rows by `batch_positions`.
+    for &m in batch {
+        let v = &mut visits_mut[m - start];
+        *v = v.saturating_add(1);
     }
     Ok(())
 }
@@ -221,6 +238,10 @@ pub(crate) struct Task<'a> {
     pub w: usize,
     /// Each row's position in the batch (u32::MAX if absent).
     pub pos: &'a [u32],
+    /// Each row's visit count before this step.
+    pub visits: &'a [u32],
+    /// Hand rows outside the batch to the kernel one at a time.
+    pub per_row: bool,
     /// The batch's gradients, [|B|, w].
     pub grads: &'a [f32],
     pub z: &'a mut [f32],
@@ -232,8 +253,9 @@ pub(crate) struct Task<'a> {
 
 impl Task<'_> {
     /// Batch rows one at a time; each run of consecutive rows outside the batch as one slice,
-    /// since every kernel is elementwise there. At N d = 32 (the eager bench, gmm at N = 16) a
-    /// row is two AVX-512 vectors, and the per-row set-up cost about a tenth of the pass.
+    /// since every kernel is elementwise there (unless `per_row`). At N d = 32 (the eager
+    /// bench, gmm at N = 16) a row is two AVX-512 vectors, and the per-row set-up cost about a
+    /// tenth of the pass.
     #[inline(always)]
     fn run<F: Fn(Row<'_>)>(self, row: &F) {
         let (w, pos) = (self.w, self.pos);
@@ -241,8 +263,16 @@ impl Task<'_> {
         while r < pos.len() {
             let (e, g) = if pos[r] != u32::MAX {
                 (r + 1, Some(&self.grads[pos[r] as usize * w..][..w]))
+            } else if self.per_row {
+                (r + 1, None)
             } else {
-                let run = pos[r..].iter().take_while(|&&p| p == u32::MAX).count();
+                // A run never mixes visited rows with rows never visited (their noise differs).
+                let fresh = self.visits[r] == 0;
+                let run = pos[r..]
+                    .iter()
+                    .zip(&self.visits[r..])
+                    .take_while(|&(&p, &v)| p == u32::MAX && (v == 0) == fresh)
+                    .count();
                 (r + run, None)
             };
             let span = r * w..e * w;
@@ -252,6 +282,7 @@ impl Task<'_> {
                 &mut self.m2[span.clone()],
                 g,
                 &self.noise[span],
+                self.visits[r],
             ));
             r = e;
         }
@@ -312,7 +343,8 @@ pub(crate) fn batch_pass(
     rows.sort_unstable();
     let local: Vec<usize> = rows.iter().map(|&(r, _)| r).collect();
     let start = cloud.start();
-    let (z, m1, m2) = cloud.buffers_mut();
+    let ((z, m1, m2), visits_mut) = cloud.buffers_and_visits_mut();
+    let visits = &*visits_mut;
     prefetch_rows(&local, w, &[&*z, &*m1, &*m2]);
     let items: Vec<_> = rows
         .iter()
@@ -327,11 +359,13 @@ pub(crate) fn batch_pass(
         noise.fill(ctx.step, ((start + r) * w) as u64, buf);
         if w < 256 {
             // Short rows: the call into the dispatched loop costs more than its vectors save.
-            kernel((z, m1, m2, Some(&grads[p * w..(p + 1) * w]), buf));
+            kernel((z, m1, m2, Some(&grads[p * w..(p + 1) * w]), buf, visits[r]));
         } else {
             Task {
                 w,
                 pos: &[0],
+                visits: &visits[r..r + 1],
+                per_row: true,
                 grads: &grads[p * w..(p + 1) * w],
                 z,
                 m1,
@@ -342,7 +376,11 @@ pub(crate) fn batch_pass(
         }
         Ok::<(), ParticleError>(())
     };
-    rows_pass(items, w, update)
+    rows_pass(items, w, update)?;
+    for &r in &local {
+        visits_mut[r] = visits_mut[r].saturating_add(1);
+    }
+    Ok(())
 }
 
 /// Before a pass over few scattered rows (local indices `rows` of width `w`), issues every row's

@@ -9,8 +9,10 @@ use crate::{NoiseStream, ParticleCloud, ParticleError, ParticleUpdate, StepConte
 /// Momentum particle descent (Lim et al. 2024): kinetic (underdamped) Langevin on the particles,
 /// with the velocity kept in the cloud's momentum buffer. Each step, for every particle,
 /// v <- a v - h M N grad (grad = 0 outside the minibatch) + sqrt((1 - a²) T) W, then
-/// z <- z + h v, where a = `damping` = exp(-friction h) and T = gamma_t |B| / M is the same
-/// temperature as Algorithm 1's noise. The velocity update is the exact Ornstein-Uhlenbeck step
+/// z <- z + h v, where a = `damping` = exp(-friction h) and T is the temperature of the step's
+/// [`crate::NoiseScale`], as for Algorithm 1: gamma_t |B| / M as printed, gamma_t for the
+/// posterior (with the mean force per step h grad U_m, the stationary law of z is then
+/// proportional to exp(-U_m / T)). The velocity update is the exact Ornstein-Uhlenbeck step
 /// for the friction and noise, so with grad = 0 the velocities stay at N(0, T I). The velocity
 /// moves every particle every step, so the rule has no lazy form.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -51,7 +53,7 @@ impl ParticleUpdate for KineticLangevin {
     ) -> Result<(), ParticleError> {
         let m_total = ctx.total_points as f64;
         let force = (ctx.step_size * m_total * cloud.particles() as f64) as f32;
-        let temperature = ctx.gamma * ctx.batch_size as f64 / m_total;
+        let temperature = ctx.noise_scale.temperature(ctx);
         let a = self.damping;
         let sd = ((1.0 - a * a) * temperature).sqrt() as f32;
         let (a, h) = (a as f32, ctx.step_size as f32);
@@ -62,8 +64,9 @@ impl ParticleUpdate for KineticLangevin {
             ctx,
             noise,
             Reads::M1,
+            false,
             #[inline(always)]
-            |(z, v, _, g, w): Row<'_>| match g {
+            |(z, v, _, g, w, _): Row<'_>| match g {
                 Some(g) => {
                     for (((zi, vi), gi), wi) in z.iter_mut().zip(v).zip(g).zip(w) {
                         *vi = a * *vi - force * gi + sd * wi;

@@ -9,8 +9,10 @@ use crate::{
 };
 
 /// Algorithm 1 / eqs. (19)-(22): unadjusted Langevin on the subsampled loss. Minibatch particles
-/// move by -(M N h) grad; every particle gets sqrt(2 h gamma_t |B| / M) W, the |B|/M matching the
-/// full-batch noise variance (Section 3.3) and gamma_t the KL annealing (A.4.1).
+/// move by -(M N h) grad; every particle gets sqrt(2 h T) W with the temperature T of the
+/// step's [`crate::NoiseScale`]: gamma_t |B| / M as printed (Section 3.3's "matching" |B|/M and
+/// the KL annealing of A.4.1), or gamma_t, under which the subsampled chain keeps eq. (21)'s
+/// stationary law.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Langevin {}
@@ -23,7 +25,7 @@ impl Langevin {
         let sd = self.variance(ctx).plain.sqrt() as f32;
         // Inlined into the dispatched (AVX-512/AVX2) row loop so it is vectorised for that ISA.
         #[inline(always)]
-        move |(z, _, _, g, w): Row<'_>| match g {
+        move |(z, _, _, g, w, _): Row<'_>| match g {
             Some(g) => {
                 for ((zi, gi), wi) in z.iter_mut().zip(g).zip(w) {
                     *zi += -drift * gi + sd * wi;
@@ -37,11 +39,11 @@ impl Langevin {
         }
     }
 
-    /// Per-element noise variance of one step: 2 h gamma_t |B| / M, unpreconditioned.
+    /// Per-element noise variance of one step: 2 h T, unpreconditioned (T = gamma_t |B| / M as
+    /// printed, gamma_t for the posterior).
     fn variance(&self, ctx: &StepContext) -> StepVariance {
         StepVariance {
-            plain: 2.0 * ctx.step_size * ctx.gamma * ctx.batch_size as f64
-                / ctx.total_points as f64,
+            plain: 2.0 * ctx.step_size * ctx.noise_scale.temperature(ctx),
             preconditioned: 0.0,
         }
     }
@@ -61,7 +63,7 @@ impl ParticleUpdate for Langevin {
         noise: &NoiseStream,
     ) -> Result<(), ParticleError> {
         let kernel = self.kernel(ctx, cloud.particles());
-        fused_pass(cloud, batch, grads, ctx, noise, Reads::Z, kernel)
+        fused_pass(cloud, batch, grads, ctx, noise, Reads::Z, false, kernel)
     }
 
     fn supports_lazy_noise(&self) -> bool {

@@ -34,6 +34,9 @@ pub struct LazyNoise {
     /// pre[k] = sum of preconditioned variances of steps base .. base + k.
     pre: Vec<f64>,
     eps: f32,
+    /// The second-moment coefficient b of a rule with Adam's bias correction (G of a row
+    /// visited k times uses V / (1 - b^k)).
+    bias_correction: Option<f64>,
 }
 
 impl LazyNoise {
@@ -52,12 +55,41 @@ impl LazyNoise {
             plain: vec![0.0],
             pre: vec![0.0],
             eps: eps as f32,
+            bias_correction: None,
+        }
+    }
+
+    /// Lazy noise for `rule`'s preconditioner: its eps and its bias correction.
+    pub fn for_rule(cloud: &ParticleCloud, step: u64, rule: &dyn ParticleUpdate) -> Self {
+        Self::new(cloud, step, rule.preconditioner_eps())
+            .with_bias_correction(rule.second_moment_bias_correction())
+    }
+
+    /// The same state drawing G with Adam's bias correction by visit count when `b` is set
+    /// ([`ParticleUpdate::second_moment_bias_correction`]).
+    pub fn with_bias_correction(mut self, b: Option<f64>) -> Self {
+        self.bias_correction = b;
+        self
+    }
+
+    /// V's correction factor for a row visited `visits` times.
+    fn correction(&self, visits: u32) -> f32 {
+        match self.bias_correction {
+            Some(b) if visits > 0 => {
+                (1.0 / (1.0 - b.powi(visits.min(i32::MAX as u32) as i32))) as f32
+            }
+            _ => 1.0,
         }
     }
 
     /// The preconditioner epsilon the accumulated noise is drawn with.
     pub fn eps(&self) -> f64 {
         self.eps as f64
+    }
+
+    /// The second-moment coefficient of Adam's bias correction, when G is drawn with it.
+    pub fn bias_correction(&self) -> Option<f64> {
+        self.bias_correction
     }
 
     /// The per-row sync steps.
@@ -110,9 +142,11 @@ impl LazyNoise {
         Ok((self.plain[j] - self.plain[i], self.pre[j] - self.pre[i]))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn sync_row(
         &self,
         (z, m2): (&mut [f32], &[f32]),
+        visits: u32,
         row_global: usize,
         from: u64,
         upto: u64,
@@ -124,16 +158,18 @@ impl LazyNoise {
         }
         let (plain, pre) = self.window(from, upto)?;
         noise.fill(upto, (row_global * z.len()) as u64, buf);
-        // Per element: sd = sqrt(plain + pre G), G = (V + eps)^(-1/2), in f32 (the windowed
-        // sums are differenced in f64 first) so the loop vectorises.
+        // Per element: sd = sqrt(plain + pre G), G = (c V + eps)^(-1/2), in f32 (the windowed
+        // sums are differenced in f64 first) so the loop vectorises. A row never visited has
+        // G = I (V is frozen between visits, so it had none during the window either).
         let (plain, pre, eps) = (plain as f32, pre as f32, self.eps);
-        if pre > 0.0 {
+        let c = self.correction(visits);
+        if pre > 0.0 && visits > 0 {
             for ((zi, m2i), wi) in z.iter_mut().zip(m2).zip(buf.iter()) {
-                let y = inv_fourth_root(*m2i + eps);
+                let y = inv_fourth_root(c * *m2i + eps);
                 *zi += (plain + pre * (y * y)).sqrt() * wi;
             }
         } else {
-            let sd = plain.sqrt();
+            let sd = (plain + pre).sqrt();
             for (zi, wi) in z.iter_mut().zip(buf.iter()) {
                 *zi += sd * wi;
             }
@@ -159,12 +195,20 @@ impl LazyNoise {
         local.sort_unstable();
         local.dedup();
         let start = cloud.start();
-        let (z, _, m2) = cloud.buffers_mut();
-        let m2 = &*m2;
+        let ((z, _, m2), visits) = cloud.buffers_and_visits_mut();
+        let (m2, visits) = (&*m2, &*visits);
         let this = &*self;
         let sync = |buf: &mut Vec<f32>, (&r, z): (&usize, &mut [f32])| {
             let m2 = &m2[r * w..(r + 1) * w];
-            this.sync_row((z, m2), start + r, this.synced[r], upto, noise, buf)
+            this.sync_row(
+                (z, m2),
+                visits[r],
+                start + r,
+                this.synced[r],
+                upto,
+                noise,
+                buf,
+            )
         };
         prefetch_rows(&local, w, &[&*z, m2]);
         let items: Vec<_> = local.iter().zip(rows_mut(z, w, &local)).collect();
@@ -185,7 +229,8 @@ impl LazyNoise {
         self.check(cloud)?;
         let w = cloud.particles() * cloud.dim();
         let start = cloud.start();
-        let (z, _, m2) = cloud.buffers_mut();
+        let ((z, _, m2), visits) = cloud.buffers_and_visits_mut();
+        let visits = &*visits;
         let this = &*self;
         z.par_chunks_mut(w)
             .zip(m2.par_chunks(w))
@@ -194,7 +239,8 @@ impl LazyNoise {
             .try_for_each_init(
                 || vec![0f32; w],
                 |buf, (r, (z, m2))| {
-                    this.sync_row((z, m2), start + r, this.synced[r], upto, noise, buf)
+                    let from = this.synced[r];
+                    this.sync_row((z, m2), visits[r], start + r, from, upto, noise, buf)
                 },
             )?;
         for s in &mut self.synced {

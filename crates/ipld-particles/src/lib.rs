@@ -16,7 +16,7 @@ mod rule;
 mod schedule;
 mod update;
 
-pub use adaptive_langevin::AdaptiveLangevin;
+pub use adaptive_langevin::{AdaptiveLangevin, SecondMomentOf};
 pub use cloud::{INIT_STREAM, ParticleCloud, advise_huge_pages};
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaCloud, KERNEL_SOURCE};
@@ -25,6 +25,6 @@ pub use kinetic_langevin::KineticLangevin;
 pub use langevin::Langevin;
 pub use lazy::{LAZY_STREAM, LazyNoise};
 pub use rng::{NoiseGenerator, NoiseStream, box_muller4, philox4x32, philox4x32_10};
-pub use rule::{KernelParams, ParticleUpdate, StepContext, StepVariance};
+pub use rule::{KernelParams, NoiseScale, ParticleUpdate, StepContext, StepVariance};
 pub use schedule::{KlAnnealing, StepSizeSchedule};
 pub use update::{RuleKind, UpdateConfig};

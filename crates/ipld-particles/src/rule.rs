@@ -7,7 +7,55 @@
 //! `grads` is always the gradient of the minibatch loss L-hat of eq. (22)/(64) with respect to the
 //! minibatch particles, [|B|, N, d] in batch order; the rules apply the M N scaling themselves.
 
+use serde::{Deserialize, Serialize};
+
 use crate::{NoiseStream, ParticleCloud, ParticleError};
+
+/// How much Langevin noise a rule injects (`particles.noise_scale`).
+///
+/// With L-hat of eq. (64), M N grad L-hat = (M / |B|) grad U_m for a minibatch particle, where
+/// U_m = gamma_t L_D - log p_phi(x^m | z). A particle is in the minibatch on a fraction |B| / M
+/// of the steps, so its mean drift per step is h grad U_m (h G grad U_m with Algorithm 2's
+/// preconditioner), as in the full-batch chain of eq. (21) with the KL weight of A.4.1. The noise
+/// that keeps that chain's stationary law, proportional to exp(-U_m / gamma_t) =
+/// p_theta(z) p_phi(x^m | z)^(1 / gamma_t) for fixed (theta, phi), is therefore
+/// sqrt(2 h gamma_t) (G^(1/2)) W per step on every particle, whatever |B| is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoiseScale {
+    /// The paper as printed: Algorithm 1's sqrt(2 h gamma_t |B| / M) (temperature gamma_t |B| / M),
+    /// Algorithm 2's sqrt(2 h gamma_t / M) G^(1/2), divided by |B| with `batch_noise_scale`
+    /// (A.4.2; temperature gamma_t / (M |B|²), about 1e-6 of the consistent noise on gmm), with
+    /// G = I during the first epoch, and kinetic Langevin at temperature gamma_t |B| / M. What a
+    /// config without `particles.noise_scale` means, so older runs resume bit for bit.
+    #[default]
+    Paper,
+    /// Noise under which the subsampled chain keeps the stationary law of eq. (21) tilted by
+    /// gamma_t: sqrt(2 h gamma_t) for Algorithm 1, sqrt(2 h gamma_t) G^(1/2) for Algorithm 2 (G
+    /// from a particle's first visit on, the same G as its drift), temperature gamma_t for kinetic
+    /// Langevin. `batch_noise_scale` does not apply.
+    Posterior,
+}
+
+impl NoiseScale {
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Paper => "paper",
+            Self::Posterior => "posterior",
+        }
+    }
+
+    /// The temperature of the unpreconditioned rules (Algorithm 1, kinetic Langevin): the noise
+    /// variance per step is 2 h times this. gamma_t |B| / M as printed, gamma_t for the
+    /// posterior.
+    pub fn temperature(self, ctx: &StepContext) -> f64 {
+        match self {
+            Self::Paper => ctx.gamma * ctx.batch_size as f64 / ctx.total_points as f64,
+            Self::Posterior => ctx.gamma,
+        }
+    }
+}
 
 /// Quantities of the current step shared by every rule.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,10 +73,14 @@ pub struct StepContext {
     pub batch_size: usize,
     /// Number of training points M in the whole dataset (not just this shard).
     pub total_points: usize,
+    /// The noise's scale: the paper's, or the one that samples the tilted posterior.
+    pub noise_scale: NoiseScale,
 }
 
 /// Noise variance of one element at one step, split by whether it is preconditioned: the
-/// element's variance is `plain + preconditioned / sqrt(V + eps)` (G^{1/2} W has variance G).
+/// element's variance is `plain + preconditioned G` (G^{1/2} W has variance G), with
+/// G = (c V + eps)^(-1/2) for a visited element (c = 1, or 1 / (1 - b^k) after k visits with
+/// [`ParticleUpdate::second_moment_bias_correction`]) and G = 1 while V = 0 (never visited).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct StepVariance {
     /// Variance of the unpreconditioned part.
@@ -53,7 +105,8 @@ pub struct KernelParams {
     pub eps: f32,
     /// The noise's standard deviation before any preconditioning.
     pub sd: f32,
-    /// Whether the noise is preconditioned by G^{1/2} at this step.
+    /// Whether the noise is preconditioned by G^{1/2} at this step (G = 1 where V = 0, a
+    /// particle never visited).
     pub precondition: bool,
 }
 
@@ -96,6 +149,13 @@ pub trait ParticleUpdate {
     /// accumulated preconditioned variance (0 for rules without one).
     fn preconditioner_eps(&self) -> f64 {
         0.0
+    }
+
+    /// With Adam's bias correction of the preconditioner, its second-moment coefficient b: a
+    /// particle visited k times has G = (V / (1 - b^k) + eps)^(-1/2). Lazy noise reads it for
+    /// the rows it catches up. None (the default) for rules without it.
+    fn second_moment_bias_correction(&self) -> Option<f64> {
+        None
     }
 
     /// Lazy noise's half of a step: the eager update of the minibatch rows only, with the noise

@@ -105,6 +105,10 @@ impl ParticleUpdate for UpdateConfig {
         self.rule().preconditioner_eps()
     }
 
+    fn second_moment_bias_correction(&self) -> Option<f64> {
+        self.rule().second_moment_bias_correction()
+    }
+
     fn step_batch_rows(
         &self,
         cloud: &mut ParticleCloud,

@@ -5,7 +5,7 @@
 //! with either noise generator, and between the generators.
 
 use ipld_particles::{
-    AdaptiveLangevin, Langevin, LazyNoise, NoiseGenerator, NoiseStream, ParticleCloud,
+    AdaptiveLangevin, Langevin, LazyNoise, NoiseGenerator, NoiseScale, NoiseStream, ParticleCloud,
     ParticleUpdate, StepContext, UpdateConfig,
 };
 
@@ -21,6 +21,10 @@ fn batch(m: usize, b: usize, t: u64) -> Vec<usize> {
 }
 
 fn ctx(t: u64, m: usize, b: usize, per_epoch: u64) -> StepContext {
+    ctx_scaled(t, m, b, per_epoch, NoiseScale::Paper)
+}
+
+fn ctx_scaled(t: u64, m: usize, b: usize, per_epoch: u64, noise_scale: NoiseScale) -> StepContext {
     StepContext {
         step: t,
         // KL annealing and a per-epoch step-size decay, as in training.
@@ -28,6 +32,7 @@ fn ctx(t: u64, m: usize, b: usize, per_epoch: u64) -> StepContext {
         step_size: 0.1 * 0.9f64.powi((t / per_epoch) as i32),
         batch_size: b,
         total_points: m,
+        noise_scale,
         epoch: t / per_epoch,
     }
 }
@@ -40,39 +45,71 @@ fn grads(cloud: &ParticleCloud, rows: &[usize], c: f32) -> Vec<f32> {
     z.iter().map(|v| (v - c) / s).collect()
 }
 
-fn run(
-    rule: &UpdateConfig,
-    lazy: bool,
-    seed: u64,
-    m: usize,
-    b: usize,
-    steps: u64,
-    all_rows: bool,
-) -> Vec<f32> {
-    run_with(
-        rule,
-        lazy,
-        seed,
-        (m, b, steps),
-        all_rows,
-        NoiseGenerator::default(),
-    )
+/// The rules and noise scales lazy noise must follow: Algorithm 2 as printed, with the posterior
+/// noise, with bias correction and with V shared per point; Algorithm 1 as printed and with the
+/// posterior noise.
+fn rules() -> Vec<(&'static str, UpdateConfig, NoiseScale)> {
+    let corrected = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin {
+        bias_correction: true,
+        second_moment_of: ipld_particles::SecondMomentOf::Particle,
+        ..AdaptiveLangevin::default()
+    });
+    let per_point = UpdateConfig::AdaptiveLangevin(AdaptiveLangevin {
+        second_moment_of: ipld_particles::SecondMomentOf::Point,
+        ..AdaptiveLangevin::default()
+    });
+    let langevin = UpdateConfig::Langevin(Langevin {});
+    vec![
+        ("adaptive", adaptive(), NoiseScale::Paper),
+        ("adaptive, posterior", adaptive(), NoiseScale::Posterior),
+        (
+            "adaptive, posterior, bias-corrected",
+            corrected,
+            NoiseScale::Posterior,
+        ),
+        (
+            "adaptive, posterior, V per point",
+            per_point,
+            NoiseScale::Posterior,
+        ),
+        ("langevin", langevin, NoiseScale::Paper),
+        ("langevin, posterior", langevin, NoiseScale::Posterior),
+    ]
 }
 
 fn run_with(
     rule: &UpdateConfig,
     lazy: bool,
     seed: u64,
+    shape: (usize, usize, u64),
+    all_rows: bool,
+    generator: NoiseGenerator,
+) -> Vec<f32> {
+    run_scaled(
+        rule,
+        lazy,
+        seed,
+        shape,
+        all_rows,
+        generator,
+        NoiseScale::Paper,
+    )
+}
+
+fn run_scaled(
+    rule: &UpdateConfig,
+    lazy: bool,
+    seed: u64,
     (m, b, steps): (usize, usize, u64),
     all_rows: bool,
     generator: NoiseGenerator,
+    scale: NoiseScale,
 ) -> Vec<f32> {
     let (n, d) = (2, 2);
     let mut cloud = ParticleCloud::gaussian(0, m, n, d, 11).unwrap();
     let noise = NoiseStream::new(seed, 7).with_generator(generator);
     let lazy_noise = NoiseStream::new(seed, ipld_particles::LAZY_STREAM).with_generator(generator);
-    let eps = rule.preconditioner_eps();
-    let mut state = LazyNoise::new(&cloud, 0, eps);
+    let mut state = LazyNoise::for_rule(&cloud, 0, rule);
     let per_epoch = (m / b) as u64;
     for t in 0..steps {
         let rows: Vec<usize> = if all_rows {
@@ -80,7 +117,7 @@ fn run_with(
         } else {
             batch(m, b, t)
         };
-        let c = ctx(t, m, if all_rows { m } else { b }, per_epoch);
+        let c = ctx_scaled(t, m, if all_rows { m } else { b }, per_epoch, scale);
         if lazy {
             state.sync(&mut cloud, &rows, t, &lazy_noise).unwrap();
             let g = grads(&cloud, &rows, 1.5);
@@ -100,16 +137,19 @@ fn run_with(
 fn adaptive() -> UpdateConfig {
     UpdateConfig::AdaptiveLangevin(AdaptiveLangevin {
         batch_noise_scale: false,
+        bias_correction: false,
+        second_moment_of: ipld_particles::SecondMomentOf::Particle,
         ..AdaptiveLangevin::default()
     })
 }
 
 #[test]
 fn a_minibatch_of_every_row_reproduces_the_eager_update_exactly() {
-    for rule in [adaptive(), UpdateConfig::Langevin(Langevin {})] {
-        let eager = run(&rule, false, 5, 64, 64, 30, true);
-        let lazy = run(&rule, true, 5, 64, 64, 30, true);
-        assert_eq!(eager, lazy);
+    let g = NoiseGenerator::default();
+    for (name, rule, scale) in rules() {
+        let eager = run_scaled(&rule, false, 5, (64, 64, 30), true, g, scale);
+        let lazy = run_scaled(&rule, true, 5, (64, 64, 30), true, g, scale);
+        assert_eq!(eager, lazy, "{name}");
     }
 }
 
@@ -254,6 +294,12 @@ fn lazy_and_eager_clouds_agree_in_distribution() {
         let lazy7 = run_with(&rule, true, 24, shape, false, seven);
         assert_same_distribution(&format!("{name}, 7 rounds"), &eager7, &lazy7);
         assert_same_distribution(&format!("{name}, 10 vs 7 rounds"), &eager10, &eager7);
+    }
+    // The posterior noise scale and the bias correction, with the presets' generator.
+    for (name, rule, scale) in rules().into_iter().filter(|r| r.2 == NoiseScale::Posterior) {
+        let eager = run_scaled(&rule, false, 25, shape, false, seven, scale);
+        let lazy = run_scaled(&rule, true, 26, shape, false, seven, scale);
+        assert_same_distribution(name, &eager, &lazy);
     }
 }
 

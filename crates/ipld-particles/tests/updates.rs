@@ -1,7 +1,7 @@
 //! The update rules against closed forms.
 
 use ipld_particles::{
-    AdaptiveLangevin, Langevin, NoiseStream, ParticleCloud, ParticleUpdate, StepContext,
+    AdaptiveLangevin, Langevin, NoiseScale, NoiseStream, ParticleCloud, ParticleUpdate, StepContext,
 };
 
 fn ctx(
@@ -18,6 +18,7 @@ fn ctx(
         step_size: h,
         batch_size: batch,
         total_points: total,
+        noise_scale: ipld_particles::NoiseScale::Paper,
         epoch: precondition as u64,
     }
 }
@@ -87,6 +88,8 @@ fn adaptive_drift_matches_a_hand_computed_step() {
         second_moment: 0.999,
         eps: 1e-8,
         batch_noise_scale: true,
+        bias_correction: false,
+        second_moment_of: ipld_particles::SecondMomentOf::Particle,
     };
     let grads = [0.01f32, -0.02]; // d L-hat / dz for point 0's two particles
     rule.step(
@@ -156,9 +159,13 @@ fn adaptive_noise_has_the_stated_scale() {
         &vec![v; rows * n * d],
     )
     .unwrap();
+    // Rows with V set have been visited (a row never visited gets G = I).
+    cloud.set_visits(&vec![1; rows]).unwrap();
     let (h, gamma, batch_size, m_total) = (0.1f64, 0.5f64, 10usize, 10_000usize);
     let rule = AdaptiveLangevin {
         batch_noise_scale: true,
+        bias_correction: false,
+        second_moment_of: ipld_particles::SecondMomentOf::Particle,
         ..Default::default()
     };
     for precondition in [false, true] {
@@ -408,6 +415,142 @@ fn rules_report_their_lazy_and_kernel_forms_through_the_trait() {
         (RuleKind::KineticLangevin, "kinetic-langevin")
     );
     assert!(!cfg.supports_lazy_noise());
+    // The posterior noise: sqrt(2 h gamma) for both rules, preconditioned from step 0.
+    let post = |c: StepContext| StepContext {
+        noise_scale: NoiseScale::Posterior,
+        ..c
+    };
+    let want = (2.0 * h * gamma).sqrt() as f32;
+    assert_eq!(Langevin {}.kernel_params(&post(c0), n).unwrap().sd, want);
+    for c in [c0, c1] {
+        let p = ada.kernel_params(&post(c), n).unwrap();
+        assert_eq!((p.sd, p.precondition), (want, true));
+        let v = ada.step_variance(&post(c)).unwrap();
+        assert_eq!(v.plain, 0.0);
+        assert!((v.preconditioned / (2.0 * h * gamma) - 1.0).abs() < 1e-12);
+    }
+    // Bias correction: forwarded by the registry; the CUDA kernel refuses it.
+    let corrected = AdaptiveLangevin {
+        bias_correction: true,
+        second_moment_of: ipld_particles::SecondMomentOf::Particle,
+        ..AdaptiveLangevin::default()
+    };
+    assert_eq!(ada.second_moment_bias_correction(), None);
+    assert_eq!(
+        UpdateConfig::AdaptiveLangevin(corrected).second_moment_bias_correction(),
+        Some(0.999)
+    );
+    let e = corrected.kernel_params(&post(c1), n).unwrap_err();
+    assert!(e.to_string().contains("bias_correction"), "{e}");
+}
+
+/// A particle never visited has V = 0: its preconditioned noise uses G = I, not
+/// eps^(-1/2) (100 times the standard deviation at eps = 1e-8), in both noise scales.
+#[test]
+fn never_visited_particles_get_unpreconditioned_noise() {
+    let (rows, n, d) = (4000usize, 2usize, 2usize);
+    let (h, gamma, b, m) = (0.1f64, 0.5f64, 10usize, 10_000usize);
+    for scale in [NoiseScale::Paper, NoiseScale::Posterior] {
+        let mut cloud = ParticleCloud::zeros(0, rows, n, d).unwrap();
+        let c = StepContext {
+            noise_scale: scale,
+            ..ctx(7, gamma, h, b, m, true)
+        };
+        let rule = AdaptiveLangevin::default();
+        assert!(rule.preconditions_noise(&c));
+        rule.step(&mut cloud, &[], &[], &c, &NoiseStream::new(5, 1))
+            .unwrap();
+        let sd = match scale {
+            NoiseScale::Paper => (2.0 * h * gamma / m as f64).sqrt() / b as f64,
+            NoiseScale::Posterior => (2.0 * h * gamma).sqrt(),
+        };
+        let count = cloud.z().len() as f64;
+        let var = cloud.z().iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / count;
+        assert!(
+            (var / (sd * sd) - 1.0).abs() < 5.0 * (2.0 / count).sqrt(),
+            "{scale:?}: {var} vs {}",
+            sd * sd
+        );
+    }
+}
+
+/// Adam's bias correction by visit count, by hand: a point on its 3rd visit (2 before) with
+/// M = 0.2, V = 0.04 and g = M N grad = 0.08 (M = 4 points, N = 2, d = 1; gamma = 0, no noise).
+#[test]
+fn bias_corrected_step_matches_a_hand_computed_step() {
+    let z = [0.5f32, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+    let m1 = [0.2f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+    let m2 = [0.04f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+    let mut cloud = ParticleCloud::from_parts(0, [4, 2, 1], &z, &m1, &m2).unwrap();
+    cloud.set_visits(&[2, 0, 5, 1]).unwrap();
+    let rule = AdaptiveLangevin {
+        bias_correction: true,
+        second_moment_of: ipld_particles::SecondMomentOf::Particle,
+        ..AdaptiveLangevin::default()
+    };
+    let c = StepContext {
+        noise_scale: NoiseScale::Posterior,
+        ..ctx(0, 0.0, 0.1, 1, 4, true)
+    };
+    rule.step(&mut cloud, &[0], &[0.01, 0.0], &c, &NoiseStream::new(0, 0))
+        .unwrap();
+    // k = 3: M = 0.9 * 0.2 + 0.1 * 0.08 = 0.188, V = 0.999 * 0.04 + 0.001 * 0.0064 = 0.0399664,
+    // M-hat = 0.188 / (1 - 0.9^3) = 0.693727, V-hat = 0.0399664 / (1 - 0.999^3) = 13.3354,
+    // z = 0.5 - 0.1 * 0.693727 / sqrt(13.3354 + 1e-8) = 0.4810030.
+    let (mh, vh) = (
+        0.188 / (1.0 - 0.9f64.powi(3)),
+        0.039_966_4 / (1.0 - 0.999f64.powi(3)),
+    );
+    let want = 0.5 - 0.1 * mh / (vh + 1e-8).sqrt();
+    assert!((want - 0.481_003_0).abs() < 1e-6, "{want}");
+    assert!(
+        (cloud.z()[0] as f64 - want).abs() < 1e-6,
+        "{}",
+        cloud.z()[0]
+    );
+    // Its second particle (zero gradient, zero moments) stays put: M = V = 0, no drift.
+    assert_eq!(cloud.z()[1], -1.0);
+    assert_eq!(cloud.visits(), &[3, 0, 5, 1]);
+}
+
+/// V shared per point: the N particles' V becomes b V + (1 - b) mean_n g², the same for each;
+/// the momentum and the drift stay per particle.
+#[test]
+fn point_shared_second_moment_matches_a_hand_computed_step() {
+    // M = 2 points, N = 2, d = 2; point 0 in the batch; gamma = 0 (no noise).
+    let z = [0.0f32; 8];
+    let m1 = [0.0f32; 8];
+    let m2 = [0.5f32, 0.25, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0];
+    let mut cloud = ParticleCloud::from_parts(0, [2, 2, 2], &z, &m1, &m2).unwrap();
+    let rule = AdaptiveLangevin {
+        second_moment_of: ipld_particles::SecondMomentOf::Point,
+        ..AdaptiveLangevin::default()
+    };
+    let c = StepContext {
+        noise_scale: NoiseScale::Posterior,
+        ..ctx(0, 0.0, 0.1, 1, 2, true)
+    };
+    // d L-hat / dz; g = M N grad = 4 grad: particle 0 (1, -2), particle 1 (3, 0).
+    let grads = [0.25f32, -0.5, 0.75, 0.0];
+    rule.step(&mut cloud, &[0], &grads, &c, &NoiseStream::new(0, 0))
+        .unwrap();
+    // mean g²: coordinate 0 (1 + 9) / 2 = 5, coordinate 1 (4 + 0) / 2 = 2.
+    let v = [0.999 * 0.5 + 0.001 * 5.0, 0.999 * 0.25 + 0.001 * 2.0];
+    let g = [1.0f64, -2.0, 3.0, 0.0];
+    for i in 0..4 {
+        let want_v = v[i % 2];
+        let want_m = 0.1 * g[i];
+        assert!(
+            (cloud.second_moment()[i] as f64 - want_v).abs() < 1e-7,
+            "V {i}"
+        );
+        assert!((cloud.momentum()[i] as f64 - want_m).abs() < 1e-7, "M {i}");
+        let want_z = -0.1 * want_m / (want_v + 1e-8).sqrt();
+        assert!((cloud.z()[i] as f64 - want_z).abs() < 1e-6, "z {i}");
+    }
+    assert_eq!(&cloud.second_moment()[4..], &[0.0; 4]);
+    // The CUDA kernel keeps one V per particle and refuses this.
+    assert!(rule.kernel_params(&c, 2).is_err());
 }
 
 /// Stepping through the registry enum gives the rule's bits.

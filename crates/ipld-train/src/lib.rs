@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod diagnostics;
 pub mod error;
 pub mod eval;
 pub mod fid;

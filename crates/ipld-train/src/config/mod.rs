@@ -12,7 +12,9 @@ use ipld_data::SyntheticKind;
 use ipld_diffusion::{EmaConfig, LossWeighting, SamplerConfig, ScheduleConfig};
 use ipld_eval::MmdConfig;
 use ipld_models::{ConvDecoderConfig, DitConfig, LinearDecoderConfig, MlpEpsConfig};
-use ipld_particles::{KlAnnealing, NoiseGenerator, RuleKind, StepSizeSchedule, UpdateConfig};
+use ipld_particles::{
+    KlAnnealing, NoiseGenerator, NoiseScale, RuleKind, StepSizeSchedule, UpdateConfig,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::optim::AdamWConfig;
@@ -267,6 +269,14 @@ pub struct ParticlesConfig {
     /// update takes about 15% less time (docs/performance.md).
     #[serde(default)]
     pub noise: NoiseGenerator,
+    /// The Langevin noise's scale, for every rule: `paper` (Algorithm 1's sqrt(2 h gamma_t |B| /
+    /// M), Algorithm 2's sqrt(2 h gamma_t / M) G^(1/2) / |B|, kinetic Langevin at gamma_t |B| /
+    /// M; what a config without this key means, so older runs resume bit for bit) or
+    /// `posterior` (the noise under which the subsampled chain keeps the tilted posterior of
+    /// eq. (21) as its stationary law: sqrt(2 h gamma_t), times G^(1/2) for Algorithm 2,
+    /// temperature gamma_t for kinetic Langevin). docs/training.md derives both.
+    #[serde(default)]
+    pub noise_scale: NoiseScale,
 }
 
 /// Optimisation of theta and phi, and bookkeeping.

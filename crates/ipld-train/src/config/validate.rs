@@ -103,6 +103,25 @@ impl RunConfig {
                 ),
             ));
         }
+        // The paper mode is the paper's update; these options belong to the posterior mode.
+        if let ipld_particles::UpdateConfig::AdaptiveLangevin(r) = &self.particles.update
+            && self.particles.noise_scale == ipld_particles::NoiseScale::Paper
+        {
+            let off = [
+                ("bias_correction", r.bias_correction),
+                (
+                    "second_moment_of",
+                    r.second_moment_of != ipld_particles::SecondMomentOf::Particle,
+                ),
+            ];
+            if let Some((k, _)) = off.iter().find(|(_, on)| *on) {
+                return Err(key(
+                    &format!("particles.update.{k}"),
+                    "is not part of the paper's update; it needs particles.noise_scale = \"posterior\""
+                        .into(),
+                ));
+            }
+        }
         if self.train.two_stage && self.method == Method::DiffusionVae {
             return Err(key(
                 "train.two_stage",

@@ -62,6 +62,8 @@ impl Trainer {
             .replay_noise_variances(joint, &cfg.particles.update, |s| {
                 super::step_context(cfg, m, s)
             })?;
+        self.latents
+            .set_visits(&super::visit_counts(cfg, m, joint))?;
         Ok(())
     }
 }

@@ -73,7 +73,7 @@ impl Latents {
         let cloud = ParticleCloud::gaussian(0, m, n0, dz, cfg.seed)?;
         let lazy = pc
             .lazy_noise
-            .then(|| LazyNoise::new(&cloud, 0, pc.update.preconditioner_eps()));
+            .then(|| LazyNoise::for_rule(&cloud, 0, &pc.update));
         Ok(Self::Particles(Particles {
             cloud,
             lazy,
@@ -250,6 +250,16 @@ impl Latents {
         }
     }
 
+    /// After a load: each point's visit count (Adam's bias correction reads it) is a function
+    /// of the minibatches so far, recomputed by the trainer, so the checkpoint needs no extra
+    /// tensor and checkpoints written before the counts existed restore them exactly.
+    pub fn set_visits(&mut self, visits: &[u32]) -> Result<(), TrainError> {
+        if let Self::Particles(p) = self {
+            p.cloud.set_visits(visits)?;
+        }
+        Ok(())
+    }
+
     /// Lazy noise after a load: the per-step variances are a function of the config and the
     /// step, so those of the joint steps `0..joint` are recomputed from `ctx` (only with lazy
     /// noise).
@@ -350,7 +360,8 @@ impl Checkpointed for Latents {
                         )));
                     }
                     let synced = missed.iter().map(|&v| step - v as u64).collect();
-                    *lazy = LazyNoise::from_synced(synced, 0, lazy.eps());
+                    *lazy = LazyNoise::from_synced(synced, 0, lazy.eps())
+                        .with_bias_correction(lazy.bias_correction());
                 }
             }
             Self::Encoder { encoder, .. } => encoder.load("encoder", ck)?,

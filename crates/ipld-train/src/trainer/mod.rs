@@ -219,9 +219,7 @@ impl Trainer {
     pub fn batch_indices(&self, t: u64) -> Vec<usize> {
         let (b, per_epoch) = self.batching();
         let (epoch, pos) = (t / per_epoch, (t % per_epoch) as usize);
-        let mut perm: Vec<usize> = (0..self.data.len()).collect();
-        perm.shuffle(&mut Stream::Batch.rng(self.cfg.seed, epoch));
-        perm[pos * b..(pos + 1) * b].to_vec()
+        epoch_permutation(self.cfg.seed, self.data.len(), epoch)[pos * b..(pos + 1) * b].to_vec()
     }
 
     /// The particle update's context at step `t` (what [`Trainer::train_step`] passes).
@@ -414,6 +412,27 @@ fn batching(cfg: &RunConfig, m: usize) -> (usize, u64) {
     (b, (m / b).max(1) as u64)
 }
 
+/// Epoch `epoch`'s permutation of the `m` points; its first |B| floor(M / |B|) entries are the
+/// epoch's minibatches.
+fn epoch_permutation(seed: u64, m: usize, epoch: u64) -> Vec<usize> {
+    let mut perm: Vec<usize> = (0..m).collect();
+    perm.shuffle(&mut Stream::Batch.rng(seed, epoch));
+    perm
+}
+
+/// How many of the first `steps` minibatches each of the `m` points was in.
+fn visit_counts(cfg: &RunConfig, m: usize, steps: u64) -> Vec<u32> {
+    let (b, per_epoch) = batching(cfg, m);
+    let mut visits = vec![0u32; m];
+    for epoch in 0..steps.div_ceil(per_epoch) {
+        let done = (steps - epoch * per_epoch).min(per_epoch) as usize;
+        for &i in &epoch_permutation(cfg.seed, m, epoch)[..done * b] {
+            visits[i] += 1;
+        }
+    }
+    visits
+}
+
 /// The particle update's context at step `t` for `m` points.
 fn step_context(cfg: &RunConfig, m: usize, t: u64) -> StepContext {
     let (b, per_epoch) = batching(cfg, m);
@@ -425,5 +444,6 @@ fn step_context(cfg: &RunConfig, m: usize, t: u64) -> StepContext {
         step_size: cfg.particles.step_size.at_epoch(epoch),
         batch_size: b,
         total_points: m,
+        noise_scale: cfg.particles.noise_scale,
     }
 }
