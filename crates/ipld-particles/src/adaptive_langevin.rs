@@ -84,6 +84,12 @@ impl Default for AdaptiveLangevin {
     }
 }
 
+/// The least V a visit leaves (the smallest normal f32): V = 0 then means "never visited" and
+/// nothing else, also where every gradient so far was exactly 0, so the CUDA kernel (which has
+/// no visit counts) tells the two apart as the CPU does. It changes no V a realistic gradient
+/// gives ((1 - b) g² below 1.2e-38 needs |g| < 3.4e-18).
+pub const V_FLOOR: f32 = f32::MIN_POSITIVE;
+
 impl AdaptiveLangevin {
     /// The first epoch whose noise is preconditioned by G^{1/2} in `NoiseScale::Paper` mode: the
     /// paper's implementation uses G = I on the noise during the first epoch, while V is still
@@ -159,7 +165,7 @@ impl AdaptiveLangevin {
                         let i = p * d + j;
                         let gi = scale * g[i];
                         m1[i] = a * m1[i] + (1.0 - a) * gi;
-                        m2[i] = b * m2[i] + (1.0 - b) * mean_sq;
+                        m2[i] = (b * m2[i] + (1.0 - b) * mean_sq).max(V_FLOOR);
                         let v = c2 * m2[i];
                         z[i] -= h * (c1 * m1[i]) / (v + eps).sqrt();
                         let noise_sd = if precondition {
@@ -175,7 +181,7 @@ impl AdaptiveLangevin {
                 for ((((zi, m1i), m2i), gi), wi) in z.iter_mut().zip(m1).zip(m2).zip(g).zip(w) {
                     let gi = scale * gi;
                     *m1i = a * *m1i + (1.0 - a) * gi;
-                    *m2i = b * *m2i + (1.0 - b) * gi * gi;
+                    *m2i = (b * *m2i + (1.0 - b) * gi * gi).max(V_FLOOR);
                     let v = c2 * *m2i;
                     *zi -= h * (c1 * *m1i) / (v + eps).sqrt();
                     let noise_sd = if precondition {

@@ -127,13 +127,14 @@ extern "C" __global__ void ipld_particle_update(
             if (g) {
                 float gi = drift * (*g);
                 float m = a * m1[i] + (1.0f - a) * gi;
-                v = b * v + (1.0f - b) * gi * gi;
+                // The CPU's V_FLOOR (the smallest normal float): V = 0 only before a visit.
+                v = fmaxf(b * v + (1.0f - b) * gi * gi, 1.17549435e-38f);
                 m1[i] = m;
                 m2[i] = v;
                 zi -= h * m / sqrtf(v + eps);
             }
             // G = I for a particle never visited: the device has no visit counts, but V = 0
-            // exactly until the first visit (and after it unless every gradient was 0).
+            // exactly until the first visit and never after it (V_FLOOR).
             float s = precondition ? sd * (v == 0.0f ? 1.0f : ipld_inv_fourth_root(v + eps)) : sd;
             z[i] = zi + s * noise[q];
         }

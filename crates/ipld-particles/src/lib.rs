@@ -16,7 +16,7 @@ mod rule;
 mod schedule;
 mod update;
 
-pub use adaptive_langevin::{AdaptiveLangevin, SecondMomentOf};
+pub use adaptive_langevin::{AdaptiveLangevin, SecondMomentOf, V_FLOOR};
 pub use cloud::{INIT_STREAM, ParticleCloud, advise_huge_pages};
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaCloud, KERNEL_SOURCE};

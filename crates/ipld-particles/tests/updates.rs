@@ -508,8 +508,10 @@ fn bias_corrected_step_matches_a_hand_computed_step() {
         "{}",
         cloud.z()[0]
     );
-    // Its second particle (zero gradient, zero moments) stays put: M = V = 0, no drift.
+    // Its second particle (zero gradient, zero moments) stays put: M = 0, no drift, and V is
+    // the floor that marks it visited (V = 0 means never visited, also on the GPU).
     assert_eq!(cloud.z()[1], -1.0);
+    assert_eq!(cloud.second_moment()[1], ipld_particles::V_FLOOR);
     assert_eq!(cloud.visits(), &[3, 0, 5, 1]);
 }
 
