@@ -1,6 +1,7 @@
 //! `cargo xtask cuda-check` (feature `cuda`): validates the CUDA particle kernel against the CPU
 //! kernel and times it. Validation: both run the same 60 adaptive-Langevin steps (Algorithm 2,
-//! the noise switching to preconditioned after 20) and 60 Langevin steps (Algorithm 1) from the
+//! the noise switching to preconditioned after 20; with the paper's and the posterior noise
+//! scale) and 60 Langevin steps (Algorithm 1) from the
 //! same cloud with the same gradients and noise counters; they must agree element-wise to 1e-4
 //! of the cloud's scale and in the first two moments of the moved cloud. (Both sides use the same
 //! libm-free Box-Muller and no FMA contraction, so they are designed to agree bit for bit; the
@@ -16,7 +17,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use candle_core::{Device, Tensor};
 use ipld_particles::{
-    AdaptiveLangevin, CudaCloud, Langevin, NoiseGenerator, NoiseStream, ParticleCloud,
+    AdaptiveLangevin, CudaCloud, Langevin, NoiseGenerator, NoiseScale, NoiseStream, ParticleCloud,
     ParticleUpdate, StepContext, UpdateConfig,
 };
 use serde_json::json;
@@ -28,7 +29,7 @@ fn ctx(step: u64, m: usize, b: usize, precondition: bool) -> StepContext {
         step_size: 0.1,
         batch_size: b,
         total_points: m,
-        noise_scale: ipld_particles::NoiseScale::Paper,
+        noise_scale: NoiseScale::Paper,
         epoch: precondition as u64,
     }
 }
@@ -51,8 +52,14 @@ fn agree(
     device: &Device,
     rule: &UpdateConfig,
     generator: NoiseGenerator,
+    noise_scale: NoiseScale,
 ) -> anyhow::Result<serde_json::Value> {
-    let name = format!("{}, {}", rule.name(), generator.name());
+    let name = format!(
+        "{}, {}, {} noise",
+        rule.name(),
+        generator.name(),
+        noise_scale.name()
+    );
     let (m, n, d, b) = (4096, 8, 4, 256);
     let cloud = ParticleCloud::gaussian(0, m, n, d, 11)?;
     let mut cpu = cloud.clone();
@@ -61,7 +68,10 @@ fn agree(
     for t in 0..60u64 {
         let batch: Vec<usize> = (0..b).map(|i| (i * 16 + t as usize) % m).collect();
         let g = grads(t, b * n * d);
-        let c = ctx(t, m, b, t >= 20);
+        let c = StepContext {
+            noise_scale,
+            ..ctx(t, m, b, t >= 20)
+        };
         rule.rule().step(&mut cpu, &batch, &g, &c, &noise)?;
         let g = Tensor::from_vec(g, (b, n, d), device)?;
         gpu.step(rule, &batch, &g, &c, &noise)?;
@@ -134,8 +144,15 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     ] {
         for generator in [NoiseGenerator::Philox4x32_7, NoiseGenerator::Philox4x32_10] {
             let key = format!("{} {}", rule.name(), generator.name());
-            agreement.insert(key, agree(&device, &rule, generator)?);
+            agreement.insert(key, agree(&device, &rule, generator, NoiseScale::Paper)?);
         }
+        // The posterior noise (issue 21): other sd and preconditioning through the same kernel.
+        let generator = NoiseGenerator::Philox4x32_7;
+        let key = format!("{} {} posterior", rule.name(), generator.name());
+        agreement.insert(
+            key,
+            agree(&device, &rule, generator, NoiseScale::Posterior)?,
+        );
     }
     let small = timing(&device, 100_000, 16, 2)?;
     let cifar = timing(&device, 50_000, 10, 256)?;
