@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use candle_core::Device;
 use ipld_data::probabilistic_pca;
-use ipld_train::diagnostics::posterior_spread;
+use ipld_train::diagnostics::{PPCA_OVERRIDES, PPCA_POINTS, PPCA_SEED, posterior_spread};
 use ipld_train::{RunConfig, Trainer};
 
 /// The variants: a label and its `--set` overrides (on top of the common PPCA settings).
@@ -61,15 +61,6 @@ pub const VARIANTS: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// The common settings (the gmm preset's networks and optimisers).
-pub const COMMON: &[&str] = &[
-    "data.latent_dim=2",
-    "particles.count=16",
-    "train.batch_size=200",
-    "train.steps=2000",
-    "train.kl={coefficient=1.0, warmup_steps=0}",
-];
-
 /// Settings of the experiment.
 pub struct Ppca {
     /// Seeds per variant.
@@ -80,7 +71,7 @@ pub struct Ppca {
 
 /// Trains one variant and returns its ratio.
 fn ratio(sets: &[&str], seed: u64) -> anyhow::Result<f64> {
-    let sets: Vec<String> = COMMON
+    let sets: Vec<String> = PPCA_OVERRIDES
         .iter()
         .chain(sets)
         .map(|s| s.to_string())
@@ -88,7 +79,7 @@ fn ratio(sets: &[&str], seed: u64) -> anyhow::Result<f64> {
         .collect();
     let cfg = RunConfig::preset("gmm")?.with_overrides(&sets, "ppca")?;
     let steps = cfg.train.steps;
-    let data = probabilistic_pca(2000, 7)?;
+    let data = probabilistic_pca(PPCA_POINTS, PPCA_SEED)?;
     let mut t = Trainer::new(cfg.validated("ppca")?, data, Device::Cpu)?;
     for _ in 0..steps {
         t.train_step()?;

@@ -332,6 +332,49 @@ fn at_means(model: &Model, m2: &[f32]) -> ParticleCloud {
 
 const P: f64 = B as f64 / M as f64;
 
+/// A chain's discretisation bias against the posterior: its largest entry's difference,
+/// relative to the posterior's first variance.
+fn relative_bias(exact: &[f64], model: &Model) -> f64 {
+    (0..4)
+        .map(|i| ((exact[i] - model.posterior[i]) / model.posterior[0]).abs())
+        .fold(0.0, f64::max)
+}
+
+/// Runs `rule` with `Posterior` noise from `start` and checks the particles against the exact
+/// chain's law `exact` and against the posterior (within the chain's `bias`); then with `Paper`
+/// noise from `paper_start`, against `exact` at `paper_temperature`.
+#[allow(clippy::too_many_arguments)]
+fn check_both_scales(
+    what: &str,
+    rule: &dyn ParticleUpdate,
+    (start, paper_start): (ParticleCloud, ParticleCloud),
+    model: &Model,
+    h: f64,
+    exact: &[f64],
+    bias: f64,
+    paper_temperature: f64,
+) {
+    let steps = (20_000, 20_000, 100);
+    let got = run(rule, start, model, h, NoiseScale::Posterior, steps);
+    check(
+        &format!("{what}, posterior vs exact chain"),
+        &got,
+        exact,
+        4.0,
+        0.0,
+    );
+    check(
+        &format!("{what}, posterior vs posterior"),
+        &got,
+        &model.posterior,
+        4.0,
+        bias,
+    );
+    let got = run(rule, paper_start, model, h, NoiseScale::Paper, steps);
+    let tempered = scaled(exact, paper_temperature);
+    check(&format!("{what}, paper"), &got, &tempered, 4.0, 0.0);
+}
+
 /// Algorithm 1: a visit moves e by -h (M / |B|) grad U = -(h gamma / p) L e, plus sqrt(2 h T) W
 /// on every step: S = exact law of that chain.
 #[test]
@@ -343,36 +386,11 @@ fn langevin_samples_the_posterior_and_the_paper_noise_its_tempered_law() {
     let noise_var = 2.0 * h * GAMMA;
     let exact = stationary(&visit, &eye(), &scaled(&eye(), noise_var), D, P);
     // Discretisation bias of this chain against the posterior: its largest relative entry.
-    let bias = (0..4)
-        .map(|i| ((exact[i] - model.posterior[i]) / model.posterior[0]).abs())
-        .fold(0.0, f64::max);
+    let bias = relative_bias(&exact, &model);
     assert!(bias < 0.01, "h too large for the test: bias {bias}");
-    let got = run(
-        &Langevin {},
-        prior_cloud(1),
-        &model,
-        h,
-        NoiseScale::Posterior,
-        (20_000, 20_000, 100),
-    );
-    check("langevin, posterior vs exact chain", &got, &exact, 4.0, 0.0);
-    check(
-        "langevin, posterior vs posterior",
-        &got,
-        &model.posterior,
-        4.0,
-        bias,
-    );
     // The printed noise, 2 h gamma |B| / M, is the same chain at temperature p: its law is p S.
-    let got = run(
-        &Langevin {},
-        at_means(&model, &vec![0.0; M * N * D]),
-        &model,
-        h,
-        NoiseScale::Paper,
-        (20_000, 20_000, 100),
-    );
-    check("langevin, paper", &got, &scaled(&exact, P), 4.0, 0.0);
+    let starts = (prior_cloud(1), at_means(&model, &vec![0.0; M * N * D]));
+    check_both_scales("langevin", &Langevin {}, starts, &model, h, &exact, bias, P);
 }
 
 /// Algorithm 2 with its preconditioner frozen (b = 1 leaves V as set: G = (V + eps)^(-1/2)
@@ -419,40 +437,15 @@ fn adaptive_langevin_with_a_frozen_preconditioner_samples_the_posterior() {
         &[0.0; 4],
     );
     let exact = block(&stationary(&visit, &rest, &q, 2 * D, P));
-    let bias = (0..4)
-        .map(|i| ((exact[i] - model.posterior[i]) / model.posterior[0]).abs())
-        .fold(0.0, f64::max);
+    let bias = relative_bias(&exact, &model);
     // The momentum averages the gradient over ~a / (1 - a) = 9 visits, so the drift lags the
     // particle: at this h the chain's law is 6.5% wider than the posterior (the exact chain's
     // covariance above says by how much; the run must match it).
     assert!(bias < 0.08, "h too large for the test: bias {bias}");
-    let got = run(
-        &rule,
-        cloud(),
-        &model,
-        h,
-        NoiseScale::Posterior,
-        (20_000, 20_000, 100),
-    );
-    check("adaptive, posterior vs exact chain", &got, &exact, 4.0, 0.0);
-    check(
-        "adaptive, posterior vs posterior",
-        &got,
-        &model.posterior,
-        4.0,
-        bias,
-    );
     // As printed (A.4.2): variance 2 h gamma G / (M |B|²), temperature 1 / (M |B|²) = 1e-4.
-    let got = run(
-        &rule,
-        at_means(&model, &v),
-        &model,
-        h,
-        NoiseScale::Paper,
-        (20_000, 20_000, 100),
-    );
     let t = 1.0 / (M * B * B) as f64;
-    check("adaptive, paper", &got, &scaled(&exact, t), 4.0, 0.0);
+    let starts = (cloud(), at_means(&model, &v));
+    check_both_scales("adaptive", &rule, starts, &model, h, &exact, bias, t);
 }
 
 /// The adapted preconditioner (b = 0.999): V tracks each particle's own g², so G is small
@@ -539,37 +532,12 @@ fn kinetic_langevin_samples_the_posterior_and_the_paper_noise_its_tempered_law()
         &scaled(&eye(), qv),
     );
     let exact = block(&stationary(&visit, &rest, &q, 2 * D, P));
-    let bias = (0..4)
-        .map(|i| ((exact[i] - model.posterior[i]) / model.posterior[0]).abs())
-        .fold(0.0, f64::max);
+    let bias = relative_bias(&exact, &model);
     assert!(bias < 0.03, "h too large for the test: bias {bias}");
     let rule = KineticLangevin { damping: a };
     // The velocity (the momentum buffer) starts at 0.
-    let got = run(
-        &rule,
-        prior_cloud(3),
-        &model,
-        h,
-        NoiseScale::Posterior,
-        (20_000, 20_000, 100),
-    );
-    check("kinetic, posterior vs exact chain", &got, &exact, 4.0, 0.0);
-    check(
-        "kinetic, posterior vs posterior",
-        &got,
-        &model.posterior,
-        4.0,
-        bias,
-    );
-    let got = run(
-        &rule,
-        at_means(&model, &vec![0.0; M * N * D]),
-        &model,
-        h,
-        NoiseScale::Paper,
-        (20_000, 20_000, 100),
-    );
-    check("kinetic, paper", &got, &scaled(&exact, P), 4.0, 0.0);
+    let starts = (prior_cloud(3), at_means(&model, &vec![0.0; M * N * D]));
+    check_both_scales("kinetic", &rule, starts, &model, h, &exact, bias, P);
 }
 
 /// The algebra above, checked once: with p = 1 and a plain Langevin chain the recursion gives

@@ -12,6 +12,21 @@ use crate::config::DecoderConfig;
 use crate::error::TrainError;
 use crate::trainer::Trainer;
 
+/// The probabilistic-PCA check's settings as `--set` overrides of the gmm preset (the acceptance
+/// test and `cargo xtask experiment ppca` share them): d_z = 2, N = 16, |B| = 200, 2,000 steps,
+/// c_KL = 1 with no warm-up, on `ipld_data::probabilistic_pca(PPCA_POINTS, PPCA_SEED)`.
+pub const PPCA_OVERRIDES: &[&str] = &[
+    "data.latent_dim=2",
+    "particles.count=16",
+    "train.batch_size=200",
+    "train.steps=2000",
+    "train.kl={coefficient=1.0, warmup_steps=0}",
+];
+/// Points of the probabilistic-PCA check.
+pub const PPCA_POINTS: usize = 2000;
+/// Data seed of the probabilistic-PCA check.
+pub const PPCA_SEED: u64 = 7;
+
 /// The particles' spread against the closed-form posterior of `trainer`'s linear decoder at its
 /// current KL weight gamma_t.
 pub fn posterior_spread(trainer: &Trainer) -> Result<PosteriorSpread, TrainError> {

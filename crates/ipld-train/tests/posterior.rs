@@ -10,24 +10,16 @@
 
 use candle_core::Device;
 use ipld_data::probabilistic_pca;
-use ipld_train::diagnostics::posterior_spread;
+use ipld_train::diagnostics::{PPCA_OVERRIDES, PPCA_POINTS, PPCA_SEED, posterior_spread};
 use ipld_train::{RunConfig, Trainer};
 
-const M: usize = 2000;
-
 fn config(extra: &[&str]) -> RunConfig {
-    let mut sets: Vec<String> = [
-        "data.latent_dim=2",
-        "particles.count=16",
-        "train.batch_size=200",
-        "train.steps=2000",
-        "train.kl={coefficient=1.0, warmup_steps=0}",
-        "particles.noise_scale=posterior",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    sets.extend(extra.iter().map(|s| s.to_string()));
+    let sets: Vec<String> = PPCA_OVERRIDES
+        .iter()
+        .chain(&["particles.noise_scale=posterior"])
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
     RunConfig::preset("gmm")
         .unwrap()
         .with_overrides(&sets, "ppca")
@@ -38,7 +30,7 @@ fn config(extra: &[&str]) -> RunConfig {
 fn ratio(extra: &[&str]) -> f64 {
     let cfg = config(extra);
     let steps = cfg.train.steps;
-    let data = probabilistic_pca(M, 7).unwrap();
+    let data = probabilistic_pca(PPCA_POINTS, PPCA_SEED).unwrap();
     let mut t = Trainer::new(cfg.validated("ppca").unwrap(), data, Device::Cpu).unwrap();
     for _ in 0..steps {
         t.train_step().unwrap();
