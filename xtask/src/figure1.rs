@@ -71,7 +71,7 @@ impl Cell {
     }
 
     fn config(&self, exp: &Figure1) -> anyhow::Result<RunConfig> {
-        let mut sets = ipld_train::config::method_overrides(&self.method)?;
+        let mut sets = ipld_train::config::method_overrides(&self.method, false)?;
         sets.extend([
             format!("particles.count={}", self.particles),
             format!("seed={}", self.seed),
@@ -185,6 +185,9 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
         )?;
     }
     plot_grid(&exp.out_dir.join("samples-grid.png"), exp)?;
+    if exp.methods.len() > 1 {
+        plot_methods(&exp.out_dir.join("methods-grid.png"), exp)?;
+    }
     println!("wrote {}", exp.out_dir.display());
     Ok(())
 }
@@ -346,6 +349,8 @@ fn plot_mmd(path: &Path, dataset: &str, stats: &Stats, methods: &[String]) -> an
         RGBColor(40, 90, 160),
         RGBColor(60, 150, 60),
         RGBColor(150, 80, 170),
+        RGBColor(230, 150, 20),
+        RGBColor(20, 160, 170),
     ];
     for (i, (m, v)) in pts.iter().enumerate() {
         let c = colors[i % colors.len()];
@@ -381,14 +386,27 @@ fn plot_mmd(path: &Path, dataset: &str, stats: &Stats, methods: &[String]) -> an
     Ok(())
 }
 
+/// The first two coordinates of 2,000 samples of the cached run `cell` (seed 0).
+fn sample_panel(cell: &Cell, exp: &Figure1) -> anyhow::Result<Vec<(f32, f32)>> {
+    let n_points = 2000;
+    let trainer = open_run(&cell.dir(exp), &[])?;
+    let s = ipld_train::eval::generate(
+        &trainer,
+        n_points,
+        &SamplerConfig::Ddpm(Ddpm::default()),
+        0,
+        &mut |_| {},
+    )?;
+    let dx = s.data.len() / n_points;
+    Ok(s.data.chunks_exact(dx).map(|r| (r[0], r[1])).collect())
+}
+
 /// Figure 2: IPLD samples (first two coordinates) for each N, seed 0, one row per dataset.
 fn plot_grid(path: &Path, exp: &Figure1) -> anyhow::Result<()> {
     if !exp.methods.iter().any(|m| m == "ipld") {
         return Ok(());
     }
-    ipld_train::plot::register_font();
-    let n_points = 2000;
-    let mut panels: Vec<(String, Vec<(f32, f32)>)> = Vec::new();
+    let mut panels = Vec::new();
     for d in &exp.datasets {
         for &n in &exp.particles {
             let cell = Cell {
@@ -397,31 +415,60 @@ fn plot_grid(path: &Path, exp: &Figure1) -> anyhow::Result<()> {
                 particles: n,
                 seed: 0,
             };
-            let trainer = open_run(&cell.dir(exp), &[])?;
-            let s = ipld_train::eval::generate(
-                &trainer,
-                n_points,
-                &SamplerConfig::Ddpm(Ddpm::default()),
-                0,
-                &mut |_| {},
-            )?;
-            let dx = s.data.len() / n_points;
-            panels.push((
-                format!("{d}, N = {n}"),
-                s.data.chunks_exact(dx).map(|r| (r[0], r[1])).collect(),
-            ));
+            panels.push((format!("{d}, N = {n}"), sample_panel(&cell, exp)?));
         }
     }
-    let (rows, cols) = (exp.datasets.len(), exp.particles.len());
+    plot_panels(
+        path,
+        "IPLD samples, first two of 64 coordinates (cf. Figure 2)",
+        (exp.datasets.len(), exp.particles.len()),
+        &panels,
+    )
+}
+
+/// Every method's samples side by side (seed 0, N = 4 when run, else the smallest N), one row
+/// per dataset: what the MMD² of each method is made of.
+fn plot_methods(path: &Path, exp: &Figure1) -> anyhow::Result<()> {
+    let Some(&n) = exp
+        .particles
+        .iter()
+        .find(|&&n| n == 4)
+        .or(exp.particles.iter().min())
+    else {
+        return Ok(());
+    };
+    let mut panels = Vec::new();
+    for d in &exp.datasets {
+        for m in &exp.methods {
+            let cell = Cell {
+                dataset: d.clone(),
+                method: m.clone(),
+                particles: n,
+                seed: 0,
+            };
+            panels.push((format!("{d}, {m}"), sample_panel(&cell, exp)?));
+        }
+    }
+    plot_panels(
+        path,
+        &format!("Samples of each method, N = {n}, seed 0, first two of 64 coordinates"),
+        (exp.datasets.len(), exp.methods.len()),
+        &panels,
+    )
+}
+
+/// Scatter panels in a (rows, cols) grid under `title`.
+fn plot_panels(
+    path: &Path,
+    title: &str,
+    (rows, cols): (usize, usize),
+    panels: &[(String, Vec<(f32, f32)>)],
+) -> anyhow::Result<()> {
+    ipld_train::plot::register_font();
     let root = BitMapBackend::new(path, (260 * cols as u32, 280 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let root = root
-        .titled(
-            "IPLD samples, first two of 64 coordinates (cf. Figure 2)",
-            ("sans-serif", 18),
-        )
-        .map_err(plot_err)?;
-    for (area, (title, pts)) in root.split_evenly((rows, cols)).iter().zip(&panels) {
+    let root = root.titled(title, ("sans-serif", 18)).map_err(plot_err)?;
+    for (area, (title, pts)) in root.split_evenly((rows, cols)).iter().zip(panels) {
         let lim = pts
             .iter()
             .fold(1.0f32, |a, p| a.max(p.0.abs()).max(p.1.abs()))

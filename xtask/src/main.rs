@@ -55,7 +55,8 @@ enum Experiment {
         /// Particle counts N, comma-separated (the paper: 1,4,16,64,256).
         #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
         particles: Vec<usize>,
-        /// Methods, comma-separated (ipld, diffusion-vae, pgd, mpgd).
+        /// Methods, comma-separated: ipld, ipld-posterior, ipld-langevin, ipld-kinetic-langevin,
+        /// diffusion-vae, pgd, mpgd (`ipld_train::config::method_overrides`).
         #[arg(long, value_delimiter = ',', default_value = "ipld,diffusion-vae")]
         methods: Vec<String>,
         /// Datasets, comma-separated.

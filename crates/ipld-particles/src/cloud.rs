@@ -220,6 +220,16 @@ impl ParticleCloud {
         )
     }
 
+    /// Adds one visit to each row of `batch` (global indices), for rules that do not move the
+    /// cloud through the shared passes.
+    pub(crate) fn count_visits(&mut self, batch: &[usize]) -> Result<(), ParticleError> {
+        for &m in batch {
+            let r = self.local(m)?;
+            self.visits[r] = self.visits[r].saturating_add(1);
+        }
+        Ok(())
+    }
+
     /// Warm start (Appendix B.3): replicate each point's single particle (and its moments) to
     /// `n` particles. The Langevin noise then separates the copies.
     pub fn replicate(&mut self, n: usize) -> Result<(), ParticleError> {

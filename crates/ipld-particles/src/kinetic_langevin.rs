@@ -1,13 +1,14 @@
-//! Momentum particle descent (MPGD, Lim et al. 2024): kinetic (underdamped) Langevin on the
-//! particles.
+//! Kinetic (underdamped) Langevin on eq. (22)'s subsampled loss: an IPLD ablation with momentum on
+//! the particles, after momentum particle descent (Lim et al. 2024; the published MPGD update is
+//! `published::UnderdampedLangevin`).
 
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::{Reads, Row, fused_pass};
 use crate::{NoiseStream, ParticleCloud, ParticleError, ParticleUpdate, StepContext};
 
-/// Momentum particle descent (Lim et al. 2024): kinetic (underdamped) Langevin on the particles,
-/// with the velocity kept in the cloud's momentum buffer. Each step, for every particle,
+/// Kinetic (underdamped) Langevin on the subsampled loss, after momentum particle descent (Lim et
+/// al. 2024), with the velocity kept in the cloud's momentum buffer. Each step, for every particle,
 /// v <- a v - h M N grad (grad = 0 outside the minibatch) + sqrt((1 - a²) T) W, then
 /// z <- z + h v, where a = `damping` = exp(-friction h) and T is the temperature of the step's
 /// [`crate::NoiseScale`], as for Algorithm 1: gamma_t |B| / M as printed, gamma_t for the

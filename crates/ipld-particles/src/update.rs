@@ -6,12 +6,13 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AdaptiveLangevin, KernelParams, KineticLangevin, Langevin, NoiseStream, ParticleCloud,
-    ParticleError, ParticleUpdate, StepContext, StepVariance,
+    AdaptiveLangevin, BatchLangevin, KernelParams, KineticLangevin, Langevin, NoiseStream,
+    ParticleCloud, ParticleError, ParticleUpdate, StepContext, StepVariance, UnderdampedLangevin,
 };
 
 /// The update rule chosen in a config: `{ type = "adaptive-langevin", ... }`, `{ type =
-/// "langevin" }` or `{ type = "kinetic-langevin", damping = ... }`.
+/// "langevin" }`, `{ type = "kinetic-langevin", damping = ... }`, or the published PGD's and
+/// MPGD's `{ type = "batch-langevin" }` and `{ type = "underdamped-langevin", ... }`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum UpdateConfig {
@@ -19,8 +20,12 @@ pub enum UpdateConfig {
     Langevin(Langevin),
     /// Algorithm 2.
     AdaptiveLangevin(AdaptiveLangevin),
-    /// Momentum particle descent (MPGD).
+    /// Kinetic Langevin on the subsampled loss (an IPLD ablation with momentum on the particles).
     KineticLangevin(KineticLangevin),
+    /// PGD's particle step as published (minibatch particles only, unscaled score).
+    BatchLangevin(BatchLangevin),
+    /// MPGD's particle step as published (exact underdamped transition, minibatch only).
+    UnderdampedLangevin(UnderdampedLangevin),
 }
 
 /// A rule's kind (its `type`), for code that allows or refuses rules without caring about their
@@ -33,6 +38,10 @@ pub enum RuleKind {
     AdaptiveLangevin,
     /// [`KineticLangevin`].
     KineticLangevin,
+    /// [`BatchLangevin`].
+    BatchLangevin,
+    /// [`UnderdampedLangevin`].
+    UnderdampedLangevin,
 }
 
 impl RuleKind {
@@ -42,6 +51,8 @@ impl RuleKind {
             Self::Langevin => "langevin",
             Self::AdaptiveLangevin => "adaptive-langevin",
             Self::KineticLangevin => "kinetic-langevin",
+            Self::BatchLangevin => "batch-langevin",
+            Self::UnderdampedLangevin => "underdamped-langevin",
         }
     }
 }
@@ -59,6 +70,8 @@ impl UpdateConfig {
             Self::Langevin(r) => r,
             Self::AdaptiveLangevin(r) => r,
             Self::KineticLangevin(r) => r,
+            Self::BatchLangevin(r) => r,
+            Self::UnderdampedLangevin(r) => r,
         }
     }
 
@@ -68,6 +81,8 @@ impl UpdateConfig {
             Self::Langevin(_) => RuleKind::Langevin,
             Self::AdaptiveLangevin(_) => RuleKind::AdaptiveLangevin,
             Self::KineticLangevin(_) => RuleKind::KineticLangevin,
+            Self::BatchLangevin(_) => RuleKind::BatchLangevin,
+            Self::UnderdampedLangevin(_) => RuleKind::UnderdampedLangevin,
         }
     }
 }

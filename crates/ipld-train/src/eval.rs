@@ -1,5 +1,5 @@
-//! Evaluation (Appendix B.1): draw samples from the latent DDPM prior, decode them with g_phi, and
-//! compare with training points by the unbiased MMD².
+//! Evaluation (Appendix B.1): draw samples from the latent DDPM prior (N(0, I) for the published
+//! PGD and MPGD), decode them with g_phi, and compare with training points by the unbiased MMD².
 
 use candle_core::{DType, Tensor};
 use ipld_data::Dataset;
@@ -36,11 +36,16 @@ pub fn generate(
     let dz = trainer.config().data.latent_dim;
     let mut rng = Stream::Sample.rng(seed, n as u64);
     let z = gaussian(&mut rng, (n, dz), DType::F32, trainer.device())?;
-    let prior = trainer.sampling_prior()?;
-    let z0 = sampler
-        .sampler()
-        .sample(&*prior, trainer.schedule(), z, &mut rng, progress)?;
-    let z0 = trainer.latent_space(&z0)?;
+    let z0 = match trainer.sampling_prior()? {
+        Some(prior) => {
+            let u = sampler
+                .sampler()
+                .sample(&*prior, trainer.schedule(), z, &mut rng, progress)?;
+            trainer.latent_space(&u)?
+        }
+        // PGD and MPGD: their prior N(0, I) itself.
+        None => z,
+    };
     let x = trainer.decoder().decode(&z0)?;
     let to_vec = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
         t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
@@ -100,7 +105,10 @@ pub fn generate_with_progress(
     seed: u64,
     progress: Progress,
 ) -> Result<Samples, TrainError> {
-    let total = sampler.sampler().evaluations(trainer.schedule()) as u64;
+    let total = match trainer.config().method.is_published() {
+        true => 0,
+        false => sampler.sampler().evaluations(trainer.schedule()) as u64,
+    };
     let bar = progress.bar(
         total,
         "sample {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]",

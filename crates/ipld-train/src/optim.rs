@@ -1,6 +1,8 @@
-//! AdamW (Loshchilov & Hutter 2019) with state this crate owns, so checkpoints can save and
-//! restore it exactly (candle's `AdamW` keeps its moments private). The update follows PyTorch's
-//! documented algorithm: decoupled decay p <- p (1 - lr wd), then Adam with bias correction.
+//! The parameter updates, with state this crate owns so checkpoints can save and restore it
+//! exactly (candle's `AdamW` keeps its moments private): AdamW (Loshchilov & Hutter 2019), as
+//! PyTorch documents it (decoupled decay p <- p (1 - lr wd), then Adam with bias correction),
+//! for IPLD and DiffusionVAE; and [`PhiUpdate`], the decoder's update of the published PGD
+//! (Kuntz et al. 2023) and MPGD (Lim et al. 2024).
 
 use std::collections::HashMap;
 
@@ -183,6 +185,248 @@ impl Checkpointed for AdamW {
         let steps = ck.meta_u64(&format!("{prefix}_steps"))?;
         self.load_state(steps, &ck.under(prefix))
             .map_err(|e| ck.problem(e))
+    }
+}
+
+/// The decoder's update under the published PGD and MPGD (`train.phi_update`): an
+/// RMSProp-preconditioned gradient step (PGD), or MPGD's exponential integrator of
+/// d phi = eta v dt, dv = (-P(g) - gamma eta v) dt (momentum on phi, no noise). The gradient g is
+/// that of the published codes' loss -(1/N) sum_{m in B, n} log p(x^m, z^{m,n}), a sum over the
+/// minibatch (ParEM's learning rate h M lambda on the minibatch mean is h_phi = h M lambda / |B|).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhiUpdateConfig {
+    /// Step size h_phi (the codes' `theta_step_size`; MPGD's dt). `train.lr_decay_phi` decays it
+    /// per epoch as it does AdamW's learning rate.
+    pub step_size: f64,
+    /// `rmsprop`: g <- g / sqrt(G + 1e-8) after G <- alpha G + (1 - alpha) g², G starting at 1
+    /// (Lim et al.'s preconditioner, which Kuntz et al. also use); `none`: the raw gradient.
+    pub preconditioner: PhiPreconditioner,
+    /// RMSProp's decay alpha (0.99 in both codes).
+    #[serde(default = "rmsprop_alpha")]
+    pub rmsprop_alpha: f64,
+    /// MPGD's momentum on phi (its gamma_theta, eta_theta: 0.9 and 500 on CIFAR-10); absent for
+    /// PGD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<PhiMomentum>,
+}
+
+fn rmsprop_alpha() -> f64 {
+    0.99
+}
+
+/// The decoder gradient's preconditioner under PGD and MPGD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhiPreconditioner {
+    /// RMSProp's diagonal, G starting at 1.
+    Rmsprop,
+    /// None.
+    None,
+}
+
+/// MPGD's friction gamma and inverse mass eta for phi (their gamma_theta, eta_theta).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhiMomentum {
+    /// Friction gamma.
+    pub gamma: f64,
+    /// Inverse mass eta.
+    pub eta: f64,
+}
+
+impl PhiUpdateConfig {
+    /// Checks the ranges; `key` prefixes the parameter names in errors.
+    pub fn validate(&self, key: &str) -> Result<(), String> {
+        let bad = |k: &str, why: String| Err(format!("invalid parameter `{key}.{k}`: {why}"));
+        if !(self.step_size > 0.0 && self.step_size.is_finite()) {
+            return bad("step_size", format!("must be > 0, got {}", self.step_size));
+        }
+        if !(0.0..1.0).contains(&self.rmsprop_alpha) {
+            return bad(
+                "rmsprop_alpha",
+                format!("must lie in [0, 1), got {}", self.rmsprop_alpha),
+            );
+        }
+        if let Some(m) = self.momentum {
+            for (k, v) in [("gamma", m.gamma), ("eta", m.eta)] {
+                if !(v > 0.0 && v.is_finite()) {
+                    return bad(&format!("momentum.{k}"), format!("must be > 0, got {v}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`PhiUpdateConfig`]'s update over a named, ordered set of variables, with its RMSProp
+/// second moments G and (MPGD) momenta v.
+#[derive(Debug)]
+pub struct PhiUpdate {
+    cfg: PhiUpdateConfig,
+    vars: Vec<(String, Var)>,
+    g2: Vec<Tensor>,
+    v: Vec<Tensor>,
+    t: u64,
+}
+
+impl PhiUpdate {
+    /// G = 1 and v = 0 for `vars` (sorted by name so state order is stable).
+    pub fn new(cfg: PhiUpdateConfig, mut vars: Vec<(String, Var)>) -> candle_core::Result<Self> {
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let g2 = vars
+            .iter()
+            .map(|(_, v)| v.ones_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let v = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg,
+            vars,
+            g2,
+            v,
+            t: 0,
+        })
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.t
+    }
+
+    /// MPGD's coefficients over `dt`: (omega = e^-k, c1 = (1 - omega) / gamma,
+    /// c2 = (dt - (1 - omega) / (gamma eta)) / gamma, (1 - omega) / (gamma eta)), k = gamma eta dt.
+    fn momentum_coefficients(m: PhiMomentum, dt: f64) -> (f64, f64, f64, f64) {
+        let ge = m.gamma * m.eta;
+        let k = ge * dt;
+        let one_minus = -(-k).exp_m1();
+        (
+            (-k).exp(),
+            one_minus / m.gamma,
+            (k + (-k).exp_m1()) / (ge * m.gamma),
+            one_minus / ge,
+        )
+    }
+
+    /// MPGD's first half-step, before the gradient: phi <- phi + c1 v over `dt` (nothing for
+    /// PGD). The gradient is then taken at the moved phi, as in Lim et al.'s code.
+    pub fn advance(&mut self, dt: f64) -> candle_core::Result<()> {
+        let Some(m) = self.cfg.momentum else {
+            return Ok(());
+        };
+        let (_, c1, _, _) = Self::momentum_coefficients(m, dt);
+        for ((_, var), v) in self.vars.iter().zip(&self.v) {
+            var.set(&(var.as_tensor() + v.affine(c1, 0.0)?)?.detach())?;
+        }
+        Ok(())
+    }
+
+    /// The step with size `dt` on the gradients of the minibatch mean in `grads` times `scale`
+    /// (|B|: the published loss is the minibatch sum): PGD phi <- phi - dt P(g); MPGD
+    /// v <- omega v - (1 - omega) P(g) / (gamma eta), phi <- phi - c2 P(g) (after
+    /// [`advance`](Self::advance)). A variable without a gradient has gradient zero.
+    pub fn step(&mut self, grads: &GradStore, dt: f64, scale: f64) -> candle_core::Result<()> {
+        self.t += 1;
+        let cfg = self.cfg;
+        for ((_, var), (g2, v)) in self
+            .vars
+            .iter()
+            .zip(self.g2.iter_mut().zip(self.v.iter_mut()))
+        {
+            let phi = var.as_tensor();
+            let g = match grads.get(phi) {
+                Some(g) => g.affine(scale, 0.0)?,
+                None => phi.zeros_like()?,
+            };
+            let g = match cfg.preconditioner {
+                PhiPreconditioner::Rmsprop => {
+                    let a = cfg.rmsprop_alpha;
+                    *g2 = (g2.affine(a, 0.0)? + g.sqr()?.affine(1.0 - a, 0.0)?)?;
+                    g.div(&g2.affine(1.0, 1e-8)?.sqrt()?)?
+                }
+                PhiPreconditioner::None => g,
+            };
+            let next = match cfg.momentum {
+                None => (phi - g.affine(dt, 0.0)?)?,
+                Some(m) => {
+                    let (omega, _, c2, c3) = Self::momentum_coefficients(m, dt);
+                    *v = (v.affine(omega, 0.0)? - g.affine(c3, 0.0)?)?;
+                    (phi - g.affine(c2, 0.0)?)?
+                }
+            };
+            var.set(&next.detach())?;
+        }
+        Ok(())
+    }
+}
+
+/// G as `<prefix>/g2/<var>`, the momenta (MPGD) as `<prefix>/v/<var>`, and the step count as the
+/// metadata `<prefix>_steps`.
+impl Checkpointed for PhiUpdate {
+    fn save(&self, prefix: &str, out: &mut CheckpointWriter) -> Result<(), TrainError> {
+        for (i, (name, _)) in self.vars.iter().enumerate() {
+            out.tensor(format!("{prefix}/g2/{name}"), self.g2[i].clone());
+            if self.cfg.momentum.is_some() {
+                out.tensor(format!("{prefix}/v/{name}"), self.v[i].clone());
+            }
+        }
+        out.meta(&format!("{prefix}_steps"), self.t);
+        Ok(())
+    }
+
+    fn load(&mut self, prefix: &str, ck: &CheckpointReader) -> Result<(), TrainError> {
+        let steps = ck.meta_u64(&format!("{prefix}_steps"))?;
+        let state = ck.under(prefix);
+        let momentum = self.cfg.momentum.is_some();
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            for (kind, slot) in [("g2", &mut self.g2[i]), ("v", &mut self.v[i])] {
+                if kind == "v" && !momentum {
+                    continue;
+                }
+                let key = format!("{kind}/{name}");
+                let t = state.get(&key).ok_or_else(|| {
+                    ck.problem(format!("missing optimiser tensor `{prefix}/{key}`"))
+                })?;
+                if t.dims() != var.dims() {
+                    return Err(ck.problem(format!(
+                        "optimiser tensor `{prefix}/{key}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        var.dims()
+                    )));
+                }
+                *slot = t.clone();
+            }
+        }
+        self.t = steps;
+        Ok(())
+    }
+}
+
+/// A network's parameter update: AdamW (IPLD, DiffusionVAE), or the published PGD's and MPGD's
+/// [`PhiUpdate`] (their decoder).
+#[derive(Debug)]
+pub enum Optimizer {
+    /// AdamW.
+    AdamW(AdamW),
+    /// PGD's or MPGD's update.
+    Phi(PhiUpdate),
+}
+
+impl Checkpointed for Optimizer {
+    fn save(&self, prefix: &str, out: &mut CheckpointWriter) -> Result<(), TrainError> {
+        match self {
+            Self::AdamW(o) => o.save(prefix, out),
+            Self::Phi(o) => o.save(prefix, out),
+        }
+    }
+
+    fn load(&mut self, prefix: &str, ck: &CheckpointReader) -> Result<(), TrainError> {
+        match self {
+            Self::AdamW(o) => o.load(prefix, ck),
+            Self::Phi(o) => o.load(prefix, ck),
+        }
     }
 }
 

@@ -180,7 +180,6 @@ fn lazy_noise_resumes_exactly_and_trains_like_eager() {
     let e = common::tiny(5)
         .with_overrides(
             &[
-                "method=mpgd".into(),
                 "particles.update.type=kinetic-langevin".into(),
                 "particles.lazy_noise=true".into(),
             ],

@@ -4,6 +4,10 @@
 //! `[model.decoder]` (the linear decoder, always required) and an optional `[model.conv_decoder]`
 //! that replaced it, with its own `sigma`. The sections the old rules ignored (the MLP beside a
 //! DiT, the linear decoder beside a convolutional one) are dropped.
+//!
+//! Before issue 21, `method = "pgd"` and `"mpgd"` were IPLD with the `langevin` and
+//! `kinetic-langevin` rules; they now name the published methods, so a config with the old
+//! pairing reads as `method = "ipld"` with that rule ([`upgrade_method`]).
 
 use toml::{Table, Value};
 
@@ -57,4 +61,23 @@ pub(super) fn upgrade(tree: &mut Table) -> Result<bool, String> {
     model.insert("prior".into(), prior);
     model.insert("decoder".into(), decoder);
     Ok(true)
+}
+
+/// Rewrites the old meaning of `method = "pgd"` (with `particles.update.type = "langevin"`) and
+/// `"mpgd"` (with `"kinetic-langevin"`) to `method = "ipld"` with that rule; returns whether it
+/// did.
+pub(super) fn upgrade_method(tree: &mut Table) -> bool {
+    let rule = tree
+        .get("particles")
+        .and_then(|p| p.get("update"))
+        .and_then(|u| u.get("type"))
+        .and_then(Value::as_str);
+    let old = matches!(
+        (tree.get("method").and_then(Value::as_str), rule),
+        (Some("pgd"), Some("langevin")) | (Some("mpgd"), Some("kinetic-langevin"))
+    );
+    if old {
+        tree.insert("method".into(), Value::String("ipld".into()));
+    }
+    old
 }

@@ -17,13 +17,13 @@ use ipld_particles::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::optim::AdamWConfig;
+use crate::optim::{AdamWConfig, PhiUpdateConfig};
 
 mod compat;
 mod overrides;
 mod validate;
 
-pub use overrides::method_overrides;
+pub use overrides::{METHOD_LABELS, method_overrides};
 pub use validate::ValidConfig;
 
 /// Errors reading or validating a configuration; each names the file or key at fault.
@@ -86,16 +86,21 @@ pub const PRESETS: &[(&str, &str)] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
-    /// Interacting Particle Latent Diffusion (Algorithm 2; Algorithm 1 with the `langevin` rule).
+    /// Interacting Particle Latent Diffusion (Algorithm 2; Algorithm 1 with the `langevin` rule;
+    /// `kinetic-langevin` as an ablation with momentum on the particles).
     Ipld,
     /// VAE with a diffusion prior (Wehenkel & Louppe 2021) as the paper re-implements it: a linear
     /// Gaussian encoder, N reparameterised samples per point, the same decoder, prior and KL
     /// annealing.
     DiffusionVae,
-    /// Particle gradient descent (Kuntz et al. 2023): plain Langevin particles (`langevin` rule).
+    /// Particle gradient descent as published (Kuntz, Lim & Johansen 2023): p(x, z) =
+    /// N(z; 0, I) N(x; g_phi(z), sigma² I), no diffusion prior and no KL weight; the minibatch's
+    /// particles take a Langevin step on their own posterior (`batch-langevin`), phi an
+    /// RMSProp-preconditioned gradient step (`train.phi_update`). Samples decode z ~ N(0, I).
     Pgd,
-    /// Momentum particle descent (Lim et al. 2024): kinetic Langevin particles
-    /// (`kinetic-langevin` rule).
+    /// Momentum particle descent as published (Lim, Kuntz, Power & Johansen 2024): PGD's model
+    /// with underdamped Langevin on the minibatch's particles (`underdamped-langevin`) and
+    /// momentum on phi (`train.phi_update.momentum`).
     Mpgd,
 }
 
@@ -115,14 +120,20 @@ impl Method {
         self != Self::DiffusionVae
     }
 
+    /// Whether the method is a published PGD/MPGD: a standard normal prior in place of the
+    /// diffusion prior, so no theta, no KL weight and no reverse-process sampling.
+    pub fn is_published(self) -> bool {
+        matches!(self, Self::Pgd | Self::Mpgd)
+    }
+
     /// The particle rules (`particles.update.type`) the method may run with.
     pub fn allowed_updates(self) -> &'static [RuleKind] {
         use RuleKind::*;
         match self {
-            Self::Ipld => &[AdaptiveLangevin, Langevin],
+            Self::Ipld => &[AdaptiveLangevin, Langevin, KineticLangevin],
             Self::DiffusionVae => &[AdaptiveLangevin, Langevin, KineticLangevin],
-            Self::Pgd => &[Langevin],
-            Self::Mpgd => &[KineticLangevin],
+            Self::Pgd => &[BatchLangevin],
+            Self::Mpgd => &[UnderdampedLangevin],
         }
     }
 }
@@ -255,7 +266,9 @@ pub struct ParticlesConfig {
     pub warm_start_steps: u64,
     /// Particle step size h_z and its per-epoch decay.
     pub step_size: StepSizeSchedule,
-    /// The update rule: `adaptive-langevin` (Algorithm 2) or `langevin` (Algorithm 1).
+    /// The update rule: `adaptive-langevin` (Algorithm 2), `langevin` (Algorithm 1) or
+    /// `kinetic-langevin` (an ablation) for IPLD; `batch-langevin` for PGD and
+    /// `underdamped-langevin` for MPGD, as published.
     pub update: UpdateConfig,
     /// Exact lazy noise: touch only the minibatch's particles per step and give every other
     /// particle its missed noise, as one Gaussian of the summed variance, when it is next read
@@ -274,7 +287,9 @@ pub struct ParticlesConfig {
     /// M; what a config without this key means, so older runs resume bit for bit) or
     /// `posterior` (the noise under which the subsampled chain keeps the tilted posterior of
     /// eq. (21) as its stationary law: sqrt(2 h gamma_t), times G^(1/2) for Algorithm 2,
-    /// temperature gamma_t for kinetic Langevin). docs/training.md derives both.
+    /// temperature gamma_t for kinetic Langevin). docs/training.md derives both. The published
+    /// PGD and MPGD have their own noise, which samples their posterior: they take `paper` (their
+    /// paper's).
     #[serde(default)]
     pub noise_scale: NoiseScale,
 }
@@ -291,8 +306,13 @@ pub struct TrainConfig {
     pub kl: KlAnnealing,
     /// AdamW for the prior's parameters theta.
     pub optimizer_theta: AdamWConfig,
-    /// AdamW for the decoder's parameters phi.
+    /// AdamW for the decoder's parameters phi (IPLD, DiffusionVAE).
     pub optimizer_phi: AdamWConfig,
+    /// The decoder's update under the published PGD and MPGD (`method = "pgd" | "mpgd"`, which
+    /// require it; the other methods refuse it): `{ step_size, preconditioner = "rmsprop" |
+    /// "none", rmsprop_alpha, momentum = { gamma, eta } }` (momentum for MPGD only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phi_update: Option<PhiUpdateConfig>,
     /// AdamW for the encoder (DiffusionVAE only).
     pub optimizer_encoder: AdamWConfig,
     /// Exponential learning-rate decay per epoch for the decoder and encoder (B.2: 0.999 on
@@ -411,14 +431,17 @@ pub struct RunConfig {
 impl RunConfig {
     /// Parses and validates TOML text; `origin` names it in errors. Text in the layout before
     /// the tagged model choices (`[model.eps]`, `[model.dit]`, `[model.conv_decoder]`) is read
-    /// as the same configuration in today's layout.
+    /// as the same configuration in today's layout, and `pgd`/`mpgd` with their old rules as
+    /// `ipld` (see `compat.rs`).
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let parse = |message: String| ConfigError::Parse {
             origin: origin.to_string(),
             message: message.trim_end().to_string(),
         };
         let mut tree: toml::Table = toml::from_str(text).map_err(|e| parse(e.to_string()))?;
-        let cfg: Self = if compat::upgrade(&mut tree).map_err(parse)? {
+        let model = compat::upgrade(&mut tree).map_err(parse)?;
+        let method = compat::upgrade_method(&mut tree);
+        let cfg: Self = if model || method {
             toml::Value::Table(tree)
                 .try_into()
                 .map_err(|e: toml::de::Error| parse(e.to_string()))?

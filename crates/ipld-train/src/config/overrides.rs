@@ -1,7 +1,7 @@
 //! `--set a.b.c=VALUE` overrides: applied to the fully resolved TOML tree of a configuration,
 //! so every valid key exists there and an unknown one is reported with the valid keys beside it;
 //! setting a tagged choice's `type` drops the old variant's fields so the new one's defaults fill
-//! in. Also the overrides that select a baseline method with its particle rule.
+//! in. Also the overrides that select a method or IPLD variant with its particle rule and steps.
 
 use crate::config::{ConfigError, RunConfig};
 
@@ -41,7 +41,7 @@ fn parse_value(raw: &str) -> toml::Value {
 
 /// Sets `key` (dotted) in `tree`; every component must already exist, except that an inline
 /// table may fill an absent optional section (e.g. `train.prior_refit={steps=100, ...}`), whose
-/// fields serde then checks.
+/// fields serde then checks. The empty table `{}` removes the key (an optional section).
 fn set_dotted(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<(), String> {
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
@@ -55,7 +55,10 @@ fn set_dotted(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<(
             .ok_or_else(|| format!("`{here}` is a value, not a table"))?;
         if !table.contains_key(*part) {
             if i + 1 == parts.len() && value.is_table() {
-                table.insert(part.to_string(), value);
+                // An absent optional section: `{}` leaves it absent, a table fills it.
+                if value.as_table().is_some_and(|t| !t.is_empty()) {
+                    table.insert(part.to_string(), value);
+                }
                 return Ok(());
             }
             let mut valid: Vec<String> = table
@@ -81,6 +84,12 @@ fn set_dotted(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<(
             ));
         }
         if i + 1 == parts.len() {
+            if value.as_table().is_some_and(|t| t.is_empty()) {
+                // `KEY={}` removes an optional section (`train.ema={}`); a required one is then
+                // reported missing by serde.
+                table.remove(*part);
+                return Ok(());
+            }
             let slot = table.get_mut(*part).expect("checked");
             if *part == "type" {
                 // A new variant: drop the old variant's fields so its defaults fill in.
@@ -95,29 +104,90 @@ fn set_dotted(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<(
     unreachable!("loop returns on the last component")
 }
 
-/// `--set` overrides that select `method` together with the particle rule and step size it runs
-/// with on the synthetic benchmarks: PGD and MPGD have no preconditioner and diverge at IPLD's
-/// step 0.1 (step sizes measured in docs/baselines.md).
-pub fn method_overrides(method: &str) -> Result<Vec<String>, ConfigError> {
-    let v: &[&str] = match method {
-        "ipld" => &["method=ipld"],
-        "diffusion-vae" => &["method=diffusion-vae"],
-        "pgd" => &[
-            "method=pgd",
+/// The labels [`method_overrides`] knows.
+pub const METHOD_LABELS: &[&str] = &[
+    "ipld",
+    "ipld-posterior",
+    "ipld-langevin",
+    "ipld-kinetic-langevin",
+    "diffusion-vae",
+    "pgd",
+    "mpgd",
+];
+
+/// `--set` overrides that select a method (or an IPLD variant) with the particle rule and step
+/// sizes it runs with, on the synthetic benchmarks or, with `images`, the image presets:
+///
+/// - `ipld`, `diffusion-vae`: the preset as it is;
+/// - `ipld-posterior`: IPLD with `particles.noise_scale = "posterior"`;
+/// - `ipld-langevin`, `ipld-kinetic-langevin`: IPLD with Algorithm 1 or kinetic Langevin (what
+///   `pgd` and `mpgd` named before issue 21; no preconditioner, so smaller steps: 0.01 and 0.03,
+///   measured in docs/baselines.md);
+/// - `pgd`, `mpgd`: the published methods. On images, Lim et al.'s CIFAR-10 settings (PGD:
+///   particles 1e-3, phi 1e-4 with RMSProp; MPGD: 1e-4 for both, gamma 0.9, eta 500, catch-up).
+///   On the synthetic data (posterior precision up to 1 + 128 on gmm, about 1 while W is small),
+///   the steps measured in docs/baselines.md: PGD particles 0.01, phi 0.03; MPGD particles
+///   3e-4 with Lim et al.'s gamma 0.9, eta 500 and catch-up, phi 0.03 with gamma 1, eta 1.5
+///   (their momentum time scale, gamma eta dt = 0.045).
+pub fn method_overrides(method: &str, images: bool) -> Result<Vec<String>, ConfigError> {
+    let owned = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
+    let v = match method {
+        "ipld" => owned(&["method=ipld"]),
+        "ipld-posterior" => owned(&["method=ipld", "particles.noise_scale=posterior"]),
+        "ipld-langevin" => owned(&[
+            "method=ipld",
             "particles.update.type=langevin",
             "particles.step_size.initial=0.01",
-        ],
-        "mpgd" => &[
-            "method=mpgd",
+        ]),
+        "ipld-kinetic-langevin" => owned(&[
+            "method=ipld",
             "particles.update.type=kinetic-langevin",
             "particles.step_size.initial=0.03",
-        ],
+        ]),
+        "diffusion-vae" => owned(&["method=diffusion-vae"]),
+        "pgd" => {
+            let (hz, hphi) = if images { (1e-3, 1e-4) } else { (0.01, 0.03) };
+            without_prior_options(vec![
+                "method=pgd".into(),
+                "particles.update={ type = \"batch-langevin\" }".into(),
+                format!("particles.step_size.initial={hz}"),
+                format!("train.phi_update={{ step_size = {hphi}, preconditioner = \"rmsprop\" }}"),
+            ])
+        }
+        "mpgd" => {
+            let (hz, hphi, phi_gamma, phi_eta) = if images {
+                (1e-4, 1e-4, 0.9, 500.0)
+            } else {
+                (3e-4, 0.03, 1.0, 1.5)
+            };
+            without_prior_options(vec![
+                "method=mpgd".into(),
+                "particles.update={ type = \"underdamped-langevin\", gamma = 0.9, eta = 500.0, catch_up = true }".into(),
+                format!("particles.step_size.initial={hz}"),
+                format!(
+                    "train.phi_update={{ step_size = {hphi}, preconditioner = \"rmsprop\", momentum = {{ gamma = {phi_gamma:?}, eta = {phi_eta:?} }} }}"
+                ),
+            ])
+        }
         other => {
             return Err(ConfigError::Invalid {
                 origin: "method".into(),
-                message: format!("unknown method `{other}`; valid: ipld, diffusion-vae, pgd, mpgd"),
+                message: format!(
+                    "unknown method `{other}`; valid: {}",
+                    METHOD_LABELS.join(", ")
+                ),
             });
         }
     };
-    Ok(v.iter().map(|s| s.to_string()).collect())
+    Ok(v)
+}
+
+/// `sets` followed by the removal of the prior network's options (the image presets' EMA and
+/// refit), which the published methods, without a prior network, refuse.
+fn without_prior_options(mut sets: Vec<String>) -> Vec<String> {
+    sets.extend([
+        "train.ema={}".to_string(),
+        "train.prior_refit={}".to_string(),
+    ]);
+    sets
 }

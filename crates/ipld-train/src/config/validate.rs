@@ -94,6 +94,7 @@ impl RunConfig {
                 ),
             ));
         }
+        self.validate_published(&key)?;
         if self.particles.lazy_noise && !self.particles.update.rule().supports_lazy_noise() {
             return Err(key(
                 "particles.lazy_noise",
@@ -211,6 +212,90 @@ impl RunConfig {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// The published PGD and MPGD: `train.phi_update` (with momentum exactly for MPGD) and none
+    /// of the diffusion prior's options; the other methods refuse `train.phi_update`.
+    fn validate_published(
+        &self,
+        key: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let method = self.method.name();
+        if !self.method.is_published() {
+            if self.train.phi_update.is_some() {
+                return Err(key(
+                    "train.phi_update",
+                    format!(
+                        "is the published PGD's and MPGD's decoder update; method `{method}` steps phi with train.optimizer_phi"
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        let Some(phi) = &self.train.phi_update else {
+            return Err(key(
+                "train.phi_update",
+                format!(
+                    "method `{method}` needs the decoder's update, e.g. --set 'train.phi_update={{ step_size = 0.01, preconditioner = \"rmsprop\"{} }}' (docs/baselines.md)",
+                    if self.method == Method::Mpgd {
+                        ", momentum = { gamma = 1.0, eta = 5.0 }"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        };
+        phi.validate("train.phi_update")
+            .map_err(|m| key("train.phi_update", m))?;
+        match (self.method, phi.momentum.is_some()) {
+            (Method::Mpgd, false) => {
+                return Err(key(
+                    "train.phi_update.momentum",
+                    "MPGD puts momentum on phi: set { gamma, eta }".into(),
+                ));
+            }
+            (Method::Pgd, true) => {
+                return Err(key(
+                    "train.phi_update.momentum",
+                    "PGD has no momentum on phi (that is MPGD)".into(),
+                ));
+            }
+            _ => {}
+        }
+        let unsupported: [(&str, bool, &str); 5] = [
+            (
+                "train.ema",
+                self.train.ema.is_some(),
+                "there is no prior network to average",
+            ),
+            (
+                "train.prior_refit",
+                self.train.prior_refit.is_some(),
+                "there is no prior network to refit",
+            ),
+            (
+                "train.two_stage",
+                self.train.two_stage,
+                "it is an ablation of IPLD's diffusion prior",
+            ),
+            (
+                "particles.lazy_noise",
+                self.particles.lazy_noise,
+                "only the minibatch's particles move, so there is no noise to defer",
+            ),
+            (
+                "particles.noise_scale",
+                self.particles.noise_scale != ipld_particles::NoiseScale::Paper,
+                "the published noise already samples the posterior; keep \"paper\" (their paper's noise)",
+            ),
+        ];
+        if let Some((k, _, why)) = unsupported.iter().find(|(_, on, _)| *on) {
+            return Err(key(
+                k,
+                format!("does not apply to method `{method}`: {why}"),
+            ));
         }
         Ok(())
     }

@@ -18,7 +18,9 @@ impl Trainer {
     /// seed, and the rule that regenerates all random draws from them).
     pub fn checkpoint_bytes(&self) -> Result<Vec<u8>, TrainError> {
         let mut out = CheckpointWriter::new(self.step);
-        self.prior.save("theta", &mut out)?;
+        if let Some(prior) = &self.prior {
+            prior.save("theta", &mut out)?;
+        }
         self.decoder.save("phi", &mut out)?;
         if let Some(ema) = &self.ema {
             ema.save("ema", &mut out)?;
@@ -37,14 +39,10 @@ impl Trainer {
     /// Restores the state saved in `path` (written by [`Trainer::checkpoint_bytes`]).
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<(), TrainError> {
         let ck = CheckpointReader::open(path, &self.device)?;
-        let method = self.cfg.method.name();
-        if ck.meta_str("method") != Some(method) {
-            return Err(ck.problem(format!(
-                "was written by method `{}`, but the config says `{method}`",
-                ck.meta_str("method").unwrap_or("?"),
-            )));
+        self.check_method(&ck)?;
+        if let Some(prior) = &mut self.prior {
+            prior.load("theta", &ck)?;
         }
-        self.prior.load("theta", &ck)?;
         self.decoder.load("phi", &ck)?;
         if let Some(ema) = &mut self.ema {
             ema.load("ema", &ck)?;
@@ -64,6 +62,41 @@ impl Trainer {
             })?;
         self.latents
             .set_visits(&super::visit_counts(cfg, m, joint))?;
+        self.latents
+            .set_caught_up(&super::caught_up(cfg, m, joint))?;
+        Ok(())
+    }
+
+    /// The checkpoint's method must be the config's. Before issue 21, `pgd` and `mpgd` named IPLD
+    /// with the `langevin` and `kinetic-langevin` rules (their configs now read as `ipld`): such a
+    /// checkpoint, which has a prior (`theta/`), loads as IPLD with that rule.
+    fn check_method(&self, ck: &CheckpointReader) -> Result<(), TrainError> {
+        use ipld_particles::RuleKind;
+        let method = self.cfg.method.name();
+        let saved = ck.meta_str("method").unwrap_or("?");
+        let has_prior = !ck.under("theta").is_empty();
+        let old_name = match self.cfg.particles.update.kind() {
+            RuleKind::Langevin => "pgd",
+            RuleKind::KineticLangevin => "mpgd",
+            _ => "",
+        };
+        let renamed = method == "ipld" && saved == old_name && has_prior;
+        if self.cfg.method.is_published() && has_prior {
+            return Err(ck.problem(format!(
+                "was written by IPLD (it has a prior network, `theta/`): `{saved}` named IPLD with the {} rule before the published PGD and MPGD existed; resume it with method = \"ipld\"",
+                if saved == "mpgd" { "kinetic-langevin" } else { "langevin" }
+            )));
+        }
+        if saved != method && !renamed {
+            return Err(ck.problem(format!(
+                "was written by method `{saved}`{}, but the config says `{method}`",
+                if saved == old_name && !has_prior {
+                    " (the published one, without a prior network)"
+                } else {
+                    ""
+                }
+            )));
+        }
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! Where a method's latents come from, as one type: a particle cloud moved by a Langevin-type
-//! rule, with its optional exact lazy noise (IPLD, PGD, MPGD; Algorithms 1 and 2), or an
+//! rule, with its optional exact lazy noise (IPLD; Algorithms 1 and 2) or MPGD's catch-up of
+//! the steps a point missed (PGD, MPGD as published), or an
 //! amortised Gaussian encoder with N reparameterised draws per point (DiffusionVAE). Each
 //! variant gathers a minibatch's latents for the loss of eq. (64), applies the step's update to
 //! them, and saves and restores its own state.
@@ -8,12 +9,13 @@ use candle_core::{DType, Device, Tensor};
 use ipld_data::{Dataset, InMemoryDataset};
 use ipld_diffusion::gaussian;
 use ipld_particles::{
-    LazyNoise, NoiseStream, ParticleCloud, ParticleUpdate, StepContext, UpdateConfig,
+    INIT_STREAM, LazyNoise, NoiseStream, ParticleCloud, ParticleUpdate, StepContext,
+    UnderdampedLangevin, UpdateConfig,
 };
 use rand_chacha::ChaCha8Rng;
 
 use super::loss::{MinibatchLoss, ShardLatents, encoder_draws, particle_stats};
-use super::network::Trained;
+use super::network::{OptimizerChoice, Trained};
 use crate::checkpoint::{CheckpointReader, CheckpointWriter, Checkpointed};
 use crate::config::{ParticlesConfig, RunConfig};
 use crate::error::TrainError;
@@ -27,8 +29,12 @@ pub(crate) struct Particles {
     lazy: Option<LazyNoise>,
     /// The updates' noise (Stream::ParticleNoise).
     noise: NoiseStream,
-    /// Lazy noise's catch-up draws (Stream::LazyNoise).
+    /// Lazy noise's catch-up draws (Stream::LazyNoise); MPGD's catch-up transitions draw from it
+    /// too (the two never run together).
     catch_up: NoiseStream,
+    /// MPGD with `catch_up`: per point, the step its particles' dynamics have been applied
+    /// through (the step after its last visit; 0 if never visited).
+    caught_up: Option<Vec<u64>>,
 }
 
 /// The latents of a method.
@@ -54,7 +60,8 @@ impl Latents {
         let dz = cfg.data.latent_dim;
         let pc = &cfg.particles;
         if !cfg.method.uses_particles() {
-            let encoder = Trained::new(device, "encoder", cfg.train.optimizer_encoder, |v, vb| {
+            let opt = OptimizerChoice::AdamW(cfg.train.optimizer_encoder);
+            let encoder = Trained::new(device, "encoder", opt, |v, vb| {
                 EncoderNet::new(
                     &cfg.model.decoder,
                     dz,
@@ -70,15 +77,23 @@ impl Latents {
             });
         }
         let n0 = if pc.warm_start_steps > 0 { 1 } else { pc.count };
-        let cloud = ParticleCloud::gaussian(0, m, n0, dz, cfg.seed)?;
+        let mut cloud = ParticleCloud::gaussian(0, m, n0, dz, cfg.seed)?;
         let lazy = pc
             .lazy_noise
             .then(|| LazyNoise::for_rule(&cloud, 0, &pc.update));
+        let mut caught_up = None;
+        if let UpdateConfig::UnderdampedLangevin(r) = &pc.update {
+            // MPGD's velocities start at their stationary law (counter 1 of the initial
+            // particles' stream; the particles are counter 0).
+            r.initial_velocity(&mut cloud, &NoiseStream::new(cfg.seed, INIT_STREAM), 1);
+            caught_up = r.catch_up.then(|| vec![0; m]);
+        }
         Ok(Self::Particles(Particles {
             cloud,
             lazy,
             noise: Stream::ParticleNoise.noise(cfg.seed, pc.noise),
             catch_up: Stream::LazyNoise.noise(cfg.seed, pc.noise),
+            caught_up,
         }))
     }
 
@@ -189,19 +204,7 @@ impl Latents {
         match self {
             Self::Particles(p) => {
                 let dz = p.cloud.dim();
-                let mut gz: Vec<f32> = Vec::with_capacity(b * n * dz);
-                for (g, z) in mb.z_grads.iter().zip(&mb.z_values) {
-                    match g {
-                        Some(g) => gz.extend(g.flatten_all()?.to_vec1::<f32>()?),
-                        None => gz.extend(std::iter::repeat_n(0.0, z.elem_count())),
-                    }
-                }
-                if gz.iter().any(|g| !g.is_finite()) {
-                    return Err(TrainError::NonFinite {
-                        step: ctx.step,
-                        what: "the particle gradient".into(),
-                    });
-                }
+                let gz = particle_grads(mb, ctx.step)?;
                 match &mut p.lazy {
                     Some(lazy) => lazy.step(rule, &mut p.cloud, batch, &gz, ctx, &p.noise)?,
                     None => rule.step(&mut p.cloud, batch, &gz, ctx, &p.noise)?,
@@ -217,6 +220,65 @@ impl Latents {
                 Ok(particle_stats(&zs, b, n, dz))
             }
         }
+    }
+
+    /// MPGD's catch-up (`catch_up`): the steps each point of `batch` missed since its
+    /// particles last moved, before step `t` (all 0 without catch-up).
+    pub fn missed(&self, batch: &[usize], t: u64) -> Vec<u64> {
+        match self {
+            Self::Particles(Particles {
+                caught_up: Some(c), ..
+            }) => batch.iter().map(|&m| t - c[m]).collect(),
+            _ => vec![0; batch.len()],
+        }
+    }
+
+    /// MPGD's catch-up transitions of the points of `batch` over their `missed` steps, with the
+    /// particle gradients of `mb` (taken at their current positions).
+    pub fn catch_up(
+        &mut self,
+        rule: &UnderdampedLangevin,
+        mb: &MinibatchLoss,
+        batch: &[usize],
+        missed: &[u64],
+        ctx: &StepContext,
+    ) -> Result<(), TrainError> {
+        if let Self::Particles(p) = self {
+            let gz = particle_grads(mb, ctx.step)?;
+            rule.catch_up(&mut p.cloud, batch, &gz, missed, ctx, &p.catch_up)?;
+        }
+        Ok(())
+    }
+
+    /// After step `t` moved the particles of `batch`: they are caught up through step t + 1.
+    pub fn mark_moved(&mut self, batch: &[usize], t: u64) {
+        if let Self::Particles(Particles {
+            caught_up: Some(c), ..
+        }) = self
+        {
+            for &m in batch {
+                c[m] = t + 1;
+            }
+        }
+    }
+
+    /// After a load: MPGD's caught-up steps are a function of the minibatches so far (the step
+    /// after each point's last visit), recomputed by the trainer like the visit counts.
+    pub fn set_caught_up(&mut self, caught_up: &[u64]) -> Result<(), TrainError> {
+        if let Self::Particles(Particles {
+            caught_up: Some(c), ..
+        }) = self
+        {
+            if c.len() != caught_up.len() {
+                return Err(TrainError::Invalid(format!(
+                    "{} caught-up steps for {} points",
+                    caught_up.len(),
+                    c.len()
+                )));
+            }
+            c.copy_from_slice(caught_up);
+        }
+        Ok(())
     }
 
     /// The prior refit's latents of `batch` ([B N, d], detached): the particles brought up to the
@@ -279,6 +341,25 @@ impl Latents {
         }
         Ok(())
     }
+}
+
+/// The particle gradients of a minibatch loss, flattened in batch order (0 where none reached a
+/// shard's particles), checked finite.
+fn particle_grads(mb: &MinibatchLoss, step: u64) -> Result<Vec<f32>, TrainError> {
+    let mut gz: Vec<f32> = Vec::new();
+    for (g, z) in mb.z_grads.iter().zip(&mb.z_values) {
+        match g {
+            Some(g) => gz.extend(g.flatten_all()?.to_vec1::<f32>()?),
+            None => gz.extend(std::iter::repeat_n(0.0, z.elem_count())),
+        }
+    }
+    if gz.iter().any(|g| !g.is_finite()) {
+        return Err(TrainError::NonFinite {
+            step,
+            what: "the particle gradient".into(),
+        });
+    }
+    Ok(gz)
 }
 
 /// Particles: `<prefix>/z`, `<prefix>/momentum`, `<prefix>/second_moment` ([M, N, d]) and, with

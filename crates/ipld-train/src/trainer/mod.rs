@@ -10,6 +10,9 @@
 //! 4. move the particles by the method's rule (or step the encoder), then AdamW on theta and phi
 //!    and the EMA of theta.
 //!
+//! The published PGD and MPGD (`published`) share the data, decoder, particles and evaluation but
+//! have no prior network: their step is their own.
+//!
 //! After the joint steps an optional prior refit trains theta alone (`refit`). The state saves
 //! itself component by component (`checkpoint`). Every random draw is a pure function of
 //! (seed, stream, step) ([`crate::streams`]), so resuming needs no generator state beyond the
@@ -20,6 +23,7 @@ mod ema;
 mod latents;
 mod loss;
 mod network;
+mod published;
 mod refit;
 #[cfg(test)]
 mod tests;
@@ -37,7 +41,7 @@ use crate::streams::Stream;
 use ema::EmaPrior;
 use latents::Latents;
 use loss::{MinibatchLoss, ShardInputs, add_grads, run_shards, scaled};
-use network::Trained;
+use network::{OptimizerChoice, Trained};
 
 /// What one step measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -93,11 +97,12 @@ pub struct Trainer {
     data: InMemoryDataset,
     schedule: NoiseSchedule,
     loss: DiffusionLoss,
-    /// The prior's epsilon-network, theta and its AdamW.
-    prior: Trained<PriorNet>,
+    /// The prior's epsilon-network, theta and its AdamW (None for the published PGD and MPGD,
+    /// whose prior is N(0, I)).
+    prior: Option<Trained<PriorNet>>,
     /// The EMA of theta (`train.ema`).
     ema: Option<EmaPrior>,
-    /// The decoder, phi and its AdamW.
+    /// The decoder, phi and its update (AdamW; PGD's or MPGD's own for those).
     decoder: Trained<DecoderNet>,
     latents: Latents,
     step: u64,
@@ -121,15 +126,25 @@ impl Trainer {
         // candle's CPU generator cannot be seeded: the networks redraw their weights from the
         // run's seed.
         let init = |role| Stream::NetworkInit.seed(cfg.seed, role);
-        let prior = Trained::new(&device, "eps", cfg.train.optimizer_theta, |v, vb| {
-            PriorNet::new(&cfg.model.prior, dz, v, vb, init(1))
-        })?;
-        let decoder = Trained::new(&device, "decoder", cfg.train.optimizer_phi, |v, vb| {
+        let prior = match cfg.method.is_published() {
+            true => None,
+            false => Some(Trained::new(
+                &device,
+                "eps",
+                OptimizerChoice::AdamW(cfg.train.optimizer_theta),
+                |v, vb| PriorNet::new(&cfg.model.prior, dz, v, vb, init(1)),
+            )?),
+        };
+        let phi_opt = match cfg.train.phi_update {
+            Some(p) if cfg.method.is_published() => OptimizerChoice::Phi(p),
+            _ => OptimizerChoice::AdamW(cfg.train.optimizer_phi),
+        };
+        let decoder = Trained::new(&device, "decoder", phi_opt, |v, vb| {
             DecoderNet::new(&cfg.model.decoder, dz, dx, v, vb, init(2))
         })?;
-        let ema = match cfg.train.ema {
-            Some(ec) => Some(EmaPrior::new(ec, &prior.vars)?),
-            None => None,
+        let ema = match (cfg.train.ema, &prior) {
+            (Some(ec), Some(p)) => Some(EmaPrior::new(ec, &p.vars)?),
+            _ => None,
         };
         let latents = Latents::new(&cfg, m, dx, &device)?;
         Ok(Self {
@@ -181,20 +196,34 @@ impl Trainer {
     pub fn data(&self) -> &InMemoryDataset {
         &self.data
     }
-    /// The epsilon-network being trained.
-    pub fn eps_model(&self) -> &PriorNet {
-        &self.prior.net
+    /// The epsilon-network being trained (None for the published PGD and MPGD).
+    pub fn eps_model(&self) -> Option<&PriorNet> {
+        self.prior.as_ref().map(|p| &p.net)
     }
     /// The epsilon-network samples are drawn with: the EMA of theta when `train.ema` is set (a
     /// network built for it; the training state is not touched), else the trained network.
-    pub fn sampling_prior(&self) -> Result<SamplingPrior<'_>, TrainError> {
-        Ok(match &self.ema {
-            None => SamplingPrior::Trained(&self.prior.net),
+    /// None for the published PGD and MPGD, whose prior is N(0, I).
+    pub fn sampling_prior(&self) -> Result<Option<SamplingPrior<'_>>, TrainError> {
+        let Some(prior) = &self.prior else {
+            return Ok(None);
+        };
+        Ok(Some(match &self.ema {
+            None => SamplingPrior::Trained(&prior.net),
             Some(ema) => SamplingPrior::Ema(Box::new(ema.network(
                 &self.cfg.model.prior,
                 self.cfg.data.latent_dim,
                 &self.device,
             )?)),
+        }))
+    }
+
+    /// The prior being trained, for the steps that need one (every method but PGD and MPGD).
+    fn trained_prior(&mut self) -> Result<&mut Trained<PriorNet>, TrainError> {
+        self.prior.as_mut().ok_or_else(|| {
+            TrainError::Invalid(format!(
+                "method `{}` has no prior network",
+                self.cfg.method.name()
+            ))
         })
     }
     /// The decoder.
@@ -259,6 +288,9 @@ impl Trainer {
         {
             return self.prior_refit_step(r);
         }
+        if self.cfg.method.is_published() {
+            return self.published_step();
+        }
         let t = self.step;
         let batch = self.batch_indices(t);
         self.latents.prepare(t, &batch, &self.cfg.particles)?;
@@ -283,7 +315,7 @@ impl Trainer {
             self.cfg.train.optimizer_theta.lr,
             self.cfg.train.optimizer_phi.lr * phi_scale,
         );
-        self.prior.step(&mb.grads, lr_theta)?;
+        self.trained_prior()?.step(&mb.grads, lr_theta)?;
         self.decoder.step(&mb.grads, lr_phi)?;
         self.update_ema(t)?;
         self.step += 1;
@@ -340,8 +372,11 @@ impl Trainer {
         let source = self
             .latents
             .shard_source(batch, &self.data, &mut rng, dz, &self.device)?;
+        let eps = self.eps_model().ok_or_else(|| {
+            TrainError::Invalid("the diffusion loss needs a prior network".into())
+        })?;
         let inputs = ShardInputs {
-            eps: &self.prior.net,
+            eps,
             decoder: &self.decoder.net,
             loss: &self.loss,
             latent_scale: self.cfg.diffusion.latent_scale,
@@ -399,8 +434,8 @@ impl Trainer {
 
     /// Folds theta after step `t` into its EMA (when `train.ema` is set).
     fn update_ema(&mut self, t: u64) -> Result<(), TrainError> {
-        if let Some(ema) = &mut self.ema {
-            ema.update(t, &self.prior.vars)?;
+        if let (Some(ema), Some(prior)) = (&mut self.ema, &self.prior) {
+            ema.update(t, &prior.vars)?;
         }
         Ok(())
     }
@@ -433,6 +468,23 @@ fn visit_counts(cfg: &RunConfig, m: usize, steps: u64) -> Vec<u32> {
     visits
 }
 
+/// MPGD's catch-up state after the first `steps` minibatches: per point, the step after its last
+/// visit (0 if never visited).
+fn caught_up(cfg: &RunConfig, m: usize, steps: u64) -> Vec<u64> {
+    let (b, per_epoch) = batching(cfg, m);
+    let mut after = vec![0u64; m];
+    for epoch in 0..steps.div_ceil(per_epoch) {
+        let done = (steps - epoch * per_epoch).min(per_epoch) as usize;
+        let perm = epoch_permutation(cfg.seed, m, epoch);
+        for (pos, chunk) in perm[..done * b].chunks(b).enumerate() {
+            for &i in chunk {
+                after[i] = epoch * per_epoch + pos as u64 + 1;
+            }
+        }
+    }
+    after
+}
+
 /// The particle update's context at step `t` for `m` points.
 fn step_context(cfg: &RunConfig, m: usize, t: u64) -> StepContext {
     let (b, per_epoch) = batching(cfg, m);
@@ -440,7 +492,11 @@ fn step_context(cfg: &RunConfig, m: usize, t: u64) -> StepContext {
     StepContext {
         step: t,
         epoch,
-        gamma: cfg.train.kl.gamma(t),
+        // The published PGD and MPGD have no KL weight: their noise is at temperature 1.
+        gamma: match cfg.method.is_published() {
+            true => 1.0,
+            false => cfg.train.kl.gamma(t),
+        },
         step_size: cfg.particles.step_size.at_epoch(epoch),
         batch_size: b,
         total_points: m,

@@ -38,10 +38,13 @@ impl Trainer {
         )?;
         let noise = gaussian(&mut rng, (rows, dz), DType::F32, &self.device)?;
         let z_prior = self.prior_space(&z)?;
+        let eps = self
+            .eps_model()
+            .ok_or_else(|| TrainError::Invalid("a prior refit needs a prior network".into()))?;
         let refit_shard = |p: std::ops::Range<usize>| -> Result<(f64, GradStore), TrainError> {
             let (r0, len) = (p.start * n, p.len() * n);
             let terms = self.loss.per_sample(
-                &self.prior.net,
+                eps,
                 &z_prior.narrow(0, r0, len)?,
                 &noise.narrow(0, r0, len)?,
                 &k.narrow(0, r0, len)?,
@@ -59,7 +62,7 @@ impl Trainer {
             });
         }
         let grads = add_grads(outs.into_iter().map(|(_, g)| g))?;
-        self.prior.step(&grads, r.lr)?;
+        self.trained_prior()?.step(&grads, r.lr)?;
         self.update_ema(t)?;
         self.step += 1;
         let zs: Vec<f32> = z.flatten_all()?.to_vec1()?;

@@ -67,5 +67,5 @@ pub fn tiny(steps: u64) -> RunConfig {
 
 /// Overrides that select `method` with its particle rule and step size.
 pub fn method_sets(method: &str) -> Vec<String> {
-    ipld_train::config::method_overrides(method).unwrap()
+    ipld_train::config::method_overrides(method, false).unwrap()
 }
