@@ -35,6 +35,10 @@ pub struct Figure1 {
     pub work_dir: PathBuf,
     /// Where the CSV, table and figures go.
     pub out_dir: PathBuf,
+    /// `runs.csv` files of earlier runs of this experiment: a cell that is not cached is taken
+    /// from them when they hold it (same dataset, method, N, seed and steps) and the experiment
+    /// has the default samples and no `--set` (the CSV does not record those).
+    pub reuse: Vec<PathBuf>,
 }
 
 /// Training steps per run in the paper (and by default).
@@ -130,6 +134,7 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
     bar.set_style(indicatif::ProgressStyle::with_template(
         "figure1 {bar:30} {pos}/{len} cells [{elapsed_precise}<{eta_precise}] {msg}",
     )?);
+    let reused = read_reused(exp)?;
     let mut rows: Vec<(Cell, serde_json::Value)> = Vec::new();
     for cell in cells {
         let dir = cell.dir(exp);
@@ -139,6 +144,19 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
         ));
         let config = cell.config(exp)?;
         let fresh = same_config(&dir, &config);
+        let key = (
+            cell.dataset.clone(),
+            cell.method.clone(),
+            cell.particles,
+            cell.seed,
+        );
+        if !dir.join(SUMMARY_FILE).exists()
+            && let Some(v) = reused.get(&key)
+        {
+            rows.push((cell, v.clone()));
+            bar.inc(1);
+            continue;
+        }
         let summary = match read_summary(&dir) {
             Some(s)
                 if fresh
@@ -192,10 +210,63 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_csv(path: &Path, rows: &[(Cell, serde_json::Value)]) -> anyhow::Result<()> {
-    let mut s = String::from(
-        "dataset,method,particles,seed,steps,mmd,final_loss,train_seconds,sample_seconds\n",
+/// The rows of the `--reuse-csv` files that fit this experiment, keyed by (dataset, method, N,
+/// seed), as the summary fields `write_csv` reads back.
+fn read_reused(
+    exp: &Figure1,
+) -> anyhow::Result<BTreeMap<(String, String, usize, u64), serde_json::Value>> {
+    let mut out = BTreeMap::new();
+    if exp.reuse.is_empty() {
+        return Ok(out);
+    }
+    anyhow::ensure!(
+        exp.samples == DEFAULT_SAMPLES && exp.sets.is_empty(),
+        "--reuse-csv needs the default --samples and no --set (a runs.csv does not record them)"
     );
+    for path in &exp.reuse {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut lines = text.lines();
+        let header = lines.next().unwrap_or_default();
+        anyhow::ensure!(
+            header == CSV_HEADER,
+            "{}: not a figure1 runs.csv (header `{header}`)",
+            path.display()
+        );
+        for (i, line) in lines.enumerate() {
+            let f: Vec<&str> = line.split(',').collect();
+            let bad =
+                || anyhow::anyhow!("{} line {}: malformed row `{line}`", path.display(), i + 2);
+            anyhow::ensure!(f.len() == 9, bad());
+            let num = |s: &str| -> anyhow::Result<f64> { s.parse::<f64>().map_err(|_| bad()) };
+            let steps: u64 = f[4].parse().map_err(|_| bad())?;
+            if steps != exp.steps {
+                continue;
+            }
+            let key = (
+                f[0].to_string(),
+                f[1].to_string(),
+                f[2].parse().map_err(|_| bad())?,
+                f[3].parse().map_err(|_| bad())?,
+            );
+            let v = serde_json::json!({
+                "steps": steps,
+                "mmd": num(f[5])?,
+                "final_loss": num(f[6])?,
+                "train_seconds": num(f[7])?,
+                "sample_seconds": num(f[8])?,
+            });
+            out.insert(key, v);
+        }
+    }
+    Ok(out)
+}
+
+const CSV_HEADER: &str =
+    "dataset,method,particles,seed,steps,mmd,final_loss,train_seconds,sample_seconds";
+
+fn write_csv(path: &Path, rows: &[(Cell, serde_json::Value)]) -> anyhow::Result<()> {
+    let mut s = format!("{CSV_HEADER}\n");
     for (c, v) in rows {
         writeln!(
             s,
@@ -514,6 +585,7 @@ mod tests {
             sets: sets.iter().map(|s| s.to_string()).collect(),
             work_dir: PathBuf::from("cache"),
             out_dir: PathBuf::from("out"),
+            reuse: Vec::new(),
         }
     }
 
@@ -550,5 +622,40 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+
+    /// A runs.csv's rows come back as summaries for cells of the same steps only; a file that is
+    /// not a runs.csv, a malformed row, or --set with --reuse-csv are errors naming the cause.
+    #[test]
+    fn reused_csv_rows_fill_matching_cells_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let csv = tmp.path().join("runs.csv");
+        std::fs::write(
+            &csv,
+            format!(
+                "{CSV_HEADER}\ngmm,ipld,4,7,1000,0.0081,0.06,5.2,8.1\ngmm,ipld,4,8,2000,0.0042,0.05,10.0,8.0\n"
+            ),
+        )
+        .unwrap();
+        let mut e = exp(DEFAULT_STEPS, DEFAULT_SAMPLES, &[]);
+        e.reuse = vec![csv.clone()];
+        let got = read_reused(&e).unwrap();
+        assert_eq!(got.len(), 1);
+        let v = &got[&("gmm".to_string(), "ipld".to_string(), 4, 7)];
+        assert_eq!(v["mmd"].as_f64(), Some(0.0081));
+        assert_eq!(v["steps"].as_u64(), Some(1000));
+        std::fs::write(
+            &csv,
+            format!("{CSV_HEADER}\ngmm,ipld,4,x,1000,0.1,0.1,1,1\n"),
+        )
+        .unwrap();
+        let err = read_reused(&e).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        std::fs::write(&csv, "a,b\n").unwrap();
+        let err = read_reused(&e).unwrap_err().to_string();
+        assert!(err.contains("not a figure1 runs.csv"), "{err}");
+        let mut e = exp(DEFAULT_STEPS, DEFAULT_SAMPLES, &["seed=1"]);
+        e.reuse = vec![csv];
+        assert!(read_reused(&e).unwrap_err().to_string().contains("--set"));
     }
 }

@@ -81,6 +81,11 @@ enum Experiment {
         /// Where the CSV, table and figures are written.
         #[arg(long, default_value = "docs/results/figure1")]
         out: PathBuf,
+        /// A `runs.csv` of an earlier run of this experiment: cells it holds (same dataset,
+        /// method, N, seed, steps) and the cache does not are taken from it (repeatable; default
+        /// samples and no --set only).
+        #[arg(long = "reuse-csv", value_name = "FILE")]
+        reuse_csv: Vec<PathBuf>,
     },
     /// Posterior check on probabilistic PCA: the particles' spread against the closed-form
     /// posterior of the trained decoder, per update rule and noise scale.
@@ -217,6 +222,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     sets,
                     work_dir,
                     out,
+                    reuse_csv,
                 },
         } => {
             let (seeds, particles) = if paper {
@@ -233,6 +239,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 samples,
                 sets,
                 work_dir,
+                reuse: reuse_csv,
                 out_dir: out,
             })?;
         }
