@@ -188,3 +188,23 @@ fn library_errors_carry_the_full_key_path() {
     let e = err("model.prior.type=dit");
     assert!(e.contains("channels"), "a DiT needs its fields: {e}");
 }
+
+#[test]
+fn an_empty_table_removes_an_optional_section() {
+    // `KEY={}` drops an optional section (the published methods' overrides remove the image
+    // presets' EMA this way); on an absent section it is a no-op; on a required one serde
+    // names what is then missing.
+    let sets = |preset: &str, s: &str| {
+        RunConfig::preset(preset)
+            .unwrap()
+            .with_overrides(&[s.to_string()], preset)
+    };
+    assert!(RunConfig::preset("cifar10").unwrap().train.ema.is_some());
+    assert!(sets("cifar10", "train.ema={}").unwrap().train.ema.is_none());
+    assert_eq!(
+        sets("gmm", "train.prior_refit={}").unwrap(),
+        RunConfig::preset("gmm").unwrap()
+    );
+    let e = sets("gmm", "train.kl={}").unwrap_err().to_string();
+    assert!(e.contains("kl"), "{e}");
+}
