@@ -58,12 +58,12 @@ impl Trainer {
         let (cfg, m) = (&self.cfg, self.data.len());
         self.latents
             .replay_noise_variances(joint, &cfg.particles.update, |s| {
-                super::step_context(cfg, m, s)
+                super::schedule::step_context(cfg, m, s)
             })?;
         self.latents
-            .set_visits(&super::visit_counts(cfg, m, joint))?;
+            .set_visits(&super::schedule::visit_counts(cfg, m, joint))?;
         self.latents
-            .set_caught_up(&super::caught_up(cfg, m, joint))?;
+            .set_caught_up(&super::schedule::caught_up(cfg, m, joint))?;
         Ok(())
     }
 

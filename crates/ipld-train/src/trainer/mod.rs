@@ -25,6 +25,7 @@ mod loss;
 mod network;
 mod published;
 mod refit;
+mod schedule;
 #[cfg(test)]
 mod tests;
 
@@ -32,7 +33,6 @@ use candle_core::{Device, Tensor};
 use ipld_data::{Dataset, InMemoryDataset};
 use ipld_diffusion::{DiffusionLoss, NoiseSchedule, gaussian, sample_timesteps, timestep_tensor};
 use ipld_particles::{ParticleCloud, StepContext};
-use rand::seq::SliceRandom;
 
 use crate::config::{RunConfig, ValidConfig};
 use crate::error::TrainError;
@@ -42,6 +42,7 @@ use ema::EmaPrior;
 use latents::Latents;
 use loss::{MinibatchLoss, ShardInputs, add_grads, run_shards, scaled};
 use network::{OptimizerChoice, Trained};
+use schedule::{batching, epoch_permutation, step_context};
 
 /// What one step measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -438,68 +439,5 @@ impl Trainer {
             ema.update(t, &prior.vars)?;
         }
         Ok(())
-    }
-}
-
-/// Effective minibatch size min(|B|, M) and steps per epoch floor(M / |B|) for `m` points.
-fn batching(cfg: &RunConfig, m: usize) -> (usize, u64) {
-    let b = cfg.train.batch_size.min(m);
-    (b, (m / b).max(1) as u64)
-}
-
-/// Epoch `epoch`'s permutation of the `m` points; its first |B| floor(M / |B|) entries are the
-/// epoch's minibatches.
-fn epoch_permutation(seed: u64, m: usize, epoch: u64) -> Vec<usize> {
-    let mut perm: Vec<usize> = (0..m).collect();
-    perm.shuffle(&mut Stream::Batch.rng(seed, epoch));
-    perm
-}
-
-/// How many of the first `steps` minibatches each of the `m` points was in.
-fn visit_counts(cfg: &RunConfig, m: usize, steps: u64) -> Vec<u32> {
-    let (b, per_epoch) = batching(cfg, m);
-    let mut visits = vec![0u32; m];
-    for epoch in 0..steps.div_ceil(per_epoch) {
-        let done = (steps - epoch * per_epoch).min(per_epoch) as usize;
-        for &i in &epoch_permutation(cfg.seed, m, epoch)[..done * b] {
-            visits[i] += 1;
-        }
-    }
-    visits
-}
-
-/// MPGD's catch-up state after the first `steps` minibatches: per point, the step after its last
-/// visit (0 if never visited).
-fn caught_up(cfg: &RunConfig, m: usize, steps: u64) -> Vec<u64> {
-    let (b, per_epoch) = batching(cfg, m);
-    let mut after = vec![0u64; m];
-    for epoch in 0..steps.div_ceil(per_epoch) {
-        let done = (steps - epoch * per_epoch).min(per_epoch) as usize;
-        let perm = epoch_permutation(cfg.seed, m, epoch);
-        for (pos, chunk) in perm[..done * b].chunks(b).enumerate() {
-            for &i in chunk {
-                after[i] = epoch * per_epoch + pos as u64 + 1;
-            }
-        }
-    }
-    after
-}
-
-/// The particle update's context at step `t` for `m` points.
-fn step_context(cfg: &RunConfig, m: usize, t: u64) -> StepContext {
-    let (b, per_epoch) = batching(cfg, m);
-    let epoch = t / per_epoch;
-    StepContext {
-        step: t,
-        epoch,
-        // The published PGD and MPGD have no KL weight: their noise is at temperature 1.
-        gamma: match cfg.method.is_published() {
-            true => 1.0,
-            false => cfg.train.kl.gamma(t),
-        },
-        step_size: cfg.particles.step_size.at_epoch(epoch),
-        batch_size: b,
-        total_points: m,
-        noise_scale: cfg.particles.noise_scale,
     }
 }
