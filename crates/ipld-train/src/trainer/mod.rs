@@ -297,12 +297,7 @@ impl Trainer {
         self.latents.prepare(t, &batch, &self.cfg.particles)?;
         let (b, per_epoch) = self.batching();
         let epoch = t / per_epoch;
-        // B.2: the decoder's (and encoder's) learning rate decays exponentially per epoch.
-        let phi_scale = self
-            .cfg
-            .train
-            .lr_decay_phi
-            .powi(epoch.min(i32::MAX as u64) as i32);
+        let phi_scale = self.phi_decay(epoch);
         let rows = b * self.particles_per_point();
 
         let mb = self.minibatch_loss(t, &batch, self.cfg.train.shards)?;
@@ -334,6 +329,15 @@ impl Trainer {
             lr_phi,
             prior_refit: false,
         })
+    }
+
+    /// B.2: the decoder's (and encoder's) learning rate decays exponentially per epoch; this is
+    /// its factor at `epoch` (PGD's and MPGD's h_phi decays the same way).
+    fn phi_decay(&self, epoch: u64) -> f64 {
+        self.cfg
+            .train
+            .lr_decay_phi
+            .powi(epoch.min(i32::MAX as u64) as i32)
     }
 
     /// L-hat of eq. (64) on the minibatch `batch` at step `t` and its gradients, computed in

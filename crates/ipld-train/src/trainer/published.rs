@@ -33,13 +33,7 @@ impl Trainer {
             .train
             .phi_update
             .ok_or_else(|| TrainError::Invalid("PGD and MPGD need train.phi_update".into()))?;
-        // B.2's per-epoch decay, as for AdamW's learning rate.
-        let h_phi = phi_cfg.step_size
-            * self
-                .cfg
-                .train
-                .lr_decay_phi
-                .powi(epoch.min(i32::MAX as u64) as i32);
+        let h_phi = phi_cfg.step_size * self.phi_decay(epoch);
         let ctx = self.step_context(t);
         let rule = self.cfg.particles.update;
         let momentum = matches!(rule, UpdateConfig::UnderdampedLangevin(_));
