@@ -36,8 +36,9 @@ pub struct Figure1 {
     /// Where the CSV, table and figures go.
     pub out_dir: PathBuf,
     /// `runs.csv` files of earlier runs of this experiment: a cell that is not cached is taken
-    /// from them when they hold it (same dataset, method, N, seed and steps) and the experiment
-    /// has the default samples and no `--set` (the CSV does not record those).
+    /// from them when they hold it (same dataset, method, particle noise scale, N, seed and
+    /// steps) and the experiment has the default samples and no `--set` (the CSV
+    /// does not record those).
     pub reuse: Vec<PathBuf>,
 }
 
@@ -100,11 +101,18 @@ fn read_summary(dir: &Path) -> Option<serde_json::Value> {
 
 /// Whether the cached run in `dir` was made with `config` up to the keys a resume may change
 /// (a changed preset or default makes a cell stale, so it is recomputed, not silently reused).
+/// `particles.noise_scale` counts only for IPLD: DiffusionVAE has no particle noise and PGD and
+/// MPGD their own, so the presets' move to the posterior's noise leaves their cells valid.
 fn same_config(dir: &Path, config: &RunConfig) -> bool {
     std::fs::read_to_string(dir.join(ipld_train::rundir::CONFIG_FILE))
         .ok()
         .and_then(|s| RunConfig::from_toml(&s, "cached config").ok())
-        .is_some_and(|saved| ipld_train::rundir::check_resumable(&saved, config).is_ok())
+        .is_some_and(|mut saved| {
+            if config.method != ipld_train::config::Method::Ipld {
+                saved.particles.noise_scale = config.particles.noise_scale;
+            }
+            ipld_train::rundir::check_resumable(&saved, config).is_ok()
+        })
 }
 
 /// Runs (or loads) every cell, then writes the results.
@@ -144,12 +152,14 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
         ));
         let config = cell.config(exp)?;
         let fresh = same_config(&dir, &config);
-        let key = (
-            cell.dataset.clone(),
-            cell.method.clone(),
-            cell.particles,
-            cell.seed,
-        );
+        let noise = noise_label(&config);
+        let key = ReuseKey {
+            dataset: cell.dataset.clone(),
+            method: same_runs_label(&cell.method).to_string(),
+            noise: noise.clone(),
+            particles: cell.particles,
+            seed: cell.seed,
+        };
         if !dir.join(SUMMARY_FILE).exists()
             && let Some(v) = reused.get(&key)
         {
@@ -186,6 +196,8 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
                 serde_json::to_value(s)?
             }
         };
+        let mut summary = summary;
+        summary["noise_scale"] = noise.clone().into();
         rows.push((cell, summary));
         bar.inc(1);
     }
@@ -212,9 +224,27 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
 
 /// The rows of the `--reuse-csv` files that fit this experiment, keyed by (dataset, method, N,
 /// seed), as the summary fields `write_csv` reads back.
-fn read_reused(
-    exp: &Figure1,
-) -> anyhow::Result<BTreeMap<(String, String, usize, u64), serde_json::Value>> {
+/// What identifies a reusable row: the labels `ipld`, `ipld-paper` and `ipld-posterior` are one
+/// method whose runs differ only by their noise scale, so a row of one stands in for a cell of
+/// another made with the same noise (the `ipld` rows of a runs.csv from before 2026-12-06 are
+/// `ipld-paper` cells now).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ReuseKey {
+    dataset: String,
+    method: String,
+    noise: String,
+    particles: usize,
+    seed: u64,
+}
+
+fn same_runs_label(method: &str) -> &str {
+    match method {
+        "ipld-paper" | "ipld-posterior" => "ipld",
+        m => m,
+    }
+}
+
+fn read_reused(exp: &Figure1) -> anyhow::Result<BTreeMap<ReuseKey, serde_json::Value>> {
     let mut out = BTreeMap::new();
     if exp.reuse.is_empty() {
         return Ok(out);
@@ -228,8 +258,10 @@ fn read_reused(
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut lines = text.lines();
         let header = lines.next().unwrap_or_default();
+        // A runs.csv from before the noise_scale column: every preset then ran the paper's noise.
+        let old = header == OLD_CSV_HEADER;
         anyhow::ensure!(
-            header == CSV_HEADER,
+            old || header == CSV_HEADER,
             "{}: not a figure1 runs.csv (header `{header}`)",
             path.display()
         );
@@ -237,19 +269,22 @@ fn read_reused(
             let f: Vec<&str> = line.split(',').collect();
             let bad =
                 || anyhow::anyhow!("{} line {}: malformed row `{line}`", path.display(), i + 2);
-            anyhow::ensure!(f.len() == 9, bad());
+            anyhow::ensure!(f.len() == if old { 9 } else { 10 }, bad());
             let num = |s: &str| -> anyhow::Result<f64> { s.parse::<f64>().map_err(|_| bad()) };
             let steps: u64 = f[4].parse().map_err(|_| bad())?;
             if steps != exp.steps {
                 continue;
             }
-            let key = (
-                f[0].to_string(),
-                f[1].to_string(),
-                f[2].parse().map_err(|_| bad())?,
-                f[3].parse().map_err(|_| bad())?,
-            );
+            let noise = if old { old_noise_label(f[1]) } else { f[9] };
+            let key = ReuseKey {
+                dataset: f[0].to_string(),
+                method: same_runs_label(f[1]).to_string(),
+                noise: noise.to_string(),
+                particles: f[2].parse().map_err(|_| bad())?,
+                seed: f[3].parse().map_err(|_| bad())?,
+            };
             let v = serde_json::json!({
+                "noise_scale": noise,
                 "steps": steps,
                 "mmd": num(f[5])?,
                 "final_loss": num(f[6])?,
@@ -263,14 +298,47 @@ fn read_reused(
 }
 
 const CSV_HEADER: &str =
+    "dataset,method,particles,seed,steps,mmd,final_loss,train_seconds,sample_seconds,noise_scale";
+const OLD_CSV_HEADER: &str =
     "dataset,method,particles,seed,steps,mmd,final_loss,train_seconds,sample_seconds";
+
+/// A run's particle noise as runs.csv records it: IPLD's `particles.noise_scale`, with
+/// `+v-per-point` and `+bias-corrected` for Algorithm 2's options that change the law its
+/// particles sample; `-` for the methods it does not apply to (DiffusionVAE has no particle
+/// noise; PGD and MPGD have their own). A reused row is one made with the noise the cell's
+/// configuration asks for.
+fn noise_label(config: &RunConfig) -> String {
+    if config.method != ipld_train::config::Method::Ipld {
+        return "-".into();
+    }
+    let mut s = config.particles.noise_scale.name().to_string();
+    if let ipld_particles::UpdateConfig::AdaptiveLangevin(r) = &config.particles.update {
+        if r.second_moment_of == ipld_particles::SecondMomentOf::Point {
+            s += "+v-per-point";
+        }
+        if r.bias_correction {
+            s += "+bias-corrected";
+        }
+    }
+    s
+}
+
+/// The noise of a row of a runs.csv made before the column existed, by its label: the presets
+/// ran the paper's noise, and `ipld-posterior` set the posterior's.
+fn old_noise_label(method: &str) -> &'static str {
+    match method {
+        "ipld-posterior" => "posterior",
+        m if m.starts_with("ipld") => "paper",
+        _ => "-",
+    }
+}
 
 fn write_csv(path: &Path, rows: &[(Cell, serde_json::Value)]) -> anyhow::Result<()> {
     let mut s = format!("{CSV_HEADER}\n");
     for (c, v) in rows {
         writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{}",
             c.dataset,
             c.method,
             c.particles,
@@ -279,7 +347,8 @@ fn write_csv(path: &Path, rows: &[(Cell, serde_json::Value)]) -> anyhow::Result<
             v["mmd"],
             v["final_loss"],
             v["train_seconds"],
-            v["sample_seconds"]
+            v["sample_seconds"],
+            v["noise_scale"].as_str().unwrap_or("-")
         )?;
     }
     ipld_data::write_atomically(path, s.as_bytes())?;
@@ -589,6 +658,57 @@ mod tests {
         }
     }
 
+    /// A cached summary's MMD² reads back to the bit (serde_json's default float parser can be
+    /// one ulp off, which made a cached run's CSV row differ from a fresh one's).
+    #[test]
+    fn cached_summaries_read_back_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let x = 0.009884904878290905f64;
+        std::fs::write(
+            tmp.path().join(SUMMARY_FILE),
+            serde_json::to_string(&serde_json::json!({ "mmd": x })).unwrap(),
+        )
+        .unwrap();
+        let v = read_summary(tmp.path()).unwrap();
+        assert_eq!(v["mmd"].as_f64().unwrap().to_bits(), x.to_bits());
+    }
+
+    /// A cached cell made with the paper's noise stays valid for the methods the noise scale does
+    /// not apply to, and is stale for IPLD, whose runs it changes.
+    #[test]
+    fn the_noise_scale_makes_only_ipld_cells_stale() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = exp(DEFAULT_STEPS, DEFAULT_SAMPLES, &[]);
+        for (method, valid) in [
+            ("ipld", false),
+            ("diffusion-vae", true),
+            ("pgd", true),
+            ("mpgd", true),
+        ] {
+            let cell = Cell {
+                dataset: "circles".into(),
+                method: method.into(),
+                particles: 4,
+                seed: 1,
+            };
+            let config = cell.config(&e).unwrap();
+            let old = config
+                .with_overrides(&["particles.noise_scale=paper".into()], "t")
+                .unwrap();
+            let dir = tmp.path().join(method);
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join(ipld_train::rundir::CONFIG_FILE);
+            std::fs::write(&file, old.to_toml()).unwrap();
+            assert_eq!(same_config(&dir, &config), valid, "{method}");
+            std::fs::write(&file, config.to_toml()).unwrap();
+            assert!(same_config(&dir, &config), "{method}");
+            let other = config
+                .with_overrides(&["train.batch_size=100".into()], "t")
+                .unwrap();
+            assert!(!same_config(&dir, &other), "{method}");
+        }
+    }
+
     /// A run with other steps, samples or overrides must not share (and so replace) the
     /// default cell's directory; the default name stays as the existing caches have it.
     #[test]
@@ -633,20 +753,72 @@ mod tests {
         std::fs::write(
             &csv,
             format!(
-                "{CSV_HEADER}\ngmm,ipld,4,7,1000,0.0081,0.06,5.2,8.1\ngmm,ipld,4,8,2000,0.0042,0.05,10.0,8.0\n"
+                "{CSV_HEADER}\ngmm,ipld,4,7,1000,0.0081,0.06,5.2,8.1,posterior\ngmm,ipld,4,8,2000,0.0042,0.05,10.0,8.0,posterior\n"
             ),
         )
         .unwrap();
         let mut e = exp(DEFAULT_STEPS, DEFAULT_SAMPLES, &[]);
         e.reuse = vec![csv.clone()];
+        let key = |m: &str, noise: &str| ReuseKey {
+            dataset: "gmm".into(),
+            method: m.into(),
+            noise: noise.into(),
+            particles: 4,
+            seed: 7,
+        };
         let got = read_reused(&e).unwrap();
         assert_eq!(got.len(), 1);
-        let v = &got[&("gmm".to_string(), "ipld".to_string(), 4, 7)];
+        let v = &got[&key("ipld", "posterior")];
         assert_eq!(v["mmd"].as_f64(), Some(0.0081));
         assert_eq!(v["steps"].as_u64(), Some(1000));
+        assert_eq!(v["noise_scale"].as_str(), Some("posterior"));
+        // A runs.csv from before the column: its `ipld` rows ran the paper's noise, so they stand
+        // in for `ipld-paper` cells, not for the presets' (posterior) `ipld` cells; its
+        // `ipld-posterior` rows do.
         std::fs::write(
             &csv,
-            format!("{CSV_HEADER}\ngmm,ipld,4,x,1000,0.1,0.1,1,1\n"),
+            format!(
+                "{OLD_CSV_HEADER}\ngmm,ipld,4,7,1000,0.0081,0.06,5.2,8.1\ngmm,ipld-posterior,4,7,1000,0.0079,0.06,5.2,8.1\ngmm,pgd,4,7,1000,0.024,0.06,5.2,8.1\n"
+            ),
+        )
+        .unwrap();
+        let got = read_reused(&e).unwrap();
+        assert_eq!(got[&key("ipld", "paper")]["mmd"].as_f64(), Some(0.0081));
+        assert_eq!(got[&key("ipld", "posterior")]["mmd"].as_f64(), Some(0.0079));
+        assert_eq!(got[&key("pgd", "-")]["mmd"].as_f64(), Some(0.024));
+        assert_eq!(got.len(), 3);
+        let cell = |m: &str| Cell {
+            dataset: "gmm".into(),
+            method: m.into(),
+            particles: 4,
+            seed: 7,
+        };
+        let label = |m: &str| noise_label(&cell(m).config(&e).unwrap());
+        assert_eq!(label("ipld"), "posterior");
+        assert_eq!(label("ipld-posterior"), "posterior");
+        assert_eq!(label("ipld-paper"), "paper");
+        assert_eq!(label("ipld-langevin"), "posterior");
+        assert_eq!(label("pgd"), "-");
+        assert_eq!(label("diffusion-vae"), "-");
+        let mut c = cell("ipld-paper").config(&e).unwrap();
+        c = c
+            .with_overrides(
+                &[
+                    "particles.noise_scale=posterior".into(),
+                    "particles.update.second_moment_of=point".into(),
+                    "particles.update.bias_correction=true".into(),
+                ],
+                "t",
+            )
+            .unwrap();
+        assert_eq!(noise_label(&c), "posterior+v-per-point+bias-corrected");
+        for m in ["ipld", "ipld-paper", "ipld-posterior"] {
+            assert_eq!(same_runs_label(m), "ipld");
+        }
+        assert_eq!(same_runs_label("ipld-langevin"), "ipld-langevin");
+        std::fs::write(
+            &csv,
+            format!("{CSV_HEADER}\ngmm,ipld,4,x,1000,0.1,0.1,1,1,paper\n"),
         )
         .unwrap();
         let err = read_reused(&e).unwrap_err().to_string();

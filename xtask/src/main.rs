@@ -55,8 +55,9 @@ enum Experiment {
         /// Particle counts N, comma-separated (the paper: 1,4,16,64,256).
         #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
         particles: Vec<usize>,
-        /// Methods, comma-separated: ipld, ipld-posterior, ipld-langevin, ipld-kinetic-langevin,
-        /// diffusion-vae, pgd, mpgd (`ipld_train::config::method_overrides`).
+        /// Methods, comma-separated: ipld, ipld-paper, ipld-posterior, ipld-langevin,
+        /// ipld-kinetic-langevin, diffusion-vae, pgd, mpgd
+        /// (`ipld_train::config::method_overrides`).
         #[arg(long, value_delimiter = ',', default_value = "ipld,diffusion-vae")]
         methods: Vec<String>,
         /// Datasets, comma-separated.
@@ -82,8 +83,9 @@ enum Experiment {
         #[arg(long, default_value = "docs/results/figure1")]
         out: PathBuf,
         /// A `runs.csv` of an earlier run of this experiment: cells it holds (same dataset,
-        /// method, N, seed, steps) and the cache does not are taken from it (repeatable; default
-        /// samples and no --set only).
+        /// method, particle noise scale, N, seed, steps) and the cache does not are taken from
+        /// it (repeatable; default samples and no --set only). Its `ipld` rows from before the
+        /// `noise_scale` column ran the paper's noise: they fill `ipld-paper` cells.
         #[arg(long = "reuse-csv", value_name = "FILE")]
         reuse_csv: Vec<PathBuf>,
     },

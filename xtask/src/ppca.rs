@@ -22,6 +22,7 @@ pub const VARIANTS: &[(&str, &[&str])] = &[
         &[
             "particles.update.type=langevin",
             "particles.step_size.initial=0.01",
+            "particles.noise_scale=paper",
         ],
     ),
     (
@@ -32,7 +33,7 @@ pub const VARIANTS: &[(&str, &[&str])] = &[
             "particles.noise_scale=posterior",
         ],
     ),
-    ("Algorithm 2, paper noise", &[]),
+    ("Algorithm 2, paper noise", &["particles.noise_scale=paper"]),
     (
         "Algorithm 2, posterior noise, V per particle (eq. 66b)",
         &["particles.noise_scale=posterior"],

@@ -67,7 +67,7 @@ pub enum SecondMomentOf {
     #[default]
     Particle,
     /// The mean over the point's N particles, per coordinate (every particle of a point holds
-    /// the same V).
+    /// the same V). With N = 1 it is `Particle`, bit for bit.
     Point,
 }
 
@@ -144,7 +144,9 @@ impl AdaptiveLangevin {
         let sd = self.noise_sd(ctx) as f32;
         let precondition = self.preconditions_noise(ctx);
         let rule = *self;
-        let shared = self.second_moment_of == SecondMomentOf::Point;
+        // With one particle per point its V is the point's: the per-particle loop, so N = 1
+        // gives the paper's bits (the shared loop rounds (1 - b) g² in another order).
+        let shared = self.second_moment_of == SecondMomentOf::Point && n > 1;
         let inv_n = 1.0 / n as f32;
         // Branches hoisted out of the element loops so each loop vectorises; inlined into the
         // dispatched (AVX-512/AVX2) row loop so it is compiled for that ISA. Without bias
@@ -301,7 +303,7 @@ impl ParticleUpdate for AdaptiveLangevin {
     }
 
     fn kernel_params(&self, ctx: &StepContext, n: usize) -> Result<KernelParams, ParticleError> {
-        if self.second_moment_of != SecondMomentOf::Particle {
+        if self.second_moment_of != SecondMomentOf::Particle && n > 1 {
             return Err(ParticleError::param(
                 "second_moment_of",
                 "the CUDA kernel keeps one V per particle; use the CPU update",

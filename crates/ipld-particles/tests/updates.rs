@@ -555,6 +555,38 @@ fn point_shared_second_moment_matches_a_hand_computed_step() {
     assert!(rule.kernel_params(&c, 2).is_err());
 }
 
+/// With one particle per point, V per point is V per particle to the bit (and the CUDA kernel,
+/// which keeps one V per particle, takes it).
+#[test]
+fn point_shared_second_moment_with_one_particle_is_the_papers() {
+    let (rows, d) = (60usize, 3usize);
+    let batch: Vec<usize> = (0..rows).step_by(4).collect();
+    let noise = NoiseStream::new(5, 1);
+    let per_particle = AdaptiveLangevin::default();
+    let per_point = AdaptiveLangevin {
+        second_moment_of: ipld_particles::SecondMomentOf::Point,
+        ..per_particle
+    };
+    let c = StepContext {
+        noise_scale: NoiseScale::Posterior,
+        ..ctx(40, 0.2, 0.05, batch.len(), rows, true)
+    };
+    let mut a = ParticleCloud::gaussian(0, rows, 1, d, 2).unwrap();
+    let mut b = a.clone();
+    for step in 0..5 {
+        let grads: Vec<f32> = (0..batch.len() * d)
+            .map(|i| ((i + 7 * step) as f32 * 0.37).sin())
+            .collect();
+        per_particle
+            .step(&mut a, &batch, &grads, &c, &noise)
+            .unwrap();
+        per_point.step(&mut b, &batch, &grads, &c, &noise).unwrap();
+    }
+    assert_eq!(a, b);
+    assert!(per_point.kernel_params(&c, 1).is_ok());
+    assert!(per_point.kernel_params(&c, 2).is_err());
+}
+
 /// Stepping through the registry enum gives the rule's bits.
 #[test]
 fn the_registry_steps_exactly_like_its_rule() {

@@ -1,5 +1,5 @@
-//! `particles.noise_scale`: a config without it means the paper's noise (so older runs resume
-//! bit for bit), the posterior-only options of Algorithm 2 are refused with the paper's noise,
+//! `particles.noise_scale`: the presets name the posterior's noise, a config without the key
+//! means the paper's (so older runs resume bit for bit), the posterior-only options of Algorithm 2 are refused with the paper's noise,
 //! the scale is part of a run, and a posterior run with bias correction (which reads each
 //! point's visit count, recomputed on load) and lazy noise resumes exactly, also when |B| does
 //! not divide M.
@@ -11,14 +11,11 @@ use ipld_particles::NoiseScale;
 use ipld_train::{RunConfig, run};
 
 #[test]
-fn presets_name_the_scale_and_an_old_config_means_the_paper() {
+fn presets_name_the_posterior_scale_and_an_old_config_means_the_paper() {
     for name in ["gmm", "circles", "mnist5k", "cifar10", "svhn", "celeba64"] {
         let cfg = RunConfig::preset(name).unwrap();
-        assert_eq!(cfg.particles.noise_scale, NoiseScale::Paper, "{name}");
-        let text = cfg
-            .with_overrides(&["particles.noise_scale=posterior".into()], "t")
-            .unwrap()
-            .to_toml();
+        assert_eq!(cfg.particles.noise_scale, NoiseScale::Posterior, "{name}");
+        let text = cfg.to_toml();
         let old: String = text
             .lines()
             .filter(|l| !l.starts_with("noise_scale ="))
@@ -33,7 +30,13 @@ fn presets_name_the_scale_and_an_old_config_means_the_paper() {
 #[test]
 fn bad_values_and_paper_mode_options_are_refused_by_name() {
     let set = |s: &[&str]| {
-        common::tiny(10).with_overrides(&s.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "t")
+        common::tiny(10).with_overrides(
+            &std::iter::once("particles.noise_scale=paper")
+                .chain(s.iter().copied())
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+            "t",
+        )
     };
     let e = set(&["particles.noise_scale=tempered"])
         .unwrap_err()
@@ -101,10 +104,12 @@ fn posterior_runs_resume_exactly_and_the_scale_is_fixed_on_resume() {
 fn the_posterior_noise_changes_the_run() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("paper"), tmp.path().join("posterior"));
-    let sa = run(plan(common::tiny(20), &a, false)).unwrap();
-    let post = common::tiny(20)
-        .with_overrides(&["particles.noise_scale=posterior".into()], "t")
-        .unwrap();
-    let sb = run(plan(post, &b, false)).unwrap();
+    let scale = |s: &str| {
+        common::tiny(20)
+            .with_overrides(&[format!("particles.noise_scale={s}")], "t")
+            .unwrap()
+    };
+    let sa = run(plan(scale("paper"), &a, false)).unwrap();
+    let sb = run(plan(scale("posterior"), &b, false)).unwrap();
     assert_ne!(sa.final_loss, sb.final_loss);
 }

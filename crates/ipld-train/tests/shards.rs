@@ -44,8 +44,14 @@ fn the_shard_count_changes_only_rounding() {
     let sa = run(plan(tiny("ipld", 1), &a, false)).unwrap();
     let sb = run(plan(tiny("ipld", 2), &b, false)).unwrap();
     let (la, lb) = (sa.final_loss.unwrap(), sb.final_loss.unwrap());
-    assert_ne!(la, lb, "sharding left every bit unchanged");
-    // Measured: 123.96934509 vs 123.96933746 after 20 steps.
+    let ckpt = |d: &std::path::Path| std::fs::read(d.join(ipld_train::rundir::CHECKPOINT_FILE));
+    assert_ne!(
+        ckpt(&a).unwrap(),
+        ckpt(&b).unwrap(),
+        "sharding left every bit unchanged"
+    );
+    // Measured with the paper's noise: 123.96934509 vs 123.96933746 after 20 steps (with the
+    // posterior's the two final losses happen to round to the same f32, 123.99915).
     assert!((la - lb).abs() < 1e-3 * la.abs(), "final loss {la} vs {lb}");
 }
 

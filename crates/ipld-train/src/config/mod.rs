@@ -231,9 +231,9 @@ pub struct ParticlesConfig {
     /// M; what a config without this key means, so older runs resume bit for bit) or
     /// `posterior` (the noise under which the subsampled chain keeps the tilted posterior of
     /// eq. (21) as its stationary law: sqrt(2 h gamma_t), times G^(1/2) for Algorithm 2,
-    /// temperature gamma_t for kinetic Langevin). docs/training.md derives both. The published
-    /// PGD and MPGD have their own noise, which samples their posterior: they take `paper` (their
-    /// paper's).
+    /// temperature gamma_t for kinetic Langevin). docs/training.md derives both; the presets
+    /// name `posterior` (the figure1 README says why). The published PGD and MPGD have their own
+    /// noise, which samples their posterior, so the key does not apply to them.
     #[serde(default)]
     pub noise_scale: NoiseScale,
 }

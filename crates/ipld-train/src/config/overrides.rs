@@ -107,6 +107,7 @@ fn set_dotted(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<(
 /// The labels [`method_overrides`] knows.
 pub const METHOD_LABELS: &[&str] = &[
     "ipld",
+    "ipld-paper",
     "ipld-posterior",
     "ipld-langevin",
     "ipld-kinetic-langevin",
@@ -119,7 +120,8 @@ pub const METHOD_LABELS: &[&str] = &[
 /// sizes it runs with, on the synthetic benchmarks or, with `images`, the image presets:
 ///
 /// - `ipld`, `diffusion-vae`: the preset as it is;
-/// - `ipld-posterior`: IPLD with `particles.noise_scale = "posterior"`;
+/// - `ipld-paper`, `ipld-posterior`: IPLD with `particles.noise_scale = "paper"` (the noise as
+///   printed) or `"posterior"` (the presets' own since 2026-12-06, so `ipld` runs the same);
 /// - `ipld-langevin`, `ipld-kinetic-langevin`: IPLD with Algorithm 1 or kinetic Langevin (what
 ///   `pgd` and `mpgd` named before issue 21; no preconditioner, so smaller steps: 0.01 and 0.03,
 ///   measured in docs/baselines.md);
@@ -133,6 +135,7 @@ pub fn method_overrides(method: &str, images: bool) -> Result<Vec<String>, Confi
     let owned = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
     let v = match method {
         "ipld" => owned(&["method=ipld"]),
+        "ipld-paper" => owned(&["method=ipld", "particles.noise_scale=paper"]),
         "ipld-posterior" => owned(&["method=ipld", "particles.noise_scale=posterior"]),
         "ipld-langevin" => owned(&[
             "method=ipld",

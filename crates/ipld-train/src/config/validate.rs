@@ -264,7 +264,7 @@ impl RunConfig {
             }
             _ => {}
         }
-        let unsupported: [(&str, bool, &str); 5] = [
+        let unsupported: [(&str, bool, &str); 4] = [
             (
                 "train.ema",
                 self.train.ema.is_some(),
@@ -284,11 +284,6 @@ impl RunConfig {
                 "particles.lazy_noise",
                 self.particles.lazy_noise,
                 "only the minibatch's particles move, so there is no noise to defer",
-            ),
-            (
-                "particles.noise_scale",
-                self.particles.noise_scale != ipld_particles::NoiseScale::Paper,
-                "the published noise already samples the posterior; keep \"paper\" (their paper's noise)",
             ),
         ];
         if let Some((k, _, why)) = unsupported.iter().find(|(_, on, _)| *on) {
