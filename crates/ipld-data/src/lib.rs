@@ -16,6 +16,6 @@ pub use images::{
 };
 pub use io::{SAFETENSORS_KEY, load_matrix, save_matrix, write_atomically};
 pub use synthetic::{
-    CIRCLE_NOISE_STD, CIRCLE_RADII, GMM_SPACING, LATENT_DIM, PPCA_DIMS, SyntheticConfig,
-    SyntheticData, SyntheticKind, orthonormal_rows, probabilistic_pca,
+    CIRCLE_NOISE_STD, CIRCLE_RADII, GMM_SPACING, KnownStructure, LATENT_DIM, PPCA_DIMS,
+    SyntheticConfig, SyntheticData, SyntheticKind, orthonormal_rows, probabilistic_pca,
 };

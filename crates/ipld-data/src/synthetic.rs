@@ -136,6 +136,57 @@ impl SyntheticData {
     }
 }
 
+/// The structure a synthetic dataset's samples should show, in its ambient space: what the mode
+/// and ring metrics of ipld-eval compare samples with (issue 22).
+#[derive(Debug, Clone, PartialEq)]
+pub enum KnownStructure {
+    /// `gmm`: the 25 component means A^T mu_k, [25, d_x] row-major, and the components' common
+    /// standard deviation (1).
+    Modes {
+        /// Component means in the ambient space.
+        centers: Vec<f32>,
+        /// Standard deviation of every component, per latent coordinate.
+        sd: f64,
+    },
+    /// `circles`: the plane A (2 x d_x, orthonormal rows), the radii, and the noise standard
+    /// deviation.
+    Rings {
+        /// The plane's two orthonormal rows.
+        plane: Vec<f64>,
+        /// Radii of the circles.
+        radii: Vec<f64>,
+        /// Standard deviation of the isotropic noise.
+        sd: f64,
+    },
+}
+
+impl SyntheticData {
+    /// The structure of this dataset's distribution (not of its sample): the GMM's means or the
+    /// circles' plane and radii, lifted by this dataset's A.
+    pub fn structure(&self) -> KnownStructure {
+        let dim = self.config.ambient_dim;
+        match self.config.kind {
+            SyntheticKind::Gmm => {
+                let means: Vec<f64> = (0..25)
+                    .flat_map(|c| {
+                        let (i, j) = ((c / 5) as f64 - 2.0, (c % 5) as f64 - 2.0);
+                        [GMM_SPACING * i, GMM_SPACING * j]
+                    })
+                    .collect();
+                KnownStructure::Modes {
+                    centers: lift_points(&means, &self.lift, dim),
+                    sd: 1.0,
+                }
+            }
+            SyntheticKind::Circles => KnownStructure::Rings {
+                plane: self.lift.clone(),
+                radii: CIRCLE_RADII.to_vec(),
+                sd: CIRCLE_NOISE_STD,
+            },
+        }
+    }
+}
+
 /// Latent and ambient dimensions of [`probabilistic_pca`].
 pub const PPCA_DIMS: (usize, usize) = (2, 8);
 
@@ -397,5 +448,59 @@ mod tests {
             .generate()
             .is_err()
         );
+    }
+
+    /// The structure is the distribution's, in the ambient space: a gmm point's distance to its
+    /// nearest lifted mean is its latent distance to the nearest grid mean (A has orthonormal
+    /// rows), and a circles point's norm in the plane is its latent radius.
+    #[test]
+    fn the_structure_lifts_the_latent_means_and_plane() {
+        let data = SyntheticConfig::paper(SyntheticKind::Gmm)
+            .generate()
+            .unwrap();
+        let KnownStructure::Modes { centers, sd } = data.structure() else {
+            panic!("gmm has modes")
+        };
+        assert_eq!((centers.len(), sd), (25 * 64, 1.0));
+        let (z, x) = (data.latent.as_slice(), data.observed.as_slice());
+        for m in 0..200 {
+            let latent = (0..25)
+                .map(|c| {
+                    let (i, j) = ((c / 5) as f64 - 2.0, (c % 5) as f64 - 2.0);
+                    (z[2 * m] as f64 - 8.0 * i).powi(2) + (z[2 * m + 1] as f64 - 8.0 * j).powi(2)
+                })
+                .fold(f64::INFINITY, f64::min);
+            let ambient = centers
+                .chunks_exact(64)
+                .map(|c| {
+                    x[64 * m..64 * (m + 1)]
+                        .iter()
+                        .zip(c)
+                        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                        .sum::<f64>()
+                })
+                .fold(f64::INFINITY, f64::min);
+            assert!((latent.sqrt() - ambient.sqrt()).abs() < 1e-4, "point {m}");
+        }
+        let data = SyntheticConfig::paper(SyntheticKind::Circles)
+            .generate()
+            .unwrap();
+        let KnownStructure::Rings { plane, radii, sd } = data.structure() else {
+            panic!("circles has rings")
+        };
+        assert_eq!((radii, sd), (vec![8.0, 4.0], 0.4));
+        let (z, x) = (data.latent.as_slice(), data.observed.as_slice());
+        for m in 0..200 {
+            let proj = |row: usize| {
+                (0..64)
+                    .map(|j| x[64 * m + j] as f64 * plane[64 * row + j])
+                    .sum::<f64>()
+            };
+            let r_latent = (z[2 * m] as f64).hypot(z[2 * m + 1] as f64);
+            assert!(
+                (proj(0).hypot(proj(1)) - r_latent).abs() < 1e-4,
+                "point {m}"
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@ mod fid;
 pub mod inception;
 mod mmd;
 mod posterior;
+mod structure;
 pub mod torchscript;
 
 pub use error::EvalError;
@@ -13,3 +14,4 @@ pub use fid::{GaussianStats, frechet_distance, trace_sqrt_product};
 pub use inception::InceptionV3;
 pub use mmd::{MmdConfig, mmd2_unbiased, mmd2_unbiased_tensors};
 pub use posterior::{PosteriorSpread, linear_gaussian_spread};
+pub use structure::{ModeReport, RingReport, mode_metrics, ring_metrics};

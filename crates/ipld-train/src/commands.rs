@@ -7,7 +7,7 @@ use ipld_data::{Dataset, ImageSet, InMemoryDataset, save_matrix};
 use ipld_diffusion::SamplerConfig;
 
 use crate::error::RunError;
-use crate::eval::{generate_with_progress, mmd, reference};
+use crate::eval::{generate_with_progress, mmd, quality, reference};
 use crate::fid::fid_of_samples;
 use crate::progress::Progress;
 use crate::rundir::open_run;
@@ -67,7 +67,9 @@ pub fn eval_run(
         seed.unwrap_or(cfg.seed),
         progress,
     )?;
-    let mmd = mmd(&trainer, &s, &reference(&trainer)?)?;
+    let reference = reference(&trainer)?;
+    let mmd = mmd(&trainer, &s, &reference)?;
+    let quality = quality(&trainer, &s, &reference)?;
     let fid = match (&cfg.data.images, cfg.eval.fid) {
         (Some(src), true) => {
             let set = ImageSet::from_f32(&s.data, src.shape(), &dir.display().to_string())?;
@@ -75,7 +77,7 @@ pub fn eval_run(
         }
         _ => None,
     };
-    Ok(serde_json::json!({
+    let mut out = serde_json::json!({
         "fid": fid,
         "run_dir": dir.display().to_string(),
         "steps": trainer.step(),
@@ -83,5 +85,12 @@ pub fn eval_run(
         "mmd": mmd,
         "sample_seconds": s.seconds,
         "data_points": trainer.data().len(),
-    }))
+    });
+    // Quality is plain numbers, so it always serialises to an object.
+    if let (Some(o), Ok(serde_json::Value::Object(q))) =
+        (out.as_object_mut(), serde_json::to_value(quality))
+    {
+        o.extend(q);
+    }
+    Ok(out)
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::config::RunConfig;
 use crate::data::load_data;
 use crate::error::{RunError, TrainError};
-use crate::eval::{Samples, generate_with_progress, mmd, reference};
+use crate::eval::{Quality, Samples, generate_with_progress, mmd, quality, reference};
 use crate::fid::fid_of_samples;
 use crate::progress::Progress;
 use crate::rundir::{
@@ -68,6 +68,10 @@ pub struct RunSummary {
     /// images (TF-FID Inception-v3).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fid: Option<f64>,
+    /// What the samples score beyond the MMD² (issue 22): the data-vs-data floor, and the mode
+    /// or ring metrics on the synthetic data.
+    #[serde(flatten)]
+    pub quality: Quality,
     /// The run directory.
     pub run_dir: String,
 }
@@ -93,10 +97,17 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
     )?;
     let reference = reference(&trainer)?;
     let mmd = mmd(&trainer, &samples, &reference)?;
+    let quality = quality(&trainer, &samples, &reference)?;
     let fid = if cfg.is_image_run() {
         image_outputs(&trainer, &samples, &dir, plan.progress)?
     } else {
-        write_plot(&trainer, &samples, &reference, &dir)?;
+        write_plot(
+            &trainer,
+            &samples,
+            &reference,
+            &quality.title_line(mmd),
+            &dir,
+        )?;
         None
     };
     let summary = RunSummary {
@@ -117,6 +128,7 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
         mmd,
         final_loss: last.map(|m| m.loss),
         fid,
+        quality,
         run_dir: dir.display().to_string(),
     };
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
@@ -279,13 +291,14 @@ fn write_plot(
     trainer: &Trainer,
     samples: &Samples,
     reference: &[f32],
+    metrics: &str,
     dir: &Path,
 ) -> Result<(), RunError> {
     let path = dir.join(SAMPLES_PNG);
     let tmp = dir.join(format!(".{SAMPLES_PNG}.tmp{}.png", std::process::id()));
     let cfg = trainer.config();
     let title = format!(
-        "{} on {}, N = {}, {} steps",
+        "{} on {}, N = {}, {} steps: {metrics}",
         cfg.method.name(),
         cfg.data.name(),
         trainer.particles_per_point(),

@@ -19,7 +19,8 @@ pub enum Stream {
     /// Evaluation samples: the prior's initial noise and the sampler's noise (counter: the
     /// number of samples).
     Sample,
-    /// The seeded subset of training points that samples are compared with (counter: 0).
+    /// The seeded subset of training points that samples are compared with (counter: 0), and
+    /// its split into halves for the data-vs-data MMD² (counter: 1).
     Reference,
     /// The prior refit's points, timesteps and noise (counter: the step). Was 3 before the
     /// architecture refactor, the id of `Sample`: see [`Stream::id`].

@@ -178,7 +178,11 @@ fn tiny_run_on_user_data_then_sample_and_eval() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(last_json(&out)["mmd"].as_f64().unwrap().is_finite());
+    let eval = last_json(&out);
+    assert!(eval["mmd"].as_f64().unwrap().is_finite());
+    // The data-vs-data floor beside it; a user's file has no known modes or rings.
+    assert!(eval["mmd_data_halves"].as_f64().unwrap().is_finite());
+    assert!(eval.get("modes").is_none() && eval.get("rings").is_none());
 
     // Resume to 30 steps, then refuse to start a new run over the existing directory.
     let out = bin(

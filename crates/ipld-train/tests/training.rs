@@ -90,6 +90,56 @@ fn training_fits_the_data() {
     )
     .unwrap();
     assert_eq!(summary["steps"], 1000);
+    // The quality block (issue 22): the data-vs-data floor under the MMD², and gmm's modes.
+    let floor = summary["mmd_data_halves"].as_f64().unwrap();
+    assert!(
+        floor.abs() < trained.mmd,
+        "floor {floor}, mmd {}",
+        trained.mmd
+    );
+    let modes = trained.quality.modes.as_ref().unwrap();
+    assert_eq!(modes.modes, 25);
+    assert!((0.0..=1.0).contains(&modes.precision), "{modes:?}");
+    assert_eq!(summary["modes"]["modes"], 25);
+    assert!(summary.get("rings").is_none());
+}
+
+/// circles runs report the ring metrics (and no mode metrics); a user's file neither.
+#[test]
+fn circles_runs_report_rings_and_user_files_no_structure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = common::tiny(5)
+        .with_overrides(&["data.synthetic=circles".to_string()], "test")
+        .unwrap();
+    let s = run(plan(cfg, &tmp.path().join("c"), false)).unwrap();
+    assert!(s.quality.modes.is_none());
+    let rings = s.quality.rings.unwrap();
+    assert_eq!(rings.ring_shares.len(), 2);
+    assert!((0.0..=1.0).contains(&rings.ring_fraction));
+    let total: f64 = rings.ring_shares.iter().sum();
+    assert!(
+        (total - 1.0).abs() < 1e-12 || (total == 0.0 && rings.ring_fraction == 0.0),
+        "{rings:?}"
+    );
+    assert!(s.quality.mmd_data_halves.is_some());
+
+    let data = ipld_data::SyntheticConfig {
+        kind: ipld_data::SyntheticKind::Circles,
+        points: 300,
+        ambient_dim: 8,
+        seed: 0,
+    }
+    .generate()
+    .unwrap()
+    .observed;
+    let file = tmp.path().join("x.npy");
+    ipld_data::save_matrix(&file, &data).unwrap();
+    let cfg = common::tiny(5)
+        .with_overrides(&[format!("data.path={}", file.display())], "test")
+        .unwrap();
+    let s = run(plan(cfg, &tmp.path().join("u"), false)).unwrap();
+    assert!(s.quality.modes.is_none() && s.quality.rings.is_none());
+    assert!(s.quality.mmd_data_halves.is_some());
 }
 
 #[test]
