@@ -8,7 +8,10 @@ use candle_core::{DType, Tensor};
 use ipld_data::Dataset;
 use ipld_data::{KnownStructure, SyntheticConfig};
 use ipld_diffusion::{SamplerConfig, SamplerProgress, gaussian};
-use ipld_eval::{ModeReport, RingReport, mmd2_unbiased, mode_metrics, ring_metrics};
+use ipld_eval::{
+    MmdConfig, ModeReport, RingReport, median_heuristic_gamma, mmd2_unbiased, mode_metrics,
+    ring_metrics,
+};
 use ipld_models::Decoder;
 use rand::seq::index::sample;
 
@@ -105,12 +108,29 @@ pub fn mmd(trainer: &Trainer, samples: &Samples, reference: &[f32]) -> Result<f6
 /// a mode or ring: the data score 0.989 (2-d Gaussian) and 0.997 (radial noise).
 pub const STRUCTURE_SDS: f64 = 3.0;
 
+/// Rows of each sample pooled for the median heuristic (about 500,000 pairs).
+const MEDIAN_ROWS: usize = 1000;
+
+/// MMD² at a multiple of the median-heuristic bandwidth (`eval.mmd_bandwidths`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BandwidthMmd {
+    /// The multiple of sigma_med.
+    pub scale: f64,
+    /// The kernel's gamma, 1 / (2 (scale sigma_med)²).
+    pub gamma: f64,
+    /// Unbiased MMD² with that kernel.
+    pub mmd: f64,
+}
+
 /// Sample quality beyond the MMD² (issue 22).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Quality {
     /// MMD² (same kernel) between two disjoint random halves of the reference set: what the
     /// data score against themselves at half the size, the floor under the run's MMD².
     pub mmd_data_halves: Option<f64>,
+    /// MMD² at multiples of the median-heuristic bandwidth (`eval.mmd_bandwidths`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mmd_bandwidths: Vec<BandwidthMmd>,
     /// gmm: precision, modes covered and KL to uniform, within 3 component sd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modes: Option<ModeReport>,
@@ -168,6 +188,19 @@ pub fn quality(
     } else {
         None
     };
+    let mut mmd_bandwidths = Vec::new();
+    if !cfg.eval.mmd_bandwidths.is_empty() {
+        let median = median_heuristic_gamma(&samples.data, reference, dim, MEDIAN_ROWS)?;
+        for &scale in &cfg.eval.mmd_bandwidths {
+            let gamma = median / (scale * scale);
+            let kernel = MmdConfig {
+                gamma,
+                ..cfg.eval.mmd
+            };
+            let mmd = mmd2_unbiased(&samples.data, reference, dim, &kernel)?;
+            mmd_bandwidths.push(BandwidthMmd { scale, gamma, mmd });
+        }
+    }
     let (mut modes, mut rings) = (None, None);
     if cfg.data.images.is_none() && cfg.data.path.is_empty() {
         let data = SyntheticConfig {
@@ -199,6 +232,7 @@ pub fn quality(
     }
     Ok(Quality {
         mmd_data_halves,
+        mmd_bandwidths,
         modes,
         rings,
     })

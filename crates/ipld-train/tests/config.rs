@@ -94,6 +94,13 @@ fn overrides_set_dotted_keys_and_reject_unknown_ones() {
         e.contains("train.stpes") && e.contains("train.steps") && e.contains("train.batch_size"),
         "{e}"
     );
+    for bad in [
+        "eval.mmd_bandwidths=[0.0]",
+        "eval.mmd_bandwidths=[1.0, -4.0]",
+    ] {
+        let e = sets(&[bad]).unwrap_err().to_string();
+        assert!(e.contains("eval.mmd_bandwidths"), "{e}");
+    }
     let e = sets(&["particles.count=0"]).unwrap_err().to_string();
     assert!(e.contains("particles.count"), "{e}");
     let e = sets(&["particles.count=many"]).unwrap_err().to_string();
@@ -120,10 +127,17 @@ fn old_layout_files_read_as_todays_presets() {
     ] {
         let cfg = RunConfig::from_toml(old, name).unwrap();
         // They predate `particles.noise_scale`, so they mean the paper's noise, which the presets
-        // named until they moved to the posterior's (2026-12-06).
+        // named until they moved to the posterior's (2026-12-06), and `eval.mmd_bandwidths`,
+        // so they ask for no extra MMD².
         let preset = RunConfig::preset(name)
             .unwrap()
-            .with_overrides(&["particles.noise_scale=paper".into()], name)
+            .with_overrides(
+                &[
+                    "particles.noise_scale=paper".into(),
+                    "eval.mmd_bandwidths=[]".into(),
+                ],
+                name,
+            )
             .unwrap();
         assert_eq!(cfg, preset, "{name}");
     }

@@ -101,6 +101,15 @@ fn training_fits_the_data() {
     assert_eq!(modes.modes, 25);
     assert!((0.0..=1.0).contains(&modes.precision), "{modes:?}");
     assert_eq!(summary["modes"]["modes"], 25);
+    // The preset's median-heuristic bandwidths: sigma_med times 0.25, 1 and 4.
+    let bw = &trained.quality.mmd_bandwidths;
+    assert_eq!(
+        bw.iter().map(|b| b.scale).collect::<Vec<_>>(),
+        [0.25, 1.0, 4.0]
+    );
+    assert!((bw[0].gamma / bw[1].gamma - 16.0).abs() < 1e-9);
+    assert!((bw[2].gamma / bw[1].gamma - 1.0 / 16.0).abs() < 1e-12);
+    assert!(bw.iter().all(|b| b.mmd.is_finite()));
     assert!(summary.get("rings").is_none());
 }
 

@@ -320,6 +320,11 @@ pub struct EvalConfig {
     pub sampler: SamplerConfig,
     /// MMD kernel settings.
     pub mmd: MmdConfig,
+    /// Also report MMD² with the median-heuristic bandwidth sigma_med times each of these
+    /// (gamma = 1 / (2 sigma²); e.g. [0.25, 1, 4]), beside the fixed `mmd.gamma`, which can miss
+    /// structure finer or coarser than its own scale. Each costs one more MMD²; empty: none.
+    #[serde(default)]
+    pub mmd_bandwidths: Vec<f64>,
     /// Image runs: also compute FID of the samples against the training images (needs `cargo
     /// xtask fetch-inception`), and write a sample grid.
     #[serde(default)]

@@ -154,6 +154,17 @@ impl RunConfig {
                 format!("must be at least 2, got {}", self.eval.samples),
             ));
         }
+        if let Some(b) = self
+            .eval
+            .mmd_bandwidths
+            .iter()
+            .find(|b| !(**b > 0.0 && b.is_finite()))
+        {
+            return Err(key(
+                "eval.mmd_bandwidths",
+                format!("each must be a positive finite multiple of the median bandwidth, got {b}"),
+            ));
+        }
         self.validate_model(&invalid, &key)?;
         let s = self.diffusion.latent_scale;
         if !(s > 0.0 && s.is_finite()) {
