@@ -197,6 +197,9 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
             }
         };
         let mut summary = summary;
+        if quality_of(&summary).is_none() && dir.join(CHECKPOINT_FILE).exists() {
+            backfill_quality(&dir, &mut summary, exp.samples)?;
+        }
         summary["noise_scale"] = noise.clone().into();
         rows.push((cell, summary));
         bar.inc(1);
@@ -204,14 +207,23 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
     bar.finish();
     std::fs::create_dir_all(&exp.out_dir)?;
     write_csv(&exp.out_dir.join("runs.csv"), &rows)?;
-    let stats = aggregate(&rows);
-    write_table(&exp.out_dir.join("table.md"), &stats, exp)?;
+    let stats = aggregate(&rows, |v| v["mmd"].as_f64());
+    let quality = aggregate(&rows, quality_of);
+    write_table(&exp.out_dir.join("table.md"), &stats, &quality, exp)?;
     for d in &exp.datasets {
         plot_mmd(
             &exp.out_dir.join(format!("mmd-vs-n-{d}.png")),
             d,
             &stats,
             &exp.methods,
+            Metric::Mmd,
+        )?;
+        plot_mmd(
+            &exp.out_dir.join(format!("quality-vs-n-{d}.png")),
+            d,
+            &quality,
+            &exp.methods,
+            Metric::Quality,
         )?;
     }
     plot_grid(&exp.out_dir.join("samples-grid.png"), exp)?;
@@ -260,8 +272,13 @@ fn read_reused(exp: &Figure1) -> anyhow::Result<BTreeMap<ReuseKey, serde_json::V
         let header = lines.next().unwrap_or_default();
         // A runs.csv from before the noise_scale column: every preset then ran the paper's noise.
         let old = header == OLD_CSV_HEADER;
+        let columns = match header {
+            OLD_CSV_HEADER => 9,
+            V2_CSV_HEADER => 10,
+            _ => 13,
+        };
         anyhow::ensure!(
-            old || header == CSV_HEADER,
+            old || header == V2_CSV_HEADER || header == CSV_HEADER,
             "{}: not a figure1 runs.csv (header `{header}`)",
             path.display()
         );
@@ -269,7 +286,7 @@ fn read_reused(exp: &Figure1) -> anyhow::Result<BTreeMap<ReuseKey, serde_json::V
             let f: Vec<&str> = line.split(',').collect();
             let bad =
                 || anyhow::anyhow!("{} line {}: malformed row `{line}`", path.display(), i + 2);
-            anyhow::ensure!(f.len() == if old { 9 } else { 10 }, bad());
+            anyhow::ensure!(f.len() == columns, bad());
             let num = |s: &str| -> anyhow::Result<f64> { s.parse::<f64>().map_err(|_| bad()) };
             let steps: u64 = f[4].parse().map_err(|_| bad())?;
             if steps != exp.steps {
@@ -283,7 +300,7 @@ fn read_reused(exp: &Figure1) -> anyhow::Result<BTreeMap<ReuseKey, serde_json::V
                 particles: f[2].parse().map_err(|_| bad())?,
                 seed: f[3].parse().map_err(|_| bad())?,
             };
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "noise_scale": noise,
                 "steps": steps,
                 "mmd": num(f[5])?,
@@ -291,13 +308,31 @@ fn read_reused(exp: &Figure1) -> anyhow::Result<BTreeMap<ReuseKey, serde_json::V
                 "train_seconds": num(f[7])?,
                 "sample_seconds": num(f[8])?,
             });
+            // The structure metrics, where the run had them (empty fields otherwise).
+            if columns == 13 {
+                let field = |i: usize| -> anyhow::Result<Option<f64>> {
+                    if f[i].is_empty() {
+                        Ok(None)
+                    } else {
+                        num(f[i]).map(Some)
+                    }
+                };
+                if let (Some(p), Some(c)) = (field(10)?, field(11)?) {
+                    v["modes"] = serde_json::json!({ "precision": p, "modes_covered": c });
+                }
+                if let Some(r) = field(12)? {
+                    v["rings"] = serde_json::json!({ "ring_fraction": r });
+                }
+            }
             out.insert(key, v);
         }
     }
     Ok(out)
 }
 
-const CSV_HEADER: &str =
+const CSV_HEADER: &str = "dataset,method,particles,seed,steps,mmd,final_loss,train_seconds,sample_seconds,noise_scale,precision,modes_covered,ring_fraction";
+/// The header before the structure metrics (issue 22).
+const V2_CSV_HEADER: &str =
     "dataset,method,particles,seed,steps,mmd,final_loss,train_seconds,sample_seconds,noise_scale";
 const OLD_CSV_HEADER: &str =
     "dataset,method,particles,seed,steps,mmd,final_loss,train_seconds,sample_seconds";
@@ -338,7 +373,7 @@ fn write_csv(path: &Path, rows: &[(Cell, serde_json::Value)]) -> anyhow::Result<
     for (c, v) in rows {
         writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
             c.dataset,
             c.method,
             c.particles,
@@ -348,7 +383,20 @@ fn write_csv(path: &Path, rows: &[(Cell, serde_json::Value)]) -> anyhow::Result<
             v["final_loss"],
             v["train_seconds"],
             v["sample_seconds"],
-            v["noise_scale"].as_str().unwrap_or("-")
+            v["noise_scale"].as_str().unwrap_or("-"),
+            v["modes"]["precision"]
+                .as_f64()
+                .map(|x| x.to_string())
+                .unwrap_or_default(),
+            v["modes"]["modes_covered"]
+                .as_u64()
+                .map(|x| x.to_string())
+                .or_else(|| v["modes"]["modes_covered"].as_f64().map(|x| x.to_string()))
+                .unwrap_or_default(),
+            v["rings"]["ring_fraction"]
+                .as_f64()
+                .map(|x| x.to_string())
+                .unwrap_or_default()
         )?;
     }
     ipld_data::write_atomically(path, s.as_bytes())?;
@@ -359,18 +407,60 @@ fn write_csv(path: &Path, rows: &[(Cell, serde_json::Value)]) -> anyhow::Result<
 /// numpy's default sd (ddof = 0), as in Appendix B.1.
 type Stats = BTreeMap<(String, String, usize), (f64, f64, f64)>;
 
-fn aggregate(rows: &[(Cell, serde_json::Value)]) -> Stats {
-    let mut groups: BTreeMap<(String, String, usize), Vec<f64>> = BTreeMap::new();
+/// A cell's structure metric (issue 22): gmm's precision (fraction of samples within 3 sd of a
+/// mode) or circles' ring fraction; None for runs made before the metrics existed and not
+/// re-evaluated (rows taken from a runs.csv).
+fn quality_of(v: &serde_json::Value) -> Option<f64> {
+    v["modes"]["precision"]
+        .as_f64()
+        .or_else(|| v["rings"]["ring_fraction"].as_f64())
+}
+
+/// Adds the quality block to a cached cell made before it existed: `ipld-train eval` with the
+/// run's own seed and sample count draws the very samples the run drew (its MMD² must match to
+/// the bit), so the metrics are the run's. The summary file is rewritten in place (atomically).
+fn backfill_quality(
+    dir: &Path,
+    summary: &mut serde_json::Value,
+    samples: usize,
+) -> anyhow::Result<()> {
+    let e = ipld_train::eval_run(dir, Some(samples), None, Progress::Quiet)
+        .with_context(|| format!("re-evaluating {}", dir.display()))?;
+    anyhow::ensure!(
+        e["mmd"].as_f64().map(f64::to_bits) == summary["mmd"].as_f64().map(f64::to_bits),
+        "{}: re-evaluation gives MMD² {} against the run's {}; not the run's samples",
+        dir.display(),
+        e["mmd"],
+        summary["mmd"]
+    );
+    for key in ["mmd_data_halves", "mmd_bandwidths", "modes", "rings"] {
+        if let Some(v) = e.get(key) {
+            summary[key] = v.clone();
+        }
+    }
+    let json = serde_json::to_string_pretty(summary)?;
+    ipld_data::write_atomically(&dir.join(SUMMARY_FILE), json.as_bytes())?;
+    Ok(())
+}
+
+fn aggregate(
+    rows: &[(Cell, serde_json::Value)],
+    metric: impl Fn(&serde_json::Value) -> Option<f64>,
+) -> Stats {
+    // A group with a row that lacks the metric is left out, so every mean is over all seeds.
+    let mut groups: BTreeMap<(String, String, usize), Option<Vec<f64>>> = BTreeMap::new();
     for (c, v) in rows {
-        if let Some(m) = v["mmd"].as_f64() {
-            groups
-                .entry((c.dataset.clone(), c.method.clone(), c.particles))
-                .or_default()
-                .push(m);
+        let g = groups
+            .entry((c.dataset.clone(), c.method.clone(), c.particles))
+            .or_insert_with(|| Some(Vec::new()));
+        match (metric(v), g.as_mut()) {
+            (Some(m), Some(vals)) => vals.push(m),
+            _ => *g = None,
         }
     }
     groups
         .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
         .map(|(k, v)| {
             let n = v.len() as f64;
             let mean = v.iter().sum::<f64>() / n;
@@ -388,13 +478,28 @@ fn aggregate(rows: &[(Cell, serde_json::Value)]) -> Stats {
         .collect()
 }
 
-fn write_table(path: &Path, stats: &Stats, exp: &Figure1) -> anyhow::Result<()> {
+fn write_table(path: &Path, stats: &Stats, quality: &Stats, exp: &Figure1) -> anyhow::Result<()> {
     let mut s = format!(
         "MMD² (mean ± standard error over {} seeds; {} steps; {} samples; sd with ddof = 0 as in Appendix B.1)\n\n",
         exp.seeds, exp.steps, exp.samples
     );
+    let mut sections = Vec::new();
     for d in &exp.datasets {
-        for (title, median) in [("mean ± s.e.", false), ("median", true)] {
+        sections.push((d.clone(), "mean ± s.e.".to_string(), false, stats));
+        sections.push((d.clone(), "median".to_string(), true, stats));
+    }
+    for d in &exp.datasets {
+        if quality.keys().any(|(dd, _, _)| dd == d) {
+            let what = if d == "circles" {
+                "fraction of samples within 3 noise sd of a ring (data 0.997)"
+            } else {
+                "precision, fraction of samples within 3 sd of a mode (data 0.99)"
+            };
+            sections.push((d.clone(), format!("{what}, mean ± s.e."), false, quality));
+        }
+    }
+    for (d, title, median, stats) in sections {
+        {
             writeln!(s, "### {d}: {title}\n")?;
             write!(s, "| N |")?;
             for m in &exp.methods {
@@ -427,7 +532,22 @@ fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
 /// One method's points (log2 N, mean, standard error).
 type Curve<'a> = (&'a String, Vec<(f64, f64, f64)>);
 
-fn plot_mmd(path: &Path, dataset: &str, stats: &Stats, methods: &[String]) -> anyhow::Result<()> {
+/// What a figure1 panel plots against N.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Metric {
+    /// MMD² (Figure 1).
+    Mmd,
+    /// gmm's mode precision or circles' ring fraction (issue 22).
+    Quality,
+}
+
+fn plot_mmd(
+    path: &Path,
+    dataset: &str,
+    stats: &Stats,
+    methods: &[String],
+    metric: Metric,
+) -> anyhow::Result<()> {
     ipld_train::plot::register_font();
     let pts: Vec<Curve> = methods
         .iter()
@@ -456,7 +576,13 @@ fn plot_mmd(path: &Path, dataset: &str, stats: &Stats, methods: &[String]) -> an
     root.fill(&WHITE).map_err(plot_err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("MMD² vs particles N: {dataset}"),
+            match metric {
+                Metric::Mmd => format!("MMD² vs particles N: {dataset}"),
+                Metric::Quality if dataset == "circles" => {
+                    "samples within 3 sd of a ring vs N: circles".to_string()
+                }
+                Metric::Quality => format!("precision (within 3 sd of a mode) vs N: {dataset}"),
+            },
             ("sans-serif", 20),
         )
         .margin(12)
@@ -471,7 +597,10 @@ fn plot_mmd(path: &Path, dataset: &str, stats: &Stats, methods: &[String]) -> an
         .configure_mesh()
         .x_desc("N (log scale)")
         .disable_x_mesh()
-        .y_desc("MMD²")
+        .y_desc(match metric {
+            Metric::Mmd => "MMD²",
+            Metric::Quality => "fraction of samples",
+        })
         .x_labels(64)
         .x_label_formatter(&|x| {
             // Label only the N values that were run (ticks fall on a fine grid of log2 N).
@@ -494,6 +623,9 @@ fn plot_mmd(path: &Path, dataset: &str, stats: &Stats, methods: &[String]) -> an
     ];
     for (i, (m, v)) in pts.iter().enumerate() {
         let c = colors[i % colors.len()];
+        if v.is_empty() {
+            continue;
+        }
         let band: Vec<(f64, f64)> = v
             .iter()
             .map(|p| (p.0, p.1 + p.2))
@@ -658,6 +790,41 @@ mod tests {
         }
     }
 
+    /// A group with a row lacking the metric is left out of the statistics, so a mean is never
+    /// over fewer seeds than the table says.
+    #[test]
+    fn incomplete_groups_are_left_out() {
+        let cell = |n: usize, seed: u64| Cell {
+            dataset: "gmm".into(),
+            method: "ipld".into(),
+            particles: n,
+            seed,
+        };
+        let rows = vec![
+            (
+                cell(1, 0),
+                serde_json::json!({ "mmd": 1.0, "modes": { "precision": 0.5 } }),
+            ),
+            (
+                cell(1, 1),
+                serde_json::json!({ "mmd": 3.0, "modes": { "precision": 0.7 } }),
+            ),
+            (
+                cell(4, 0),
+                serde_json::json!({ "mmd": 2.0, "modes": { "precision": 0.9 } }),
+            ),
+            (cell(4, 1), serde_json::json!({ "mmd": 2.0 })),
+        ];
+        let mmd = aggregate(&rows, |v| v["mmd"].as_f64());
+        assert_eq!(mmd.len(), 2);
+        let q = aggregate(&rows, quality_of);
+        let key = ("gmm".to_string(), "ipld".to_string(), 1);
+        assert_eq!(q.keys().collect::<Vec<_>>(), vec![&key]);
+        let (mean, se, median) = q[&key];
+        assert!((mean - 0.6).abs() < 1e-12 && (se - 0.1 / 2f64.sqrt()).abs() < 1e-12);
+        assert!((median - 0.6).abs() < 1e-12);
+    }
+
     /// A cached summary's MMD² reads back to the bit (serde_json's default float parser can be
     /// one ulp off, which made a cached run's CSV row differ from a fresh one's).
     #[test]
@@ -753,7 +920,7 @@ mod tests {
         std::fs::write(
             &csv,
             format!(
-                "{CSV_HEADER}\ngmm,ipld,4,7,1000,0.0081,0.06,5.2,8.1,posterior\ngmm,ipld,4,8,2000,0.0042,0.05,10.0,8.0,posterior\n"
+                "{CSV_HEADER}\ngmm,ipld,4,7,1000,0.0081,0.06,5.2,8.1,posterior,0.61,25,\ngmm,ipld,4,8,2000,0.0042,0.05,10.0,8.0,posterior,,,\n"
             ),
         )
         .unwrap();
@@ -772,6 +939,16 @@ mod tests {
         assert_eq!(v["mmd"].as_f64(), Some(0.0081));
         assert_eq!(v["steps"].as_u64(), Some(1000));
         assert_eq!(v["noise_scale"].as_str(), Some("posterior"));
+        assert_eq!(quality_of(v), Some(0.61));
+        assert!(v.get("rings").is_none());
+        // The header before the structure metrics still reads, without them.
+        std::fs::write(
+            &csv,
+            format!("{V2_CSV_HEADER}\ngmm,ipld,4,7,1000,0.0081,0.06,5.2,8.1,posterior\n"),
+        )
+        .unwrap();
+        let got = read_reused(&e).unwrap();
+        assert_eq!(quality_of(&got[&key("ipld", "posterior")]), None);
         // A runs.csv from before the column: its `ipld` rows ran the paper's noise, so they stand
         // in for `ipld-paper` cells, not for the presets' (posterior) `ipld` cells; its
         // `ipld-posterior` rows do.
@@ -818,7 +995,7 @@ mod tests {
         assert_eq!(same_runs_label("ipld-langevin"), "ipld-langevin");
         std::fs::write(
             &csv,
-            format!("{CSV_HEADER}\ngmm,ipld,4,x,1000,0.1,0.1,1,1,paper\n"),
+            format!("{CSV_HEADER}\ngmm,ipld,4,x,1000,0.1,0.1,1,1,paper,,,\n"),
         )
         .unwrap();
         let err = read_reused(&e).unwrap_err().to_string();
