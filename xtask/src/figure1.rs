@@ -211,14 +211,14 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
     let quality = aggregate(&rows, quality_of);
     write_table(&exp.out_dir.join("table.md"), &stats, &quality, exp)?;
     for d in &exp.datasets {
-        plot_mmd(
+        plot_vs_n(
             &exp.out_dir.join(format!("mmd-vs-n-{d}.png")),
             d,
             &stats,
             &exp.methods,
             Metric::Mmd,
         )?;
-        plot_mmd(
+        plot_vs_n(
             &exp.out_dir.join(format!("quality-vs-n-{d}.png")),
             d,
             &quality,
@@ -234,8 +234,6 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The rows of the `--reuse-csv` files that fit this experiment, keyed by (dataset, method, N,
-/// seed), as the summary fields `write_csv` reads back.
 /// What identifies a reusable row: the labels `ipld`, `ipld-paper` and `ipld-posterior` are one
 /// method whose runs differ only by their noise scale, so a row of one stands in for a cell of
 /// another made with the same noise (the `ipld` rows of a runs.csv from before 2026-12-06 are
@@ -256,6 +254,8 @@ fn same_runs_label(method: &str) -> &str {
     }
 }
 
+/// The rows of the `--reuse-csv` files that fit this experiment, as the summary fields
+/// `write_csv` reads back.
 fn read_reused(exp: &Figure1) -> anyhow::Result<BTreeMap<ReuseKey, serde_json::Value>> {
     let mut out = BTreeMap::new();
     if exp.reuse.is_empty() {
@@ -317,8 +317,9 @@ fn read_reused(exp: &Figure1) -> anyhow::Result<BTreeMap<ReuseKey, serde_json::V
                         num(f[i]).map(Some)
                     }
                 };
-                if let (Some(p), Some(c)) = (field(10)?, field(11)?) {
-                    v["modes"] = serde_json::json!({ "precision": p, "modes_covered": c });
+                if let (Some(p), false) = (field(10)?, f[11].is_empty()) {
+                    let covered: u64 = f[11].parse().map_err(|_| bad())?;
+                    v["modes"] = serde_json::json!({ "precision": p, "modes_covered": covered });
                 }
                 if let Some(r) = field(12)? {
                     v["rings"] = serde_json::json!({ "ring_fraction": r });
@@ -384,23 +385,22 @@ fn write_csv(path: &Path, rows: &[(Cell, serde_json::Value)]) -> anyhow::Result<
             v["train_seconds"],
             v["sample_seconds"],
             v["noise_scale"].as_str().unwrap_or("-"),
-            v["modes"]["precision"]
-                .as_f64()
-                .map(|x| x.to_string())
-                .unwrap_or_default(),
-            v["modes"]["modes_covered"]
-                .as_u64()
-                .map(|x| x.to_string())
-                .or_else(|| v["modes"]["modes_covered"].as_f64().map(|x| x.to_string()))
-                .unwrap_or_default(),
-            v["rings"]["ring_fraction"]
-                .as_f64()
-                .map(|x| x.to_string())
-                .unwrap_or_default()
+            number_or_empty(&v["modes"]["precision"]),
+            number_or_empty(&v["modes"]["modes_covered"]),
+            number_or_empty(&v["rings"]["ring_fraction"])
         )?;
     }
     ipld_data::write_atomically(path, s.as_bytes())?;
     Ok(())
+}
+
+/// A CSV field: the number as JSON writes it, or empty where the run has none.
+fn number_or_empty(v: &serde_json::Value) -> String {
+    if v.is_number() {
+        v.to_string()
+    } else {
+        String::new()
+    }
 }
 
 /// (dataset, method, N) -> (mean, standard error, median), standard error = sd / sqrt(n) with
@@ -499,27 +499,25 @@ fn write_table(path: &Path, stats: &Stats, quality: &Stats, exp: &Figure1) -> an
         }
     }
     for (d, title, median, stats) in sections {
-        {
-            writeln!(s, "### {d}: {title}\n")?;
-            write!(s, "| N |")?;
+        writeln!(s, "### {d}: {title}\n")?;
+        write!(s, "| N |")?;
+        for m in &exp.methods {
+            write!(s, " {m} |")?;
+        }
+        writeln!(s)?;
+        writeln!(s, "|---|{}", "---|".repeat(exp.methods.len()))?;
+        for &n in &exp.particles {
+            write!(s, "| {n} |")?;
             for m in &exp.methods {
-                write!(s, " {m} |")?;
-            }
-            writeln!(s)?;
-            writeln!(s, "|---|{}", "---|".repeat(exp.methods.len()))?;
-            for &n in &exp.particles {
-                write!(s, "| {n} |")?;
-                for m in &exp.methods {
-                    match stats.get(&(d.clone(), m.clone(), n)) {
-                        Some((_, _, med)) if median => write!(s, " {med:.5} |")?,
-                        Some((mean, se, _)) => write!(s, " {mean:.5} ± {se:.5} |")?,
-                        None => write!(s, " – |")?,
-                    }
+                match stats.get(&(d.clone(), m.clone(), n)) {
+                    Some((_, _, med)) if median => write!(s, " {med:.5} |")?,
+                    Some((mean, se, _)) => write!(s, " {mean:.5} ± {se:.5} |")?,
+                    None => write!(s, " – |")?,
                 }
-                writeln!(s)?;
             }
             writeln!(s)?;
         }
+        writeln!(s)?;
     }
     ipld_data::write_atomically(path, s.as_bytes())?;
     Ok(())
@@ -541,7 +539,7 @@ enum Metric {
     Quality,
 }
 
-fn plot_mmd(
+fn plot_vs_n(
     path: &Path,
     dataset: &str,
     stats: &Stats,

@@ -24,20 +24,21 @@ pub fn load_data(cfg: &RunConfig) -> Result<InMemoryDataset, RunError> {
             set.source(),
         )?);
     }
-    let data = if cfg.data.path.is_empty() {
-        SyntheticConfig {
-            kind: cfg.data.synthetic,
-            points: cfg.data.points,
-            ambient_dim: cfg.data.ambient_dim,
-            seed: cfg.data.seed,
-        }
-        .generate()
-        .map_err(|e| e.under("data"))?
-        .observed
-    } else {
-        load_matrix(Path::new(&cfg.data.path))?
+    let data = match synthetic_config(cfg) {
+        Some(s) => s.generate().map_err(|e| e.under("data"))?.observed,
+        None => load_matrix(Path::new(&cfg.data.path))?,
     };
     Ok(data)
+}
+
+/// The synthetic benchmark the config trains on; None for a user's file or images.
+pub fn synthetic_config(cfg: &RunConfig) -> Option<SyntheticConfig> {
+    (cfg.data.images.is_none() && cfg.data.path.is_empty()).then_some(SyntheticConfig {
+        kind: cfg.data.synthetic,
+        points: cfg.data.points,
+        ambient_dim: cfg.data.ambient_dim,
+        seed: cfg.data.seed,
+    })
 }
 
 /// Resolves a configured image path: as given when it exists, else under the data directory.

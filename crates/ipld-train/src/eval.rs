@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Tensor};
 use ipld_data::Dataset;
-use ipld_data::{KnownStructure, SyntheticConfig};
+use ipld_data::KnownStructure;
 use ipld_diffusion::{SamplerConfig, SamplerProgress, gaussian};
 use ipld_eval::{
     MmdConfig, ModeReport, RingReport, median_heuristic_gamma, mmd2_unbiased, mode_metrics,
@@ -15,6 +15,7 @@ use ipld_eval::{
 use ipld_models::Decoder;
 use rand::seq::index::sample;
 
+use crate::data::synthetic_config;
 use crate::error::TrainError;
 use crate::progress::Progress;
 use crate::streams::Stream;
@@ -202,15 +203,8 @@ pub fn quality(
         }
     }
     let (mut modes, mut rings) = (None, None);
-    if cfg.data.images.is_none() && cfg.data.path.is_empty() {
-        let data = SyntheticConfig {
-            kind: cfg.data.synthetic,
-            points: cfg.data.points,
-            ambient_dim: cfg.data.ambient_dim,
-            seed: cfg.data.seed,
-        }
-        .generate()?;
-        match data.structure() {
+    if let Some(synthetic) = synthetic_config(cfg) {
+        match synthetic.generate()?.structure() {
             KnownStructure::Modes { centers, sd } => {
                 modes = Some(mode_metrics(
                     &samples.data,

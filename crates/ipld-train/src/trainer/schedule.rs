@@ -23,33 +23,38 @@ pub(super) fn epoch_permutation(seed: u64, m: usize, epoch: u64) -> Vec<usize> {
     perm
 }
 
-/// How many of the first `steps` minibatches each of the `m` points was in.
-pub(super) fn visit_counts(cfg: &RunConfig, m: usize, steps: u64) -> Vec<u32> {
+/// Calls `f(t, batch)` for each of the first `steps` minibatches, in order (t from 0).
+fn for_each_minibatch(cfg: &RunConfig, m: usize, steps: u64, mut f: impl FnMut(u64, &[usize])) {
     let (b, per_epoch) = batching(cfg, m);
-    let mut visits = vec![0u32; m];
     for epoch in 0..steps.div_ceil(per_epoch) {
         let done = (steps - epoch * per_epoch).min(per_epoch) as usize;
-        for &i in &epoch_permutation(cfg.seed, m, epoch)[..done * b] {
-            visits[i] += 1;
+        let perm = epoch_permutation(cfg.seed, m, epoch);
+        for (pos, batch) in perm[..done * b].chunks(b).enumerate() {
+            f(epoch * per_epoch + pos as u64, batch);
         }
     }
+}
+
+/// How many of the first `steps` minibatches each of the `m` points was in.
+pub(super) fn visit_counts(cfg: &RunConfig, m: usize, steps: u64) -> Vec<u32> {
+    let mut visits = vec![0u32; m];
+    for_each_minibatch(cfg, m, steps, |_, batch| {
+        for &i in batch {
+            visits[i] += 1;
+        }
+    });
     visits
 }
 
 /// MPGD's catch-up state after the first `steps` minibatches: per point, the step after its last
 /// visit (0 if never visited).
 pub(super) fn caught_up(cfg: &RunConfig, m: usize, steps: u64) -> Vec<u64> {
-    let (b, per_epoch) = batching(cfg, m);
     let mut after = vec![0u64; m];
-    for epoch in 0..steps.div_ceil(per_epoch) {
-        let done = (steps - epoch * per_epoch).min(per_epoch) as usize;
-        let perm = epoch_permutation(cfg.seed, m, epoch);
-        for (pos, chunk) in perm[..done * b].chunks(b).enumerate() {
-            for &i in chunk {
-                after[i] = epoch * per_epoch + pos as u64 + 1;
-            }
+    for_each_minibatch(cfg, m, steps, |t, batch| {
+        for &i in batch {
+            after[i] = t + 1;
         }
-    }
+    });
     after
 }
 
