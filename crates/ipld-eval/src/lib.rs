@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod classifier;
 mod error;
 mod fid;
 pub mod inception;
@@ -9,6 +10,7 @@ mod posterior;
 mod structure;
 pub mod torchscript;
 
+pub use classifier::{Classifier, ClassifierConfig, Recognisability};
 pub use error::EvalError;
 pub use fid::{GaussianStats, frechet_distance, trace_sqrt_product};
 pub use inception::InceptionV3;

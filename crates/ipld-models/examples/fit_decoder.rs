@@ -63,6 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cfg = LinearDecoderConfig {
         bias: false,
         sigma: 0.3,
+        ..Default::default()
     };
     let decoder = LinearDecoder::new(
         &cfg,

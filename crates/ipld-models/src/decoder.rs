@@ -21,6 +21,15 @@ pub struct LinearDecoderConfig {
     pub bias: bool,
     /// Observation noise sigma of p_phi(x | z) (1 in Appendix B).
     pub sigma: f64,
+    /// Multiplies the initial weight and bias (PyTorch's U(+-1/sqrt(d_z)), which the paper's
+    /// code inherits): 1 = that init, what a config without the key means; 0 starts from W = 0.
+    #[serde(default = "one")]
+    pub init_gain: f64,
+}
+
+/// serde default of `init_gain`.
+fn one() -> f64 {
+    1.0
 }
 
 impl LinearDecoderConfig {
@@ -32,6 +41,12 @@ impl LinearDecoderConfig {
                 format!("must be > 0, got {}", self.sigma),
             ));
         }
+        if !(self.init_gain >= 0.0 && self.init_gain.is_finite()) {
+            return Err(ModelError::param(
+                "init_gain",
+                format!("must be finite and >= 0, got {}", self.init_gain),
+            ));
+        }
         Ok(())
     }
 }
@@ -41,6 +56,7 @@ impl Default for LinearDecoderConfig {
         Self {
             bias: false,
             sigma: 1.0,
+            init_gain: 1.0,
         }
     }
 }

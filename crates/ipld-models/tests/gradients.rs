@@ -37,6 +37,7 @@ fn mlp_eps_and_linear_decoder_gradients_through_the_ipld_loss() {
         &LinearDecoderConfig {
             bias: true,
             sigma: 1.0,
+            ..Default::default()
         },
         2,
         5,
@@ -136,6 +137,7 @@ fn bad_configs_are_rejected() {
     let bad = LinearDecoderConfig {
         bias: false,
         sigma: 0.0,
+        ..Default::default()
     };
     assert!(
         LinearDecoder::new(&bad, 2, 4, vb.pp("d"))

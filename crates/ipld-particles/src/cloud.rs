@@ -80,6 +80,11 @@ impl ParticleCloud {
         Ok(cloud)
     }
 
+    /// Multiplies every particle by `factor` (an initial scale other than Algorithm 2's N(0, I)).
+    pub fn scale_positions(&mut self, factor: f32) {
+        self.z.iter_mut().for_each(|v| *v *= factor);
+    }
+
     /// All-zero particles and moments.
     pub fn zeros(start: usize, rows: usize, n: usize, dim: usize) -> Result<Self, ParticleError> {
         if rows == 0 || n == 0 || dim == 0 {

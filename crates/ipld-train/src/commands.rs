@@ -77,6 +77,10 @@ pub fn eval_run(
         }
         _ => None,
     };
+    let recognisability = match cfg.eval.classifier {
+        true => Some(crate::recognise::recognisability(&trainer, &s)?),
+        false => None,
+    };
     let mut out = serde_json::json!({
         "fid": fid,
         "run_dir": dir.display().to_string(),
@@ -85,6 +89,8 @@ pub fn eval_run(
         "mmd": mmd,
         "sample_seconds": s.seconds,
         "data_points": trainer.data().len(),
+        "data_normalize": trainer.normalizer().kind().name(),
+        "recognisability": recognisability,
     });
     // Quality is plain numbers, so it always serialises to an object.
     if let (Some(o), Ok(serde_json::Value::Object(q))) =

@@ -26,7 +26,8 @@ use crate::trainer::Trainer;
 pub struct Samples {
     /// Latents z_0 from the prior, [n, d_z] row-major.
     pub latent: Vec<f32>,
-    /// Decoded samples g_phi(z_0), [n, d_x] row-major.
+    /// Decoded samples g_phi(z_0) in the data's units (`data.normalize` inverted), [n, d_x]
+    /// row-major.
     pub data: Vec<f32>,
     /// Wall-clock seconds spent sampling and decoding.
     pub seconds: f64,
@@ -58,19 +59,23 @@ pub fn generate(
     let to_vec = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
         t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
     };
+    let mut data = to_vec(&x)?;
+    trainer.normalizer().invert(&mut data);
     Ok(Samples {
         latent: to_vec(&z0)?,
-        data: to_vec(&x)?,
+        data,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
 
-/// The reference set: all training points, or a seeded subset of `eval.reference_points`.
+/// The reference set in the data's units: all training points, or a seeded subset of
+/// `eval.reference_points`.
 pub fn reference(trainer: &Trainer) -> Result<Vec<f32>, TrainError> {
     let data = trainer.data();
     let idx = reference_indices(trainer);
     let mut out = Vec::with_capacity(idx.len() * data.dim());
     data.gather_into(&idx, &mut out)?;
+    trainer.normalizer().invert(&mut out);
     Ok(out)
 }
 

@@ -17,6 +17,7 @@ pub mod optim;
 pub mod pictures;
 pub mod plot;
 pub mod progress;
+pub mod recognise;
 pub mod run;
 pub mod rundir;
 pub mod streams;

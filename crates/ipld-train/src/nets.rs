@@ -90,6 +90,11 @@ impl DecoderNet {
             DecoderConfig::Linear(l) => {
                 let net = LinearDecoder::new(l, dz, dx, vb)?;
                 ipld_models::seeded_init(vars, seed)?;
+                if l.init_gain != 1.0 {
+                    for var in vars.all_vars() {
+                        var.set(&(var.as_tensor() * l.init_gain)?)?;
+                    }
+                }
                 Self::Linear(net)
             }
         })

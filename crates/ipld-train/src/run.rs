@@ -68,10 +68,17 @@ pub struct RunSummary {
     /// images (TF-FID Inception-v3).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fid: Option<f64>,
+    /// Image runs with `eval.classifier`: how recognisable the samples are to a classifier
+    /// trained on the labelled images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recognisability: Option<ipld_eval::Recognisability>,
     /// What the samples score beyond the MMD² (issue 22): the data-vs-data floor, and the mode
     /// or ring metrics on the synthetic data.
     #[serde(flatten)]
     pub quality: Quality,
+    /// The `data.normalize` the run trained with; samples and the MMD are in the data's own
+    /// units whatever it is.
+    pub data_normalize: String,
     /// The run directory.
     pub run_dir: String,
 }
@@ -110,6 +117,10 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
         )?;
         None
     };
+    let recognisability = match cfg.eval.classifier {
+        true => Some(crate::recognise::recognisability(&trainer, &samples)?),
+        false => None,
+    };
     let summary = RunSummary {
         method: cfg.method.name().into(),
         dataset: cfg.data.name(),
@@ -128,7 +139,9 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
         mmd,
         final_loss: last.map(|m| m.loss),
         fid,
+        recognisability,
         quality,
+        data_normalize: trainer.normalizer().kind().name().into(),
         run_dir: dir.display().to_string(),
     };
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
@@ -143,8 +156,11 @@ fn start(plan: &RunPlan) -> Result<Trainer, RunError> {
     let origin = dir.display().to_string();
     if plan.resume {
         let mut t = open_run(dir, &[])?;
-        check_resumable(t.config(), &plan.config).map_err(|m| RunError::invalid(dir, m))?;
-        t.set_config(plan.config.clone().validated(&origin)?)
+        // Compared validated, so a config that leaves `data.normalize` to its default matches the
+        // resolved value the run saved.
+        let new = plan.config.clone().validated(&origin)?;
+        check_resumable(t.config(), &new).map_err(|m| RunError::invalid(dir, m))?;
+        t.set_config(new)
             .map_err(|e| RunError::invalid(dir, e.to_string()))?;
         truncate_metrics(&dir.join(METRICS_FILE), t.step())?;
         return Ok(t);

@@ -128,13 +128,14 @@ fn old_layout_files_read_as_todays_presets() {
         let cfg = RunConfig::from_toml(old, name).unwrap();
         // They predate `particles.noise_scale`, so they mean the paper's noise, which the presets
         // named until they moved to the posterior's (2026-12-06), and `eval.mmd_bandwidths`,
-        // so they ask for no extra MMD².
+        // so they ask for no extra MMD², and `eval.classifier`, so they train no classifier.
         let preset = RunConfig::preset(name)
             .unwrap()
             .with_overrides(
                 &[
                     "particles.noise_scale=paper".into(),
                     "eval.mmd_bandwidths=[]".into(),
+                    "eval.classifier=false".into(),
                 ],
                 name,
             )

@@ -335,3 +335,32 @@ fn image_presets_parse_and_mirror_table_2() {
         }
     }
 }
+
+#[test]
+fn the_classifier_scores_image_samples_and_refuses_other_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("bars.csv");
+    write_csv(&csv);
+    let s = run(plan(
+        config(&csv, 4, &["eval.classifier=true"]),
+        &tmp.path().join("a"),
+        false,
+    ))
+    .unwrap();
+    let r = s.recognisability.expect("eval.classifier reports");
+    assert_eq!(r.label_counts.len(), 10, "labels 0..9 in the file");
+    assert_eq!(r.label_counts.iter().sum::<usize>(), s.samples);
+    assert_eq!(r.threshold, ipld_train::recognise::CONFIDENCE);
+    assert!((0.0..=1.0).contains(&r.confident_fraction));
+    assert!((0.0..=10f64.ln() + 1e-12).contains(&r.label_entropy));
+    assert!(r.classes_present <= 10 && r.classifier_accuracy.is_finite());
+    // Without the key, no classifier and no field.
+    let s = run(plan(config(&csv, 4, &[]), &tmp.path().join("b"), false)).unwrap();
+    assert!(s.recognisability.is_none());
+    let e = RunConfig::preset("gmm")
+        .unwrap()
+        .with_overrides(&["eval.classifier=true".into()], "test")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("eval.classifier") && e.contains("image"), "{e}");
+}

@@ -107,9 +107,28 @@ pub struct DataConfig {
     /// CPU-sized subset that keeps every class of a file sorted by label.
     #[serde(default)]
     pub max_points: usize,
+    /// Per-feature normalisation fitted to the training data before training and inverted on
+    /// every sample: `"none"`, `"center"` (subtract the means) or `"standardize"` (also divide by
+    /// the standard deviations). Absent = by source: `"standardize"` for a user's `path` file
+    /// (docs/training.md, "A user's data", says why), `"none"` for the synthetic and image data
+    /// (so the presets' runs are unchanged). A run's saved config names the resolved choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<ipld_data::Normalize>,
 }
 
 impl DataConfig {
+    /// The normalisation this run trains with: `normalize`, or when absent the default for the
+    /// data's source.
+    pub fn normalization(&self) -> ipld_data::Normalize {
+        use ipld_data::Normalize;
+        self.normalize
+            .unwrap_or(if self.images.is_none() && !self.path.is_empty() {
+                Normalize::Standardize
+            } else {
+                Normalize::None
+            })
+    }
+
     /// The dataset's short name: the synthetic kind or the file stem.
     pub fn name(&self) -> String {
         if let Some(img) = &self.images {
@@ -219,6 +238,11 @@ pub struct ParticlesConfig {
     /// (same distribution as the eager update; not for `kinetic-langevin`).
     #[serde(default)]
     pub lazy_noise: bool,
+    /// The particles start as N(0, s² I) with this s (Algorithm 2, line 1: s = 1, what a config
+    /// without the key means). Larger starts put the particles near the data's scale sooner
+    /// when the decoder's weights can grow only about lr per AdamW step (docs/training.md).
+    #[serde(default = "one")]
+    pub init_scale: f64,
     /// The particle noise's generator (the Langevin W of eqs. 22 and 66, and lazy noise's
     /// catch-up draws): `philox4x32-7` (the presets) or `philox4x32-10` (Random123's default, 3
     /// rounds of safety margin; what a config without this key means, so older runs resume
@@ -329,6 +353,12 @@ pub struct EvalConfig {
     /// xtask fetch-inception`), and write a sample grid.
     #[serde(default)]
     pub fid: bool,
+    /// Image runs on labelled images: train a small classifier on all the file's labelled images
+    /// (an MLP, seed 0, so every run is scored by the same one) and report the fraction of
+    /// samples it labels with confidence >= 0.9, the entropy of their label histogram and the
+    /// classes present (summary's `recognisability`, with the classifier's held-out accuracy).
+    #[serde(default)]
+    pub classifier: bool,
     /// Image runs with particles: decode the particle clouds of `cloud_points` training points at
     /// the start of these epochs into `clouds/epoch-EEEE.png` (D.2, Figure 5).
     #[serde(default)]

@@ -39,6 +39,10 @@ fn parse_value(raw: &str) -> toml::Value {
     }
 }
 
+/// Optional plain values a config may leave out (so a saved config omits them when unset):
+/// `--set` may still name them.
+const OPTIONAL_VALUES: &[&str] = &["data.normalize"];
+
 /// Sets `key` (dotted) in `tree`; every component must already exist, except that an inline
 /// table may fill an absent optional section (e.g. `train.prior_refit={steps=100, ...}`), whose
 /// fields serde then checks. The empty table `{}` removes the key (an optional section).
@@ -54,6 +58,10 @@ fn set_dotted(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<(
             .as_table_mut()
             .ok_or_else(|| format!("`{here}` is a value, not a table"))?;
         if !table.contains_key(*part) {
+            if i + 1 == parts.len() && OPTIONAL_VALUES.contains(&key) {
+                table.insert(part.to_string(), value);
+                return Ok(());
+            }
             if i + 1 == parts.len() && value.is_table() {
                 // An absent optional section: `{}` leaves it absent, a table fills it.
                 if value.as_table().is_some_and(|t| !t.is_empty()) {
@@ -70,7 +78,14 @@ fn set_dotted(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<(
                         format!("{here}.{k}")
                     }
                 })
+                .chain(
+                    OPTIONAL_VALUES
+                        .iter()
+                        .filter(|k| k.rsplit_once('.').is_some_and(|(h, _)| h == here))
+                        .map(|k| k.to_string()),
+                )
                 .collect();
+            valid.dedup();
             valid.sort();
             return Err(format!(
                 "unknown key `{}`; valid keys{}: {}",

@@ -23,8 +23,10 @@ impl Deref for ValidConfig {
 
 impl ValidConfig {
     /// Validates `cfg`; `origin` names it in errors.
-    pub fn new(cfg: RunConfig, origin: &str) -> Result<Self, ConfigError> {
+    /// `data.normalize` is resolved, so a run's saved config names what it trained with.
+    pub fn new(mut cfg: RunConfig, origin: &str) -> Result<Self, ConfigError> {
         cfg.validate(origin)?;
+        cfg.data.normalize = Some(cfg.data.normalization());
         Ok(Self(cfg))
     }
 
@@ -148,6 +150,16 @@ impl RunConfig {
                 return Err(key(k, "must be at least 1, got 0".into()));
             }
         }
+        if self.data.images.is_some() && self.data.normalization() != ipld_data::Normalize::None {
+            return Err(key(
+                "data.normalize",
+                format!(
+                    "`{}` applies to vector data (the synthetic sets or a `data.path` file); \
+                     image loaders already scale pixels to [-1, 1]",
+                    self.data.normalization().name()
+                ),
+            ));
+        }
         if self.eval.samples < 2 {
             return Err(key(
                 "eval.samples",
@@ -166,12 +178,13 @@ impl RunConfig {
             ));
         }
         self.validate_model(&invalid, &key)?;
-        let s = self.diffusion.latent_scale;
-        if !(s > 0.0 && s.is_finite()) {
-            return Err(key(
-                "diffusion.latent_scale",
-                format!("must be finite and > 0, got {s}"),
-            ));
+        for (k, s) in [
+            ("diffusion.latent_scale", self.diffusion.latent_scale),
+            ("particles.init_scale", self.particles.init_scale),
+        ] {
+            if !(s > 0.0 && s.is_finite()) {
+                return Err(key(k, format!("must be finite and > 0, got {s}")));
+            }
         }
         if let Some(ema) = &self.train.ema {
             ema.validate()
@@ -198,6 +211,12 @@ impl RunConfig {
             return Err(key(
                 "train.lr_decay_phi",
                 format!("must lie in (0, 1], got {}", self.train.lr_decay_phi),
+            ));
+        }
+        if self.eval.classifier && self.data.images.is_none() {
+            return Err(key(
+                "eval.classifier",
+                "the digit classifier needs labelled image data ([data.images])".into(),
             ));
         }
         if self.eval.fid && self.data.images.is_none() {

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use candle_core::{Device, Tensor};
 use ipld_data::Dataset;
 
 use super::Trainer;
@@ -26,6 +27,13 @@ impl Trainer {
             ema.save("ema", &mut out)?;
         }
         self.latents.save("particles", &mut out)?;
+        let norm = &self.normalizer;
+        out.meta("data_normalize", norm.kind().name());
+        if !norm.is_identity() {
+            let vec = |v: &[f32]| Tensor::from_slice(v, v.len(), &Device::Cpu);
+            out.tensor("data_normalize/shift".into(), vec(norm.shift())?);
+            out.tensor("data_normalize/scale".into(), vec(norm.scale())?);
+        }
         out.meta("joint_steps", self.joint_steps());
         out.meta("seed", self.cfg.seed);
         out.meta("method", self.cfg.method.name());
@@ -40,6 +48,7 @@ impl Trainer {
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<(), TrainError> {
         let ck = CheckpointReader::open(path, &self.device)?;
         self.check_method(&ck)?;
+        self.check_normalizer(&ck)?;
         if let Some(prior) = &mut self.prior {
             prior.load("theta", &ck)?;
         }
@@ -64,6 +73,38 @@ impl Trainer {
             .set_visits(&super::schedule::visit_counts(cfg, m, joint))?;
         self.latents
             .set_caught_up(&super::schedule::caught_up(cfg, m, joint))?;
+        Ok(())
+    }
+
+    /// The checkpoint's `data.normalize` and its statistics must be what this state fitted to
+    /// the data: otherwise the networks were trained in other units. Checkpoints from before the
+    /// key trained on the raw data.
+    fn check_normalizer(&self, ck: &CheckpointReader) -> Result<(), TrainError> {
+        let saved = ck.meta_str("data_normalize").unwrap_or("none");
+        let now = self.normalizer.kind().name();
+        if saved != now {
+            return Err(ck.problem(format!(
+                "was trained with data.normalize = \"{saved}\" but the config resolves to \"{now}\"; set `normalize = \"{saved}\"` under [data] in the run's config.toml"
+            )));
+        }
+        if self.normalizer.is_identity() {
+            return Ok(());
+        }
+        let dim = self.data.dim();
+        for (name, now) in [
+            ("shift", self.normalizer.shift()),
+            ("scale", self.normalizer.scale()),
+        ] {
+            let key = format!("data_normalize/{name}");
+            let saved = ck.tensor_shaped(&key, &[dim])?.to_vec1::<f32>()?;
+            if let Some(i) = (0..dim).find(|&i| saved[i].to_bits() != now[i].to_bits()) {
+                return Err(ck.problem(format!(
+                    "the data differ from the data this run was trained on: feature {i}'s \
+                     normalisation {name} was {} and is now {}",
+                    saved[i], now[i]
+                )));
+            }
+        }
         Ok(())
     }
 

@@ -78,6 +78,9 @@ impl Latents {
         }
         let n0 = if pc.warm_start_steps > 0 { 1 } else { pc.count };
         let mut cloud = ParticleCloud::gaussian(0, m, n0, dz, cfg.seed)?;
+        if pc.init_scale != 1.0 {
+            cloud.scale_positions(pc.init_scale as f32);
+        }
         let lazy = pc
             .lazy_noise
             .then(|| LazyNoise::for_rule(&cloud, 0, &pc.update));

@@ -30,7 +30,7 @@ mod schedule;
 mod tests;
 
 use candle_core::{Device, Tensor};
-use ipld_data::{Dataset, InMemoryDataset};
+use ipld_data::{Dataset, InMemoryDataset, Normalizer};
 use ipld_diffusion::{DiffusionLoss, NoiseSchedule, gaussian, sample_timesteps, timestep_tensor};
 use ipld_particles::{ParticleCloud, StepContext};
 
@@ -95,7 +95,10 @@ impl std::ops::Deref for SamplingPrior<'_> {
 pub struct Trainer {
     cfg: ValidConfig,
     device: Device,
+    /// The training data in training units (after `data.normalize`).
     data: InMemoryDataset,
+    /// `data.normalize` fitted to the raw data: samples are mapped back through it.
+    normalizer: Normalizer,
     schedule: NoiseSchedule,
     loss: DiffusionLoss,
     /// The prior's epsilon-network, theta and its AdamW (None for the published PGD and MPGD,
@@ -110,12 +113,15 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Builds a fresh state at step 0 for `data` ([M, d_x]).
+    /// Builds a fresh state at step 0 for the raw `data` ([M, d_x]), which it normalises as
+    /// `data.normalize` says.
     pub fn new(
         cfg: ValidConfig,
         data: InMemoryDataset,
         device: Device,
     ) -> Result<Self, TrainError> {
+        let normalizer = Normalizer::fit(cfg.data.normalization(), &data);
+        let data = normalizer.normalized(data)?;
         let (m, dx, dz) = (data.len(), data.dim(), cfg.data.latent_dim);
         if m < 2 {
             return Err(TrainError::Invalid(format!(
@@ -152,6 +158,7 @@ impl Trainer {
             cfg,
             device,
             data,
+            normalizer,
             schedule,
             loss,
             prior,
@@ -193,7 +200,13 @@ impl Trainer {
     pub fn particles_per_point(&self) -> usize {
         self.latents.per_point()
     }
-    /// The training data.
+
+    /// The fitted `data.normalize`: [`Normalizer::invert`] maps decoded samples to data units.
+    pub fn normalizer(&self) -> &Normalizer {
+        &self.normalizer
+    }
+
+    /// The training data in training units (see [`Trainer::normalizer`]).
     pub fn data(&self) -> &InMemoryDataset {
         &self.data
     }
