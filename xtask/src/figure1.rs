@@ -104,9 +104,17 @@ fn read_summary(dir: &Path) -> Option<serde_json::Value> {
 /// `particles.noise_scale` counts only for IPLD: DiffusionVAE has no particle noise and PGD and
 /// MPGD their own, so the presets' move to the posterior's noise leaves their cells valid.
 fn same_config(dir: &Path, config: &RunConfig) -> bool {
+    // Both validated, so `data.normalize` is resolved on each side: configs saved before the key
+    // existed still match.
+    let valid = |c: RunConfig| c.validated("figure1 cell").ok().map(|v| v.into_inner());
+    let Some(config) = valid(config.clone()) else {
+        return false;
+    };
+    let config = &config;
     std::fs::read_to_string(dir.join(ipld_train::rundir::CONFIG_FILE))
         .ok()
         .and_then(|s| RunConfig::from_toml(&s, "cached config").ok())
+        .and_then(valid)
         .is_some_and(|mut saved| {
             if config.method != ipld_train::config::Method::Ipld {
                 saved.particles.noise_scale = config.particles.noise_scale;

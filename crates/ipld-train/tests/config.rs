@@ -22,7 +22,15 @@ fn presets_parse_validate_and_round_trip() {
         (0.01, 1000)
     );
     assert_eq!(gmm.particles.step_size.initial, 0.1);
-    assert_eq!(gmm.train.optimizer_theta.lr, 1e-3);
+    // Issue 22's levers: theta's lr 3e-3 is the presets' one labelled deviation from B.1's
+    // 1e-3; the decoder keeps it. The decoder init and latent scale are choices B.1 leaves open.
+    assert_eq!(gmm.train.optimizer_theta.lr, 3e-3);
+    assert_eq!(gmm.train.optimizer_phi.lr, 1e-3);
+    assert_eq!(gmm.diffusion.latent_scale, 0.5);
+    match &gmm.model.decoder {
+        DecoderConfig::Linear(l) => assert_eq!(l.init_gain, 0.01),
+        other => panic!("gmm's decoder is linear, got {other:?}"),
+    }
     assert_eq!(gmm.eval.mmd.gamma, 0.1);
 }
 
@@ -128,17 +136,23 @@ fn old_layout_files_read_as_todays_presets() {
         let cfg = RunConfig::from_toml(old, name).unwrap();
         // They predate `particles.noise_scale`, so they mean the paper's noise, which the presets
         // named until they moved to the posterior's (2026-12-06), and `eval.mmd_bandwidths`,
-        // so they ask for no extra MMD², and `eval.classifier`, so they train no classifier.
+        // so they ask for no extra MMD², and `eval.classifier`, so they train no classifier;
+        // gmm's also predates issue 22's levers (B.1's theta lr, latent scale 1, paper init).
+        let mut sets: Vec<String> = vec![
+            "particles.noise_scale=paper".into(),
+            "eval.mmd_bandwidths=[]".into(),
+            "eval.classifier=false".into(),
+        ];
+        if name == "gmm" {
+            sets.extend([
+                "train.optimizer_theta.lr=1e-3".into(),
+                "diffusion.latent_scale=1".into(),
+                "model.decoder.init_gain=1".into(),
+            ]);
+        }
         let preset = RunConfig::preset(name)
             .unwrap()
-            .with_overrides(
-                &[
-                    "particles.noise_scale=paper".into(),
-                    "eval.mmd_bandwidths=[]".into(),
-                    "eval.classifier=false".into(),
-                ],
-                name,
-            )
+            .with_overrides(&sets, name)
             .unwrap();
         assert_eq!(cfg, preset, "{name}");
     }

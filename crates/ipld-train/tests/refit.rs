@@ -182,6 +182,7 @@ fn metrics_log_the_learning_rates_in_use() {
         common::tiny(15),
         &[
             "train.lr_decay_phi=0.5".into(),
+            "train.optimizer_theta.lr=1e-3".into(),
             "train.prior_refit={steps=5, batch_size=100, lr=3e-4}".into(),
         ],
     );
