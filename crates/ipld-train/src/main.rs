@@ -172,7 +172,8 @@ fn plan(args: TrainArgs) -> anyhow::Result<Option<RunPlan>> {
         (cfg, dir, false)
     };
     if args.print_config {
-        print!("{}", config.to_toml());
+        // Validated, as the run saves it (`data.normalize` resolved for the data's source).
+        print!("{}", config.clone().validated("--print-config")?.to_toml());
         return Ok(None);
     }
     Ok(Some(RunPlan {

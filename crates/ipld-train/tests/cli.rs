@@ -288,6 +288,8 @@ fn print_config_shows_the_resolved_default() {
         ),
         (16, 1000, "gmm")
     );
+    // Resolved as a run saves it: the synthetic data's normalisation is named.
+    assert_eq!(cfg.data.normalize, Some(ipld_data::Normalize::None));
 }
 
 #[test]
