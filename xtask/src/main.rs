@@ -22,6 +22,7 @@ mod fid_sanity;
 mod figure1;
 mod normalize;
 mod ppca;
+mod results;
 
 // Training runs in-process here: same allocator as `ipld-train` (see its main.rs).
 #[global_allocator]

@@ -13,8 +13,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use candle_core::Device;
-use ipld_data::{Dataset, InMemoryDataset, KnownStructure, SyntheticConfig};
+use ipld_data::{Dataset, InMemoryDataset, KnownStructure};
 use ipld_eval::{MmdConfig, median_heuristic_gamma, mmd2_unbiased, mode_metrics};
+use ipld_train::data::synthetic_config;
 use ipld_train::eval::{generate, reference};
 use ipld_train::{RunConfig, Trainer};
 
@@ -109,13 +110,9 @@ fn one(units: Units, normalize: &str, seed: u64, n: usize) -> anyhow::Result<Sco
         format!("seed={seed}"),
     ];
     let cfg = RunConfig::preset("gmm")?.with_overrides(&sets, "normalize")?;
-    let synthetic = SyntheticConfig {
-        kind: cfg.data.synthetic,
-        points: cfg.data.points,
-        ambient_dim: cfg.data.ambient_dim,
-        seed: cfg.data.seed,
-    }
-    .generate()?;
+    let synthetic = synthetic_config(&cfg)
+        .context("the gmm preset names synthetic data")?
+        .generate()?;
     let raw = units.apply(&synthetic.observed)?;
     let d = raw.dim();
     let mut t = Trainer::new(cfg.validated("normalize")?, raw, Device::Cpu)?;
@@ -177,11 +174,6 @@ impl Normalize {
             print!("{row}");
             md.push_str(&row);
         }
-        std::fs::create_dir_all(&self.out_dir)?;
-        let path = self.out_dir.join("results.md");
-        ipld_data::write_atomically(&path, md.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
-        Ok(())
+        crate::results::write_results(&self.out_dir, &md)
     }
 }

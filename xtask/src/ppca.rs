@@ -103,11 +103,6 @@ impl Ppca {
             print!("{row}");
             md.push_str(&row);
         }
-        std::fs::create_dir_all(&self.out_dir)?;
-        let path = self.out_dir.join("results.md");
-        ipld_data::write_atomically(&path, md.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
-        Ok(())
+        crate::results::write_results(&self.out_dir, &md)
     }
 }

@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::EvalError;
+use crate::structure::check_points;
 
 /// Training settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -84,23 +85,6 @@ fn log_softmax(logits: &Tensor) -> candle_core::Result<Tensor> {
     shifted.broadcast_sub(&lse)
 }
 
-fn check(x: &[f32], dim: usize, what: &str) -> Result<usize, EvalError> {
-    if dim == 0 || !x.len().is_multiple_of(dim) {
-        return Err(EvalError::Input(format!(
-            "{what}: {} values are not rows of {dim}",
-            x.len()
-        )));
-    }
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        return Err(EvalError::Input(format!(
-            "{what}: row {} holds {}",
-            i / dim,
-            x[i]
-        )));
-    }
-    Ok(x.len() / dim)
-}
-
 impl Classifier {
     /// Trains on `images` ([n, dim] row-major) with `labels` in 0..classes, holding out
     /// `cfg.held_out` of them (stratified by nothing: a seeded random subset) for the accuracy.
@@ -111,7 +95,7 @@ impl Classifier {
         classes: usize,
         cfg: &ClassifierConfig,
     ) -> Result<Self, EvalError> {
-        let n = check(images, dim, "classifier training images")?;
+        let n = check_points("classifier training images", images, dim)?;
         if labels.len() != n {
             return Err(EvalError::Input(format!(
                 "{} labels for {n} training images",
@@ -207,7 +191,7 @@ impl Classifier {
 
     /// Class probabilities of `x` ([n, dim] row-major), [n, classes] row-major.
     pub fn probabilities(&self, x: &[f32]) -> Result<Vec<f32>, EvalError> {
-        let n = check(x, self.dim, "classified images")?;
+        let n = check_points("classified images", x, self.dim)?;
         let mut out = Vec::with_capacity(n * self.classes);
         for chunk in x.chunks(1024 * self.dim) {
             let t = Tensor::from_slice(chunk, (chunk.len() / self.dim, self.dim), &Device::Cpu)?;
@@ -220,9 +204,6 @@ impl Classifier {
     pub fn report(&self, samples: &[f32], threshold: f64) -> Result<Recognisability, EvalError> {
         let probs = self.probabilities(samples)?;
         let n = probs.len() / self.classes;
-        if n == 0 {
-            return Err(EvalError::Input("no samples to classify".into()));
-        }
         let (mut counts, mut confident) = (vec![0usize; self.classes], vec![0usize; self.classes]);
         for p in probs.chunks_exact(self.classes) {
             let (c, pmax) = argmax(p);

@@ -40,7 +40,9 @@ pub struct RingReport {
     pub ring_shares: Vec<f64>,
 }
 
-fn check_points(name: &str, x: &[f32], dim: usize) -> Result<usize, EvalError> {
+/// The row count of `x`, a non-empty [n, dim] row-major set of finite values; `name` names it in
+/// errors.
+pub(crate) fn check_points(name: &str, x: &[f32], dim: usize) -> Result<usize, EvalError> {
     if dim == 0 || x.is_empty() || !x.len().is_multiple_of(dim) {
         return Err(EvalError::Input(format!(
             "{name}: {} values are not a non-empty set of rows of {dim}",

@@ -23,7 +23,7 @@ pub fn recognisability(trainer: &Trainer, samples: &Samples) -> Result<Recognisa
         ));
     };
     let set = load_images(src, 0)?;
-    let Some(labels) = set.labels().map(<[u8]>::to_vec) else {
+    let Some(labels) = set.labels() else {
         return Err(RunError::invalid(
             src.path(),
             "eval.classifier needs labelled images, and this file has no labels",
@@ -35,7 +35,7 @@ pub fn recognisability(trainer: &Trainer, samples: &Samples) -> Result<Recognisa
     set.gather_into(&idx, &mut images)?;
     let c = Classifier::train(
         &images,
-        &labels,
+        labels,
         set.dim(),
         classes,
         &ClassifierConfig::default(),

@@ -85,8 +85,8 @@ fn set_dotted(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<(
                         .map(|k| k.to_string()),
                 )
                 .collect();
-            valid.dedup();
             valid.sort();
+            valid.dedup();
             return Err(format!(
                 "unknown key `{}`; valid keys{}: {}",
                 parts[..=i].join("."),
