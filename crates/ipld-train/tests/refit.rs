@@ -214,3 +214,47 @@ fn metrics_log_the_learning_rates_in_use() {
         ]
     );
 }
+
+/// `train.prior_refit.final_lr` anneals theta's learning rate by a half cosine over the refit:
+/// each refit step logs the closed-form value, and the joint phase is untouched.
+#[test]
+fn refit_learning_rate_follows_the_half_cosine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cos");
+    let cfg = with(
+        common::tiny(5),
+        &[
+            "train.log_every=1".into(),
+            "train.prior_refit={steps=5, batch_size=100, lr=1e-3, final_lr=1e-5}".into(),
+        ],
+    );
+    run(plan(cfg, &dir, false)).unwrap();
+    let refit_lrs: Vec<f64> = std::fs::read_to_string(dir.join(METRICS_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["phase"] == "prior-refit")
+        .map(|l| l["lr_theta"].as_f64().unwrap())
+        .collect();
+    // python3 -c "import math; [print(1e-5+(1e-3-1e-5)*0.5*(1+math.cos(math.pi*i/5))) for i in range(5)]"
+    let want = [
+        1e-3,
+        0.000905463412215599,
+        0.000657963412215599,
+        0.0003520365877844011,
+        0.00010453658778440107,
+    ];
+    assert_eq!(refit_lrs.len(), 5);
+    for (got, want) in refit_lrs.iter().zip(want) {
+        assert!((got - want).abs() <= 1e-15, "{got} vs {want}");
+    }
+    // Out of [0, lr] is refused, naming the key.
+    let e = common::tiny(5)
+        .with_overrides(
+            &["train.prior_refit={steps=5, batch_size=10, lr=1e-3, final_lr=2e-3}".into()],
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("train.prior_refit.final_lr"), "{e}");
+}

@@ -330,6 +330,26 @@ pub struct PriorRefitConfig {
     pub batch_size: usize,
     /// AdamW learning rate for theta in this phase (the optimizer state carries over).
     pub lr: f64,
+    /// Anneal the learning rate from `lr` to this value over the refit by a half cosine
+    /// ([`PriorRefitConfig::lr_at`]); absent = `lr` throughout, as in configs written before
+    /// this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_lr: Option<f64>,
+}
+
+impl PriorRefitConfig {
+    /// The learning rate of refit step `i` (0-based, of `steps`): `lr` without `final_lr`, else
+    /// final + (lr - final) (1 + cos(pi i / steps)) / 2, which starts at `lr` and reaches
+    /// `final_lr` after the last step.
+    pub fn lr_at(&self, i: u64) -> f64 {
+        match self.final_lr {
+            None => self.lr,
+            Some(f) => {
+                let x = (i.min(self.steps) as f64) / (self.steps.max(1) as f64);
+                f + (self.lr - f) * 0.5 * (1.0 + (std::f64::consts::PI * x).cos())
+            }
+        }
+    }
 }
 
 /// Evaluation after training.

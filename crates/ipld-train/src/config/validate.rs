@@ -206,6 +206,14 @@ impl RunConfig {
                     format!("must be > 0, got {}", r.lr),
                 ));
             }
+            if let Some(f) = r.final_lr
+                && !(f >= 0.0 && f <= r.lr)
+            {
+                return Err(key(
+                    "train.prior_refit.final_lr",
+                    format!("must lie in [0, lr = {}], got {f}", r.lr),
+                ));
+            }
         }
         if !(self.train.lr_decay_phi > 0.0 && self.train.lr_decay_phi <= 1.0) {
             return Err(key(

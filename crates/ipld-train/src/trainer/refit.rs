@@ -62,7 +62,8 @@ impl Trainer {
             });
         }
         let grads = add_grads(outs.into_iter().map(|(_, g)| g))?;
-        self.trained_prior()?.step(&grads, r.lr)?;
+        let lr = r.lr_at(t - joint);
+        self.trained_prior()?.step(&grads, lr)?;
         self.update_ema(t)?;
         self.step += 1;
         let zs: Vec<f32> = z.flatten_all()?.to_vec1()?;
@@ -76,7 +77,7 @@ impl Trainer {
             particle_step_size: 0.0,
             particle_norm: stats.0,
             particle_spread: stats.1,
-            lr_theta: r.lr,
+            lr_theta: lr,
             lr_phi: 0.0,
             prior_refit: true,
         })
