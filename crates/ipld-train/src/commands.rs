@@ -10,19 +10,125 @@ use crate::error::RunError;
 use crate::eval::{generate_with_progress, mmd, quality, reference};
 use crate::fid::fid_of_samples;
 use crate::progress::Progress;
-use crate::rundir::open_run;
+use crate::rundir::{enclosing_run, open_run};
+
+/// Prefix of the PNG files `ipld-train sample` writes into a folder.
+const SAMPLE_PREFIX: &str = "sample-";
+
+/// Whether `name` is a file `ipld-train sample` writes: `sample-NNNNN.png`.
+fn is_sample_png(name: &str) -> bool {
+    name.strip_prefix(SAMPLE_PREFIX)
+        .and_then(|r| r.strip_suffix(".png"))
+        .is_some_and(|d| d.len() >= 5 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The PNG files directly inside `dir` (none if it does not exist).
+fn pngs_in(dir: &Path) -> Result<Vec<String>, RunError> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| RunError::io(dir, e))? {
+        let name = e.map_err(|e| RunError::io(dir, e))?.file_name();
+        let name = name.to_string_lossy().into_owned();
+        if name.to_ascii_lowercase().ends_with(".png") {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Refuses an output that would destroy something before any sample is drawn: a path in or at a
+/// run directory (its checkpoint and records), an existing file, or a folder that already holds
+/// PNGs (old and new samples would mix) unless `force`; with `force` a folder may hold only
+/// earlier `sample-NNNNN.png` files, which are replaced.
+pub fn check_sample_out(out: &Path, folder: bool, force: bool) -> Result<(), RunError> {
+    if let Some(run) = enclosing_run(out) {
+        return Err(RunError::invalid(
+            out,
+            format!(
+                "lies in the run directory {}; write samples outside it (its checkpoint and \
+                 records must stay intact)",
+                run.display()
+            ),
+        ));
+    }
+    if !folder {
+        if out.is_dir() {
+            return Err(RunError::invalid(out, "is a directory, not a file"));
+        }
+        if out.exists() && !force {
+            return Err(RunError::invalid(
+                out,
+                "exists; pass --force to overwrite it, or choose another --out",
+            ));
+        }
+        return Ok(());
+    }
+    if out.exists() && !out.is_dir() {
+        return Err(RunError::invalid(
+            out,
+            "exists and is not a folder (image samples are written as a folder of PNGs; \
+             name a .npy or .safetensors file for a matrix)",
+        ));
+    }
+    let pngs = pngs_in(out)?;
+    if pngs.is_empty() {
+        return Ok(());
+    }
+    if !force {
+        return Err(RunError::invalid(
+            out,
+            format!(
+                "already holds {} PNG files (e.g. {}); pass --force to replace earlier samples, \
+                 or choose an empty folder",
+                pngs.len(),
+                pngs[0]
+            ),
+        ));
+    }
+    if let Some(other) = pngs.iter().find(|n| !is_sample_png(n)) {
+        return Err(RunError::invalid(
+            out,
+            format!(
+                "holds {other}, which `ipld-train sample` did not write; choose another folder \
+                 (--force replaces only sample-NNNNN.png files)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes the earlier `sample-NNNNN.png` files of `dir` (after [`check_sample_out`] allowed it).
+fn remove_old_samples(dir: &Path) -> Result<(), RunError> {
+    for name in pngs_in(dir)? {
+        if is_sample_png(&name) {
+            let p = dir.join(&name);
+            std::fs::remove_file(&p).map_err(|e| RunError::io(&p, e))?;
+        }
+    }
+    Ok(())
+}
 
 /// `ipld-train sample`: draws `n` samples from a finished run and writes them to `out`
-/// (`.npy`/`.safetensors`, [n, d_x]).
+/// (`.npy`/`.safetensors`, [n, d_x], or for an image run a folder of PNGs). `force` allows
+/// overwriting an existing file or earlier samples in the folder ([`check_sample_out`]).
 pub fn sample_run(
     dir: &Path,
     n: usize,
     sampler: Option<SamplerConfig>,
     seed: u64,
     out: &Path,
+    force: bool,
     progress: Progress,
 ) -> Result<serde_json::Value, RunError> {
     let trainer = open_run(dir, &[])?;
+    let is_matrix = out
+        .extension()
+        .is_some_and(|e| e == "npy" || e == "safetensors");
+    let folder = trainer.config().data.images.is_some() && !is_matrix;
+    check_sample_out(out, folder, force)?;
     let sampler = sampler.unwrap_or(trainer.config().eval.sampler);
     sampler
         .validate(trainer.schedule())
@@ -31,13 +137,11 @@ pub fn sample_run(
         return Err(RunError::invalid(out, "need at least one sample"));
     }
     let s = generate_with_progress(&trainer, n, &sampler, seed, progress)?;
-    let is_matrix = out
-        .extension()
-        .is_some_and(|e| e == "npy" || e == "safetensors");
-    if let (Some(src), false) = (&trainer.config().data.images, is_matrix) {
+    if let (Some(src), true) = (&trainer.config().data.images, folder) {
         // Image runs: a folder of PNGs (what `ipld-train fid` reads).
         let set = ImageSet::from_f32(&s.data, src.shape(), "generated samples")?;
-        ipld_data::save_image_folder(&set, out, "sample-")?;
+        remove_old_samples(out)?;
+        ipld_data::save_image_folder(&set, out, SAMPLE_PREFIX)?;
     } else {
         let data = InMemoryDataset::new(s.data, n, trainer.data().dim(), "generated samples")?;
         save_matrix(out, &data)?;

@@ -88,6 +88,10 @@ enum Command {
         /// Sampling seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Overwrite an existing --out file, or replace the sample-NNNNN.png files of an earlier
+        /// sample in the --out folder (a path inside a run directory is refused regardless).
+        #[arg(long)]
+        force: bool,
         /// No progress output.
         #[arg(long)]
         quiet: bool,
@@ -202,6 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ddim_steps,
             eta,
             seed,
+            force,
             quiet,
         }) => {
             let sampler = sampler.map(|k| match k {
@@ -217,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 sampler,
                 seed,
                 &out,
+                force,
                 progress(quiet),
             )?)?
         }

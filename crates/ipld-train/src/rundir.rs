@@ -25,6 +25,22 @@ pub const SAMPLES_PNG: &str = "samples.png";
 /// The run's summary.
 pub const SUMMARY_FILE: &str = "summary.json";
 
+/// Whether `dir` holds a run's records (its `config.toml` or checkpoint).
+pub fn is_run_dir(dir: &Path) -> bool {
+    dir.join(CONFIG_FILE).is_file() || dir.join(CHECKPOINT_FILE).is_file()
+}
+
+/// The run directory that `path` lies in or is, if any: the nearest existing ancestor is
+/// resolved (symbolic links too) and it and its ancestors are checked.
+pub fn enclosing_run(path: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(path).ok()?;
+    let existing = abs.ancestors().find(|a| a.exists())?.canonicalize().ok()?;
+    existing
+        .ancestors()
+        .find(|a| is_run_dir(a))
+        .map(Path::to_path_buf)
+}
+
 /// The default run directory `runs/<dataset>-<method>-n<N>-seed<S>`, suffixed `-2`, `-3`, ... if
 /// taken.
 pub fn default_run_dir(cfg: &RunConfig) -> PathBuf {

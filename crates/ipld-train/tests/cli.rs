@@ -169,6 +169,42 @@ fn tiny_run_on_user_data_then_sample_and_eval() {
     );
     assert_eq!(last_json(&out)["samples"], 50);
 
+    // Nothing is lost: an existing file is kept unless --force, and no path inside a run
+    // directory is written, even with --force (the checkpoint once got overwritten this way).
+    let sample_to = |out: &str, force: bool| {
+        let mut a = vec![
+            "sample", "--run", "run1", "--n", "5", "--out", out, "--quiet",
+        ];
+        if force {
+            a.push("--force");
+        }
+        bin(&a, tmp.path())
+    };
+    let kept = std::fs::read(tmp.path().join("s.npy")).unwrap();
+    failed_with(&sample_to("s.npy", false), &["s.npy", "exists", "--force"]);
+    assert_eq!(std::fs::read(tmp.path().join("s.npy")).unwrap(), kept);
+    let ck = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+    for (target, force) in [
+        ("run1/checkpoint.safetensors", true),
+        ("run1/extra.npy", false),
+        ("run1/sub/extra.npy", true),
+    ] {
+        failed_with(&sample_to(target, force), &[target, "run directory"]);
+    }
+    assert_eq!(
+        std::fs::read(run.join("checkpoint.safetensors")).unwrap(),
+        ck
+    );
+    assert!(!run.join("extra.npy").exists() && !run.join("sub").exists());
+    let out = sample_to("s.npy", true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = ipld_data::load_matrix(&tmp.path().join("s.npy")).unwrap();
+    assert_eq!(ipld_data::Dataset::len(&s), 5);
+
     let out = bin(
         &["eval", "--run", "run1", "--samples", "100", "--quiet"],
         tmp.path(),
