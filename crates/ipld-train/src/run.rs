@@ -149,6 +149,39 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
     Ok(summary)
 }
 
+/// Refuses a resume that would shorten the run (fewer total steps than its checkpoint holds) or
+/// train nothing on a finished run, before any record is touched: `config.toml` and
+/// `summary.json` would otherwise describe a run that did not happen. A run whose checkpoint is
+/// at its last step but that has no summary (interrupted during evaluation) is evaluated.
+fn check_steps_ahead(t: &Trainer, dir: &Path) -> Result<(), RunError> {
+    let (at, total) = (t.step(), t.config().total_steps());
+    let refit = t.config().train.prior_refit.map_or(0, |r| r.steps);
+    let steps = match refit {
+        0 => format!("train.steps = {total}"),
+        r => format!("train.steps + train.prior_refit.steps = {total} ({r} refit)"),
+    };
+    if total < at {
+        return Err(RunError::invalid(
+            dir,
+            format!(
+                "its checkpoint is at step {at}, and {steps} would go back; a run cannot be \
+                 shortened (copy the directory at an earlier checkpoint, or start a new run)"
+            ),
+        ));
+    }
+    if total == at && dir.join(SUMMARY_FILE).exists() {
+        return Err(RunError::invalid(
+            dir,
+            format!(
+                "is already at step {at} ({steps}): nothing to train; raise the steps to continue, \
+                 or re-evaluate with `ipld-train eval --run {}`",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The plan's trainer: reopened from the run directory's checkpoint on resume (its config may
 /// change only in the resumable keys), else a fresh one in a new directory.
 fn start(plan: &RunPlan) -> Result<Trainer, RunError> {
@@ -162,7 +195,16 @@ fn start(plan: &RunPlan) -> Result<Trainer, RunError> {
         check_resumable(t.config(), &new).map_err(|m| RunError::invalid(dir, m))?;
         t.set_config(new)
             .map_err(|e| RunError::invalid(dir, e.to_string()))?;
+        check_steps_ahead(&t, dir)?;
         truncate_metrics(&dir.join(METRICS_FILE), t.step())?;
+        if plan.progress != Progress::Quiet {
+            eprintln!(
+                "resuming {} from step {} of {}",
+                dir.display(),
+                t.step(),
+                t.config().total_steps()
+            );
+        }
         return Ok(t);
     }
     if dir.join(CONFIG_FILE).exists() || dir.join(CHECKPOINT_FILE).exists() {

@@ -231,6 +231,49 @@ fn tiny_run_on_user_data_then_sample_and_eval() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(last_json(&out)["steps"], 30);
+    // A resume that would shorten the run, or train nothing on a finished one, is refused and
+    // leaves every record as it was.
+    let records = |f: &str| std::fs::read(run.join(f)).unwrap();
+    let kept: Vec<Vec<u8>> = ["config.toml", "summary.json", "metrics.jsonl"]
+        .iter()
+        .map(|f| records(f))
+        .collect();
+    let out = bin(&["--resume", "run1", "--set", "train.steps=10"], tmp.path());
+    failed_with(
+        &out,
+        &["run1", "step 30", "train.steps = 10", "cannot be shortened"],
+    );
+    failed_with(
+        &bin(&["--resume", "run1"], tmp.path()),
+        &[
+            "already at step 30",
+            "nothing to train",
+            "ipld-train eval --run run1",
+        ],
+    );
+    for (f, k) in ["config.toml", "summary.json", "metrics.jsonl"]
+        .iter()
+        .zip(&kept)
+    {
+        assert_eq!(&records(f), k, "{f} changed");
+    }
+    // A run interrupted after its last checkpoint but before its summary is evaluated, and
+    // the resume says where it starts.
+    std::fs::remove_file(run.join("summary.json")).unwrap();
+    let out = bin(&["--resume", "run1"], tmp.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("resuming run1 from step 30 of 30"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(last_json(&out)["steps_this_invocation"], 0);
+    assert!(run.join("summary.json").exists());
+
     let before = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
     let out = bin(&args, tmp.path());
     failed_with(&out, &["run1", "--resume"]);
