@@ -330,9 +330,8 @@ pub struct PriorRefitConfig {
     pub batch_size: usize,
     /// AdamW learning rate for theta in this phase (the optimizer state carries over).
     pub lr: f64,
-    /// Anneal the learning rate from `lr` to this value over the refit by a half cosine
-    /// ([`PriorRefitConfig::lr_at`]); absent = `lr` throughout, as in configs written before
-    /// this key.
+    /// Anneal the rate from `lr` to this over the refit by a half cosine
+    /// ([`PriorRefitConfig::lr_at`]); absent = `lr` throughout (configs before this key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_lr: Option<f64>,
 }
