@@ -22,6 +22,16 @@ fn refit(steps: u64) -> String {
     format!("train.prior_refit={{steps={steps}, batch_size=100, lr=1e-3}}")
 }
 
+/// Trains `cfg` into `dir` and returns its `metrics.jsonl` lines.
+fn run_metrics(cfg: RunConfig, dir: &Path) -> Vec<serde_json::Value> {
+    run(plan(cfg, dir, false)).unwrap();
+    std::fs::read_to_string(dir.join(METRICS_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Mean simple diffusion loss of the run's (non-EMA) prior on every particle of its frozen cloud,
 /// with 4 fixed (k, eps) draws per particle: the same draws before and after, so the comparison
 /// has no Monte Carlo noise.
@@ -186,12 +196,7 @@ fn metrics_log_the_learning_rates_in_use() {
             "train.prior_refit={steps=5, batch_size=100, lr=3e-4}".into(),
         ],
     );
-    run(plan(cfg, &dir, false)).unwrap();
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join(METRICS_FILE))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = run_metrics(cfg, &dir);
     let got: Vec<(u64, f64, f64, &str)> = lines
         .iter()
         .map(|l| {
@@ -216,7 +221,7 @@ fn metrics_log_the_learning_rates_in_use() {
 }
 
 /// `train.prior_refit.final_lr` anneals theta's learning rate by a half cosine over the refit:
-/// each refit step logs the closed-form value, and the joint phase is untouched.
+/// each refit step logs the closed-form value; a value outside [0, lr] is refused.
 #[test]
 fn refit_learning_rate_follows_the_half_cosine() {
     let tmp = tempfile::tempdir().unwrap();
@@ -228,11 +233,8 @@ fn refit_learning_rate_follows_the_half_cosine() {
             "train.prior_refit={steps=5, batch_size=100, lr=1e-3, final_lr=1e-5}".into(),
         ],
     );
-    run(plan(cfg, &dir, false)).unwrap();
-    let refit_lrs: Vec<f64> = std::fs::read_to_string(dir.join(METRICS_FILE))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let refit_lrs: Vec<f64> = run_metrics(cfg, &dir)
+        .into_iter()
         .filter(|l| l["phase"] == "prior-refit")
         .map(|l| l["lr_theta"].as_f64().unwrap())
         .collect();
