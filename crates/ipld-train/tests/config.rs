@@ -243,3 +243,30 @@ fn an_empty_table_removes_an_optional_section() {
     let e = sets("gmm", "train.kl={}").unwrap_err().to_string();
     assert!(e.contains("kl"), "{e}");
 }
+
+#[test]
+fn optional_fields_left_out_of_a_preset_can_be_set() {
+    // A preset omits an optional field it leaves unset (`final_lr`, `init_gain`); `--set` must
+    // still reach it, and an unknown key beside it lists the optional fields among the valid.
+    let sets = |preset: &str, s: &str| {
+        RunConfig::preset(preset)
+            .unwrap()
+            .with_overrides(&[s.to_string()], preset)
+    };
+    let c = sets("mnist5k", "train.prior_refit.final_lr=0").unwrap();
+    assert_eq!(c.train.prior_refit.unwrap().final_lr, Some(0.0));
+    let e = sets("mnist5k", "train.prior_refit.final_lrx=0")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown key `train.prior_refit.final_lrx`")
+            && e.contains("train.prior_refit.final_lr,")
+            && e.contains("train.prior_refit.steps"),
+        "{e}"
+    );
+    // A value of the wrong type for a known optional field is a type error, not "unknown".
+    let e = sets("mnist5k", "train.prior_refit.final_lr=\"x\"")
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("unknown key") && e.contains("final_lr"), "{e}");
+}

@@ -19,11 +19,18 @@ impl RunConfig {
                 .ok_or_else(|| err("expected KEY=VALUE".into()))?;
             let key = key.trim();
             let mut tree = toml::Value::try_from(&cfg).map_err(|e| err(e.to_string()))?;
-            set_dotted(&mut tree, key, parse_value(raw.trim())).map_err(err)?;
-            // Round-trip through the struct so defaults of a newly chosen variant appear as keys.
-            cfg = tree
-                .try_into()
-                .map_err(|e: toml::de::Error| err(e.to_string().trim_end().to_string()))?;
+            let added = set_dotted(&mut tree, key, parse_value(raw.trim())).map_err(err)?;
+            // Round-trip through the struct so defaults of a newly chosen variant appear as keys;
+            // serde decides whether a newly added leaf is an optional field or an unknown key.
+            cfg = tree.clone().try_into().map_err(|e: toml::de::Error| {
+                let text = e.to_string();
+                match added {
+                    Some(present) if text.contains("unknown field") => {
+                        err(unknown_key(key, &present, &text))
+                    }
+                    _ => err(text.trim_end().to_string()),
+                }
+            })?;
         }
         cfg.validate(&format!("{origin} with --set overrides"))?;
         Ok(cfg)
@@ -39,14 +46,51 @@ fn parse_value(raw: &str) -> toml::Value {
     }
 }
 
-/// Optional plain values a config may leave out (so a saved config omits them when unset):
-/// `--set` may still name them.
-const OPTIONAL_VALUES: &[&str] = &["data.normalize"];
+/// The message for an unknown last component of `key`: the keys present beside it plus the
+/// field names serde lists in `serde_error` (which include optional fields left out).
+fn unknown_key(key: &str, present: &[String], serde_error: &str) -> String {
+    let here = key.rsplit_once('.').map_or("", |(h, _)| h);
+    let listed = serde_error
+        .split_once("expected")
+        .map(|(_, rest)| rest.lines().next().unwrap_or(""))
+        .unwrap_or("");
+    let mut valid: Vec<String> = present
+        .iter()
+        .cloned()
+        .chain(listed.split('`').skip(1).step_by(2).map(str::to_string))
+        .map(|k| qualified(here, &k))
+        .collect();
+    valid.sort();
+    valid.dedup();
+    format!(
+        "unknown key `{key}`; valid keys{}: {}",
+        if here.is_empty() {
+            String::new()
+        } else {
+            format!(" under `{here}`")
+        },
+        valid.join(", ")
+    )
+}
 
-/// Sets `key` (dotted) in `tree`; every component must already exist, except that an inline
-/// table may fill an absent optional section (e.g. `train.prior_refit={steps=100, ...}`), whose
-/// fields serde then checks. The empty table `{}` removes the key (an optional section).
-fn set_dotted(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<(), String> {
+fn qualified(here: &str, k: &str) -> String {
+    if here.is_empty() {
+        k.to_string()
+    } else {
+        format!("{here}.{k}")
+    }
+}
+
+/// Sets `key` (dotted) in `tree`. Every table on the way must exist; an absent last component
+/// is added (an optional value or section left out of the saved config, e.g.
+/// `train.prior_refit.final_lr` or `train.prior_refit={steps=100, ...}`) and the keys present
+/// beside it are returned, so that the caller can report it as unknown if serde refuses it.
+/// The empty table `{}` removes the key (an optional section).
+fn set_dotted(
+    tree: &mut toml::Value,
+    key: &str,
+    value: toml::Value,
+) -> Result<Option<Vec<String>>, String> {
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(format!("malformed key `{key}`"));
@@ -58,35 +102,16 @@ fn set_dotted(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<(
             .as_table_mut()
             .ok_or_else(|| format!("`{here}` is a value, not a table"))?;
         if !table.contains_key(*part) {
-            if i + 1 == parts.len() && OPTIONAL_VALUES.contains(&key) {
-                table.insert(part.to_string(), value);
-                return Ok(());
-            }
-            if i + 1 == parts.len() && value.is_table() {
-                // An absent optional section: `{}` leaves it absent, a table fills it.
-                if value.as_table().is_some_and(|t| !t.is_empty()) {
+            let present: Vec<String> = table.keys().cloned().collect();
+            if i + 1 == parts.len() {
+                // `{}` leaves an absent optional section absent.
+                if !value.as_table().is_some_and(|t| t.is_empty()) {
                     table.insert(part.to_string(), value);
                 }
-                return Ok(());
+                return Ok(Some(present));
             }
-            let mut valid: Vec<String> = table
-                .keys()
-                .map(|k| {
-                    if here.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{here}.{k}")
-                    }
-                })
-                .chain(
-                    OPTIONAL_VALUES
-                        .iter()
-                        .filter(|k| k.rsplit_once('.').is_some_and(|(h, _)| h == here))
-                        .map(|k| k.to_string()),
-                )
-                .collect();
+            let mut valid: Vec<String> = present.iter().map(|k| qualified(&here, k)).collect();
             valid.sort();
-            valid.dedup();
             return Err(format!(
                 "unknown key `{}`; valid keys{}: {}",
                 parts[..=i].join("."),
@@ -103,7 +128,7 @@ fn set_dotted(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<(
                 // `KEY={}` removes an optional section (`train.ema={}`); a required one is then
                 // reported missing by serde.
                 table.remove(*part);
-                return Ok(());
+                return Ok(None);
             }
             let slot = table.get_mut(*part).expect("checked");
             if *part == "type" {
@@ -112,7 +137,7 @@ fn set_dotted(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<(
             } else {
                 *slot = value;
             }
-            return Ok(());
+            return Ok(None);
         }
         node = table.get_mut(*part).expect("checked");
     }
