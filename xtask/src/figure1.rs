@@ -193,12 +193,13 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
                     std::fs::remove_dir_all(&dir)
                         .with_context(|| format!("removing stale {}", dir.display()))?;
                 }
-                let resume = dir.join(CHECKPOINT_FILE).exists();
+                let resume = ipld_train::rundir::is_run_dir(&dir);
                 let s: RunSummary = ipld_train::run(RunPlan {
                     config,
                     run_dir: dir.clone(),
                     resume,
                     progress: Progress::Quiet,
+                    accept_data_change: false,
                 })
                 .with_context(|| format!("cell {}", dir.display()))?;
                 serde_json::to_value(s)?

@@ -82,8 +82,9 @@ enum Experiment {
         /// Cache of run directories (finished cells are not recomputed).
         #[arg(long, default_value = "target/experiments/figure1")]
         work_dir: PathBuf,
-        /// Where the CSV, table and figures are written.
-        #[arg(long, default_value = "docs/results/figure1")]
+        /// Where the CSV, table and figures are written (the committed results are in
+        /// docs/results/figure1: name it to update them).
+        #[arg(long, default_value = "target/experiments/figure1/results")]
         out: PathBuf,
         /// A `runs.csv` of an earlier run of this experiment: cells it holds (same dataset,
         /// method, particle noise scale, N, seed, steps) and the cache does not are taken from
@@ -111,8 +112,8 @@ enum Experiment {
         /// Particles per point.
         #[arg(long, default_value_t = 4)]
         particles: usize,
-        /// Output directory (results.md).
-        #[arg(long, default_value = "docs/results/normalize")]
+        /// Output directory (results.md; the committed one is docs/results/normalize).
+        #[arg(long, default_value = "target/experiments/normalize")]
         out: PathBuf,
     },
     /// FID checks on mnist5k: a set against itself, two disjoint halves, and growing noise.
@@ -126,8 +127,8 @@ enum Experiment {
         /// Noise levels (pixel units of [-1, 1]), comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "0.05,0.1,0.2,0.4")]
         sigmas: Vec<f64>,
-        /// Output directory.
-        #[arg(long, default_value = "docs/results/fid-sanity")]
+        /// Output directory (the committed one is docs/results/fid-sanity).
+        #[arg(long, default_value = "target/experiments/fid-sanity")]
         out: PathBuf,
     },
 }

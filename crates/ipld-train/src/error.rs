@@ -81,6 +81,21 @@ pub enum RunError {
         /// What is left of the run ("the last good checkpoint is kept", ...).
         kept: &'static str,
     },
+    /// A signal stopped training; the checkpoint at `step` was written.
+    #[error(
+        "{}: interrupted at step {step} of {total}; the checkpoint is written: continue with \
+         `ipld-train --resume {}`",
+        path.display(),
+        path.display()
+    )]
+    Interrupted {
+        /// The run directory.
+        path: PathBuf,
+        /// The step the checkpoint holds.
+        step: u64,
+        /// The run's total steps.
+        total: u64,
+    },
     /// Drawing a picture failed.
     #[error("{}: drawing: {message}", path.display())]
     Plot {

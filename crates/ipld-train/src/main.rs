@@ -48,6 +48,10 @@ struct TrainArgs {
     /// Continue the run in DIR from its checkpoint, e.g. with --set train.steps=T.
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
+    /// On --resume, continue although the data differ from those the run recorded (run.json's
+    /// fingerprint); the record then takes the new data's fingerprint.
+    #[arg(long, requires = "resume")]
+    accept_data_change: bool,
     /// Print the resolved configuration and exit without training.
     #[arg(long)]
     print_config: bool,
@@ -185,6 +189,7 @@ fn plan(args: TrainArgs) -> anyhow::Result<Option<RunPlan>> {
         run_dir,
         resume,
         progress: progress(args.quiet),
+        accept_data_change: args.accept_data_change,
     }))
 }
 
@@ -195,6 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             };
             ipld_train::quiet_candle_pool(plan.config.train.shards);
+            ipld_train::interrupt::install().map_err(anyhow::Error::msg)?;
             let summary = ipld_train::run(plan)?;
             serde_json::to_string(&summary)?
         }
@@ -266,12 +272,19 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_target(false)
+        // Colour codes only on a terminal: logs redirected to a file stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<ipld_train::RunError>() {
+                Some(ipld_train::RunError::Interrupted { .. }) => {
+                    ExitCode::from(ipld_train::interrupt::EXIT_STATUS)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

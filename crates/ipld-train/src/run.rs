@@ -1,26 +1,28 @@
 //! A training run: start (or resume) the run directory's trainer, train with progress reporting,
 //! metrics and checkpoints, then evaluate (MMD², and for images the sample grid, the pictures
-//! and FID) and write the summary. A new run refuses a directory that already holds one.
+//! and FID) and write the summary and the run record; a signal stops training with a checkpoint
+//! (`interrupt`). How a run starts or resumes is in `start`.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::Device;
 use ipld_data::{Dataset, ImageSet, write_atomically};
 use serde::Serialize;
 
 use crate::config::RunConfig;
-use crate::data::load_data;
 use crate::error::{RunError, TrainError};
 use crate::eval::{Quality, Samples, generate_with_progress, mmd, quality, reference};
 use crate::fid::fid_of_samples;
+use crate::interrupt;
 use crate::progress::Progress;
+use crate::record::Invocation;
 use crate::rundir::{
-    CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SAMPLES_PNG, SUMMARY_FILE, check_resumable,
-    metrics_line, open_run, save_checkpoint, truncate_metrics,
+    CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SAMPLES_PNG, SUMMARY_FILE, metrics_line,
+    save_checkpoint,
 };
+use crate::start::{Started, start};
 use crate::trainer::{StepMetrics, Trainer};
 use crate::{pictures, plot};
 
@@ -35,6 +37,8 @@ pub struct RunPlan {
     pub resume: bool,
     /// Progress display.
     pub progress: Progress,
+    /// On resume, continue even if the data differ from the run's recorded fingerprint.
+    pub accept_data_change: bool,
 }
 
 /// The final report (also `summary.json` and the binary's last stdout line).
@@ -86,12 +90,29 @@ pub struct RunSummary {
 /// Trains (or resumes) as planned, then evaluates; writes everything into the run directory.
 pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
     let dir = plan.run_dir.clone();
-    let mut trainer = start(&plan)?;
+    let Started {
+        mut trainer,
+        mut record,
+        lock: _lock,
+    } = start(&plan)?;
     let cfg = trainer.config().clone();
     write_atomically(&dir.join(CONFIG_FILE), cfg.to_toml().as_bytes())?;
+    record.invocations.push(Invocation::begin(trainer.step()));
+    record.write(&dir)?;
     let first = trainer.step();
     let start = Instant::now();
-    let last = train(&mut trainer, &dir, plan.progress)?;
+    let trained = train(&mut trainer, &dir, plan.progress);
+    let outcome = match &trained {
+        Ok(_) => "finished",
+        Err(RunError::Interrupted { .. }) => "interrupted",
+        Err(RunError::Diverged { .. }) => "diverged",
+        Err(_) => "failed",
+    };
+    if trained.is_err() {
+        record.finish(trainer.step(), outcome);
+        record.write(&dir)?;
+    }
+    let last = trained?;
     let train_seconds = start.elapsed().as_secs_f64();
     let steps_now = trainer.step() - first;
 
@@ -146,87 +167,9 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
     };
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
     write_atomically(&dir.join(SUMMARY_FILE), json.as_bytes())?;
+    record.finish(trainer.step(), "finished");
+    record.write(&dir)?;
     Ok(summary)
-}
-
-/// Refuses a resume that would shorten the run (fewer total steps than its checkpoint holds) or
-/// train nothing on a finished run, before any record is touched: `config.toml` and
-/// `summary.json` would otherwise describe a run that did not happen. A run whose checkpoint is
-/// at its last step but that has no summary (interrupted during evaluation) is evaluated.
-fn check_steps_ahead(t: &Trainer, dir: &Path) -> Result<(), RunError> {
-    let (at, total) = (t.step(), t.config().total_steps());
-    let refit = t.config().train.prior_refit.map_or(0, |r| r.steps);
-    let steps = match refit {
-        0 => format!("train.steps = {total}"),
-        r => format!("train.steps + train.prior_refit.steps = {total} ({r} refit)"),
-    };
-    if total < at {
-        return Err(RunError::invalid(
-            dir,
-            format!(
-                "its checkpoint is at step {at}, and {steps} would go back; a run cannot be \
-                 shortened (copy the directory at an earlier checkpoint, or start a new run)"
-            ),
-        ));
-    }
-    if total == at && dir.join(SUMMARY_FILE).exists() {
-        return Err(RunError::invalid(
-            dir,
-            format!(
-                "is already at step {at} ({steps}): nothing to train; raise the steps to continue, \
-                 or re-evaluate with `ipld-train eval --run {}`",
-                dir.display()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// The plan's trainer: reopened from the run directory's checkpoint on resume (its config may
-/// change only in the resumable keys), else a fresh one in a new directory.
-fn start(plan: &RunPlan) -> Result<Trainer, RunError> {
-    let dir = &plan.run_dir;
-    let origin = dir.display().to_string();
-    if plan.resume {
-        let mut t = open_run(dir, &[])?;
-        // Compared validated, so a config that leaves `data.normalize` to its default matches the
-        // resolved value the run saved.
-        let new = plan.config.clone().validated(&origin)?;
-        check_resumable(t.config(), &new).map_err(|m| RunError::invalid(dir, m))?;
-        t.set_config(new)
-            .map_err(|e| RunError::invalid(dir, e.to_string()))?;
-        check_steps_ahead(&t, dir)?;
-        truncate_metrics(&dir.join(METRICS_FILE), t.step())?;
-        if plan.progress != Progress::Quiet {
-            eprintln!(
-                "resuming {} from step {} of {}",
-                dir.display(),
-                t.step(),
-                t.config().total_steps()
-            );
-        }
-        return Ok(t);
-    }
-    if dir.join(CONFIG_FILE).exists() || dir.join(CHECKPOINT_FILE).exists() {
-        return Err(RunError::invalid(
-            dir,
-            "already holds a run; continue it with --resume, or choose another --out",
-        ));
-    }
-    if plan.config.eval.fid {
-        let w = crate::fid::default_weights();
-        if !w.exists() {
-            return Err(RunError::invalid(
-                &w,
-                "eval.fid needs the Inception weights: run `cargo xtask fetch-inception` \
-                 (or --set eval.fid=false)",
-            ));
-        }
-    }
-    let data = load_data(&plan.config)?;
-    let t = Trainer::new(plan.config.clone().validated(&origin)?, data, Device::Cpu)?;
-    fs::create_dir_all(dir).map_err(|e| RunError::io(dir, e))?;
-    Ok(t)
 }
 
 /// The training loop up to the config's total steps: metrics lines every `train.log_every`
@@ -262,6 +205,7 @@ fn train(
             && t.is_multiple_of(per_epoch)
             && cfg.eval.cloud_epochs.contains(&(t / per_epoch))
     };
+    let _deferred = interrupt::TrainingGuard::new();
     while trainer.step() < total {
         if snapshot_due(trainer.step()) {
             pictures::cloud_snapshot(trainer, trainer.step() / per_epoch, dir)?;
@@ -275,7 +219,7 @@ fn train(
                 let kept = if dir.join(CHECKPOINT_FILE).exists() {
                     "the last good checkpoint is kept"
                 } else {
-                    "no checkpoint was written yet"
+                    "no checkpoint was written yet (--resume restarts it from step 0)"
                 };
                 return Err(RunError::Diverged {
                     path: dir.to_path_buf(),
@@ -315,6 +259,20 @@ fn train(
             save_checkpoint(trainer, dir)?;
         }
         last = Some(m);
+        if interrupt::requested() && done < total {
+            metrics
+                .flush()
+                .map_err(|e| RunError::io(&metrics_path, e))?;
+            save_checkpoint(trainer, dir)?;
+            if let Some(b) = &bar {
+                b.abandon();
+            }
+            return Err(RunError::Interrupted {
+                path: dir.to_path_buf(),
+                step: done,
+                total,
+            });
+        }
     }
     if let Some(b) = bar {
         b.finish();

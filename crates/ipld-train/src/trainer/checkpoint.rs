@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use ipld_data::Dataset;
+use ipld_data::{Dataset, InMemoryDataset};
 
 use super::Trainer;
 use crate::checkpoint::{CheckpointReader, CheckpointWriter, Checkpointed};
@@ -73,6 +73,34 @@ impl Trainer {
             .set_visits(&super::schedule::visit_counts(cfg, m, joint))?;
         self.latents
             .set_caught_up(&super::schedule::caught_up(cfg, m, joint))?;
+        Ok(())
+    }
+
+    /// Re-expresses the data in the units of the checkpoint in `path` (its normalisation
+    /// statistics replace the ones fitted here), so a run resumed on changed data
+    /// (`--accept-data-change`) keeps the units its networks were trained in.
+    pub fn adopt_checkpoint_normalizer(&mut self, path: &Path) -> Result<(), TrainError> {
+        let ck = CheckpointReader::open(path, &self.device)?;
+        if self.check_normalizer(&ck).is_ok() || self.normalizer.is_identity() {
+            return Ok(());
+        }
+        let dim = self.data.dim();
+        let stat = |name: &str| -> Result<Vec<f32>, TrainError> {
+            Ok(ck
+                .tensor_shaped(&format!("data_normalize/{name}"), &[dim])?
+                .to_vec1::<f32>()?)
+        };
+        let saved = ipld_data::Normalizer::from_parts(
+            self.normalizer.kind(),
+            stat("shift")?,
+            stat("scale")?,
+        )
+        .map_err(|e| ck.problem(e.to_string()))?;
+        let mut values = self.data.as_slice().to_vec();
+        self.normalizer.invert(&mut values);
+        saved.apply(&mut values);
+        self.data = InMemoryDataset::new(values, self.data.len(), dim, "the training data")?;
+        self.normalizer = saved;
         Ok(())
     }
 

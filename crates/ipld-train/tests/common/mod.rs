@@ -15,6 +15,7 @@ pub fn plan(cfg: RunConfig, dir: &Path, resume: bool) -> RunPlan {
         run_dir: dir.to_path_buf(),
         resume,
         progress: Progress::Quiet,
+        accept_data_change: false,
     }
 }
 

@@ -1,0 +1,186 @@
+//! Starting a run (issue 23): a new run in a new or empty directory, a resume from the
+//! directory's checkpoint (only resumable keys may change, the data must match `run.json`'s
+//! fingerprint, the run may not be shortened), or a restart from step 0 of a run stopped before
+//! its first checkpoint; each under the directory's lock.
+
+use std::fs;
+use std::path::Path;
+
+use candle_core::Device;
+
+use crate::config::RunConfig;
+use crate::data::load_data;
+use crate::error::RunError;
+use crate::lock::RunLock;
+use crate::progress::Progress;
+use crate::record::{DataFingerprint, RunRecord, check_data};
+use crate::run::RunPlan;
+use crate::rundir::{
+    CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, check_resumable, truncate_metrics,
+};
+use crate::trainer::Trainer;
+
+/// Refuses a resume that would shorten the run (fewer total steps than its checkpoint holds) or
+/// train nothing on a finished run, before any record is touched: `config.toml` and
+/// `summary.json` would otherwise describe a run that did not happen. A run whose checkpoint is
+/// at its last step but that has no summary (interrupted during evaluation) is evaluated.
+fn check_steps_ahead(t: &Trainer, dir: &Path) -> Result<(), RunError> {
+    let (at, total) = (t.step(), t.config().total_steps());
+    let refit = t.config().train.prior_refit.map_or(0, |r| r.steps);
+    let steps = match refit {
+        0 => format!("train.steps = {total}"),
+        r => format!("train.steps + train.prior_refit.steps = {total} ({r} refit)"),
+    };
+    if total < at {
+        return Err(RunError::invalid(
+            dir,
+            format!(
+                "its checkpoint is at step {at}, and {steps} would go back; a run cannot be \
+                 shortened (copy the directory at an earlier checkpoint, or start a new run)"
+            ),
+        ));
+    }
+    if total == at && dir.join(SUMMARY_FILE).exists() {
+        return Err(RunError::invalid(
+            dir,
+            format!(
+                "is already at step {at} ({steps}): nothing to train; raise the steps to continue, \
+                 or re-evaluate with `ipld-train eval --run {}`",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What [`start`] hands the run: the trainer, the run record and the directory's lock.
+pub(crate) struct Started {
+    pub trainer: Trainer,
+    pub record: RunRecord,
+    pub lock: RunLock,
+}
+
+/// The plan's trainer: reopened from the run directory's checkpoint on resume (its config may
+/// change only in the resumable keys, its data must match the record), restarted from step 0
+/// when the run stopped before its first checkpoint, else a fresh one in a new directory.
+pub(crate) fn start(plan: &RunPlan) -> Result<Started, RunError> {
+    let dir = &plan.run_dir;
+    let origin = dir.display().to_string();
+    let say = |line: String| {
+        if plan.progress != Progress::Quiet {
+            eprintln!("{line}");
+        }
+    };
+    if plan.resume {
+        let lock = RunLock::acquire(dir)?;
+        // Compared validated, so a config that leaves `data.normalize` to its default matches the
+        // resolved value the run saved.
+        let new = plan.config.clone().validated(&origin)?;
+        let saved = RunConfig::from_file(&dir.join(CONFIG_FILE))?.validated(&origin)?;
+        check_resumable(&saved, &new).map_err(|m| RunError::invalid(dir, m))?;
+        let data = load_data(&new)?;
+        let fingerprint = DataFingerprint::of(&new, &data);
+        let record = check_data(
+            dir,
+            RunRecord::read(dir)?,
+            fingerprint,
+            plan.accept_data_change,
+        )?;
+        if !dir.join(CHECKPOINT_FILE).exists() {
+            // Stopped before its first checkpoint (an interrupt, a kill, a NaN at step 1):
+            // nothing to continue from, so the run starts over.
+            let t = Trainer::new(new, data, Device::Cpu)?;
+            truncate_metrics(&dir.join(METRICS_FILE), 0)?;
+            say(format!(
+                "{} has no checkpoint (it stopped before its first): restarting it from step 0 \
+                 of {}",
+                dir.display(),
+                t.config().total_steps()
+            ));
+            return Ok(Started {
+                trainer: t,
+                record,
+                lock,
+            });
+        }
+        let mut t = Trainer::new(saved, data, Device::Cpu)?;
+        if plan.accept_data_change {
+            t.adopt_checkpoint_normalizer(&dir.join(CHECKPOINT_FILE))?;
+        }
+        t.load_checkpoint(&dir.join(CHECKPOINT_FILE))?;
+        t.set_config(new)
+            .map_err(|e| RunError::invalid(dir, e.to_string()))?;
+        check_steps_ahead(&t, dir)?;
+        truncate_metrics(&dir.join(METRICS_FILE), t.step())?;
+        say(format!(
+            "resuming {} from step {} of {}",
+            dir.display(),
+            t.step(),
+            t.config().total_steps()
+        ));
+        return Ok(Started {
+            trainer: t,
+            record,
+            lock,
+        });
+    }
+    if dir.join(CONFIG_FILE).exists() || dir.join(CHECKPOINT_FILE).exists() {
+        let hint = match dir.join(CHECKPOINT_FILE).exists() {
+            true => "continue it with --resume",
+            false => "it stopped before its first checkpoint: restart it from step 0 with --resume",
+        };
+        return Err(RunError::invalid(
+            dir,
+            format!("already holds a run; {hint}, or choose another --out"),
+        ));
+    }
+    check_empty(dir)?;
+    if plan.config.eval.fid {
+        let w = crate::fid::default_weights();
+        if !w.exists() {
+            return Err(RunError::invalid(
+                &w,
+                "eval.fid needs the Inception weights: run `cargo xtask fetch-inception` \
+                 (or --set eval.fid=false)",
+            ));
+        }
+    }
+    let cfg = plan.config.clone().validated(&origin)?;
+    let data = load_data(&cfg)?;
+    let record = RunRecord {
+        data: DataFingerprint::of(&cfg, &data),
+        invocations: Vec::new(),
+    };
+    let t = Trainer::new(cfg, data, Device::Cpu)?;
+    fs::create_dir_all(dir).map_err(|e| RunError::io(dir, e))?;
+    let lock = RunLock::acquire(dir)?;
+    Ok(Started {
+        trainer: t,
+        record,
+        lock,
+    })
+}
+
+/// A new run's `--out` must be new or empty: a folder of other files (an unrelated
+/// `metrics.jsonl`, say) would be mixed with the run's.
+fn check_empty(dir: &Path) -> Result<(), RunError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        return Err(RunError::invalid(dir, "is a file, not a run directory"));
+    }
+    let mut entries = fs::read_dir(dir).map_err(|e| RunError::io(dir, e))?;
+    if let Some(Ok(e)) = entries.next() {
+        return Err(RunError::invalid(
+            dir,
+            format!(
+                "is not empty (it holds {}) and holds no run: a new run needs a new or empty \
+                 directory",
+                e.file_name().to_string_lossy()
+            ),
+        ));
+    }
+    Ok(())
+}
+
