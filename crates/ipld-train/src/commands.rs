@@ -185,22 +185,29 @@ pub fn eval_run(
         true => Some(crate::recognise::recognisability(&trainer, &s)?),
         false => None,
     };
+    // The keys in the order of a run's summary.json.
     let mut out = serde_json::json!({
-        "fid": fid,
-        "run_dir": dir.display().to_string(),
+        "method": cfg.method.name(),
+        "dataset": cfg.data.name(),
+        "particles": trainer.particles_per_point(),
         "steps": trainer.step(),
+        "seed": seed.unwrap_or(cfg.seed),
+        "sample_seconds": s.seconds,
         "samples": n,
         "mmd": mmd,
-        "sample_seconds": s.seconds,
-        "data_points": trainer.data().len(),
-        "data_normalize": trainer.normalizer().kind().name(),
+        "fid": fid,
         "recognisability": recognisability,
     });
+    let o = out.as_object_mut().expect("an object");
     // Quality is plain numbers, so it always serialises to an object.
-    if let (Some(o), Ok(serde_json::Value::Object(q))) =
-        (out.as_object_mut(), serde_json::to_value(quality))
-    {
+    if let Ok(serde_json::Value::Object(q)) = serde_json::to_value(quality) {
         o.extend(q);
     }
+    o.insert(
+        "data_normalize".into(),
+        trainer.normalizer().kind().name().into(),
+    );
+    o.insert("data_points".into(), trainer.data().len().into());
+    o.insert("run_dir".into(), dir.display().to_string().into());
     Ok(out)
 }

@@ -16,11 +16,11 @@ use crate::error::{RunError, TrainError};
 use crate::eval::{Quality, Samples, generate_with_progress, mmd, quality, reference};
 use crate::fid::fid_of_samples;
 use crate::interrupt;
-use crate::progress::Progress;
+use crate::progress::{Progress, sig5};
 use crate::record::Invocation;
 use crate::rundir::{
-    CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SAMPLES_PNG, SUMMARY_FILE, metrics_line,
-    save_checkpoint,
+    CHECKPOINT_FILE, CONFIG_FILE, LineClock, METRICS_FILE, SAMPLES_PNG, SUMMARY_FILE,
+    logged_train_seconds, metrics_line, save_checkpoint,
 };
 use crate::start::{Started, start};
 use crate::trainer::{StepMetrics, Trainer};
@@ -165,7 +165,8 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
         data_normalize: trainer.normalizer().kind().name().into(),
         run_dir: dir.display().to_string(),
     };
-    let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
+    let mut json = serde_json::to_string_pretty(&summary).expect("summary serialises");
+    json.push('\n');
     write_atomically(&dir.join(SUMMARY_FILE), json.as_bytes())?;
     record.finish(trainer.step(), "finished");
     record.write(&dir)?;
@@ -191,13 +192,15 @@ fn train(
     let total = cfg.total_steps();
     let bar = progress.bar(
         total,
-        "train {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        "train {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}",
     );
     let bar = bar.filter(|_| first < total);
     if let Some(b) = &bar {
         b.set_position(first);
     }
     let start = Instant::now();
+    let before = logged_train_seconds(&metrics_path);
+    let mut previous = (first, 0.0);
     let mut last = None;
     let per_epoch = trainer.batching().1;
     let snapshot_due = |t: u64| {
@@ -231,16 +234,26 @@ fn train(
         };
         let done = m.step + 1;
         if done.is_multiple_of(cfg.train.log_every) || done == total {
-            let line = metrics_line(&m, start.elapsed().as_secs_f64());
+            let seconds = start.elapsed().as_secs_f64();
+            let rate = (done - previous.0) as f64 / (seconds - previous.1).max(1e-9);
+            previous = (done, seconds);
+            let line = metrics_line(
+                &m,
+                LineClock {
+                    seconds,
+                    train_seconds_total: before + seconds,
+                    steps_per_second: rate,
+                },
+            );
             writeln!(metrics, "{line}").map_err(|e| RunError::io(&metrics_path, e))?;
             if progress == Progress::Log {
                 tracing::info!(
                     step = done,
                     total,
-                    loss = m.loss,
-                    nll = m.nll,
-                    diffusion = m.diffusion_loss,
-                    gamma = m.gamma,
+                    loss = %sig5(m.loss),
+                    nll = %sig5(m.nll),
+                    diffusion = %sig5(m.diffusion_loss),
+                    gamma = %sig5(m.gamma),
                     "training"
                 );
             }
@@ -248,8 +261,10 @@ fn train(
         if let Some(b) = &bar {
             b.set_position(done);
             b.set_message(format!(
-                "loss {:.4} nll {:.4} diff {:.4}",
-                m.loss, m.nll, m.diffusion_loss
+                "loss {} nll {} diff {}",
+                sig5(m.loss),
+                sig5(m.nll),
+                sig5(m.diffusion_loss)
             ));
         }
         if done.is_multiple_of(cfg.train.checkpoint_every) || done == total {

@@ -169,11 +169,23 @@ pub fn save_checkpoint(trainer: &Trainer, dir: &Path) -> Result<(), RunError> {
     Ok(write_atomically(&dir.join(CHECKPOINT_FILE), &bytes)?)
 }
 
+/// Wall-clock fields of a metrics line.
+#[derive(Debug, Clone, Copy)]
+pub struct LineClock {
+    /// Seconds since this invocation's training loop began.
+    pub seconds: f64,
+    /// Training seconds summed over every invocation of the run (resumes add to it).
+    pub train_seconds_total: f64,
+    /// Steps per second since the previous line.
+    pub steps_per_second: f64,
+}
+
 /// One `metrics.jsonl` line for the step `m` (`step` counts steps done, from 1), with the
-/// learning rates that step used.
-pub fn metrics_line(m: &StepMetrics, seconds: f64) -> String {
+/// learning rates that step used and when it ended (`time`, RFC 3339 UTC).
+pub fn metrics_line(m: &StepMetrics, clock: LineClock) -> String {
     serde_json::json!({
         "step": m.step + 1,
+        "phase": if m.prior_refit { "prior-refit" } else { "joint" },
         "loss": m.loss,
         "diffusion_loss": m.diffusion_loss,
         "nll": m.nll,
@@ -181,10 +193,26 @@ pub fn metrics_line(m: &StepMetrics, seconds: f64) -> String {
         "particle_step_size": m.particle_step_size,
         "particle_norm": m.particle_norm,
         "particle_spread": m.particle_spread,
-        "phase": if m.prior_refit { "prior-refit" } else { "joint" },
         "lr_theta": m.lr_theta,
         "lr_phi": m.lr_phi,
-        "seconds": seconds,
+        "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        "seconds": clock.seconds,
+        "train_seconds_total": clock.train_seconds_total,
+        "steps_per_second": clock.steps_per_second,
     })
     .to_string()
+}
+
+/// The training seconds a run had logged before this invocation: the last kept metrics line's
+/// `train_seconds_total` (0 for a new run, or one logged before the field existed).
+pub fn logged_train_seconds(path: &Path) -> f64 {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| v["train_seconds_total"].as_f64())
+                .next_back()
+        })
+        .unwrap_or(0.0)
 }

@@ -183,4 +183,3 @@ fn check_empty(dir: &Path) -> Result<(), RunError> {
     }
     Ok(())
 }
-

@@ -260,3 +260,76 @@ fn refit_learning_rate_follows_the_half_cosine() {
         .to_string();
     assert!(e.contains("train.prior_refit.final_lr"), "{e}");
 }
+
+/// Theta's gradient at a step, recovered from AdamW's first moments in the checkpoints before
+/// and after it: g_t = (m_t - beta1 m_{t-1}) / (1 - beta1), all of theta's tensors together.
+fn theta_gradient(before: &[u8], after: &[u8], beta1: f64) -> Vec<f64> {
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(before).unwrap(),
+        safetensors::SafeTensors::deserialize(after).unwrap(),
+    );
+    let mut names: Vec<String> = a
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("opt_theta/m/"))
+        .map(|n| n.to_string())
+        .collect();
+    names.sort();
+    assert!(!names.is_empty());
+    let f32s = |t: safetensors::tensor::TensorView| -> Vec<f64> {
+        t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect()
+    };
+    names
+        .iter()
+        .flat_map(|n| {
+            let (m0, m1) = (f32s(a.tensor(n).unwrap()), f32s(b.tensor(n).unwrap()));
+            m0.into_iter()
+                .zip(m1)
+                .map(|(m0, m1)| (m1 - beta1 * m0) / (1.0 - beta1))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn refit_gradient_keeps_the_joint_phase_scale() {
+    // The joint loss weights the prior's diffusion loss by gamma (eq. 64); the refit scales its
+    // loss the same way, so theta's gradient does not jump by 1/gamma (20 here) at the phase
+    // boundary while AdamW's second moments still hold the joint phase's scale.
+    let cfg = with(
+        common::tiny(20),
+        &[
+            "train.kl={coefficient=0.05, warmup_steps=0}".into(),
+            refit(2),
+        ],
+    );
+    let beta1 = cfg.train.optimizer_theta.beta1;
+    let data = ipld_train::data::load_data(&cfg).unwrap();
+    let mut t =
+        ipld_train::Trainer::new(cfg.validated("test").unwrap(), data, Device::Cpu).unwrap();
+    let mut snaps = Vec::new();
+    for step in 0..22 {
+        if step >= 18 {
+            snaps.push(t.checkpoint_bytes().unwrap());
+        }
+        let m = t.train_step().unwrap();
+        assert_eq!(m.prior_refit, step >= 20);
+    }
+    snaps.push(t.checkpoint_bytes().unwrap());
+    let norm = |g: Vec<f64>| g.iter().map(|x| x * x).sum::<f64>().sqrt();
+    // Steps 18 and 19 (joint), 20 and 21 (refit).
+    let g: Vec<f64> = (0..4)
+        .map(|i| norm(theta_gradient(&snaps[i], &snaps[i + 1], beta1)))
+        .collect();
+    let joint = (g[0] + g[1]) / 2.0;
+    for r in &g[2..] {
+        let ratio = r / joint;
+        assert!(
+            (0.2..5.0).contains(&ratio),
+            "refit gradient {r:.3e} vs joint {joint:.3e}: ratio {ratio:.2} (1/gamma = 20)"
+        );
+    }
+}

@@ -38,6 +38,10 @@ impl Trainer {
         )?;
         let noise = gaussian(&mut rng, (rows, dz), DType::F32, &self.device)?;
         let z_prior = self.prior_space(&z)?;
+        // Theta's gradient keeps the scale it had in the joint loss, gamma times the diffusion
+        // loss (eq. 64): AdamW's moments carry over, and an unscaled loss (1/gamma = 20 times
+        // larger at c_KL = 0.05) made its first few hundred steps several times too long.
+        let gamma = self.cfg.train.kl.gamma(joint);
         let eps = self
             .eps_model()
             .ok_or_else(|| TrainError::Invalid("a prior refit needs a prior network".into()))?;
@@ -51,7 +55,7 @@ impl Trainer {
             )?;
             let loss = terms.total.sum_all()?.affine(1.0 / rows as f64, 0.0)?;
             let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            Ok((value, loss.backward()?))
+            Ok((value, loss.affine(gamma, 0.0)?.backward()?))
         };
         let outs = run_shards(&self.device, self.cfg.train.shards, b, refit_shard)?;
         let loss_v: f64 = outs.iter().map(|o| o.0).sum();
@@ -73,7 +77,7 @@ impl Trainer {
             loss: loss_v,
             diffusion_loss: loss_v,
             nll: f64::NAN,
-            gamma: self.cfg.train.kl.gamma(joint),
+            gamma,
             particle_step_size: 0.0,
             particle_norm: stats.0,
             particle_spread: stats.1,
