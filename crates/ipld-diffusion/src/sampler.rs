@@ -174,7 +174,8 @@ impl Sampler for Ddpm {
 }
 
 impl Ddim {
-    /// Checks 1 <= steps <= K and eta finite and non-negative.
+    /// Checks 1 <= steps <= K and 0 <= eta <= 1 (eta = 1 is DDPM's posterior variance; above
+    /// it sigma^2 can exceed 1 - alpha-bar_{t-1}, leaving no real direction coefficient).
     pub fn validate(&self, schedule: &NoiseSchedule) -> Result<(), DiffusionError> {
         if self.steps == 0 || self.steps > schedule.steps() {
             return Err(DiffusionError::param(
@@ -182,10 +183,10 @@ impl Ddim {
                 &format!("must lie in 1..={}, got {}", schedule.steps(), self.steps),
             ));
         }
-        if !(self.eta >= 0.0 && self.eta.is_finite()) {
+        if !(0.0..=1.0).contains(&self.eta) {
             return Err(DiffusionError::param(
                 "eta",
-                &format!("must be finite and >= 0, got {}", self.eta),
+                &format!("must lie in [0, 1], got {}", self.eta),
             ));
         }
         Ok(())

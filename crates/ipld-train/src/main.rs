@@ -83,12 +83,12 @@ enum Command {
         /// Sampler (default: the run's eval.sampler).
         #[arg(long, value_enum)]
         sampler: Option<SamplerKind>,
-        /// DDIM network evaluations.
-        #[arg(long, default_value_t = 100)]
-        ddim_steps: usize,
-        /// DDIM eta.
-        #[arg(long, default_value_t = 0.0)]
-        eta: f64,
+        /// DDIM network evaluations (with --sampler ddim; default 100).
+        #[arg(long)]
+        ddim_steps: Option<usize>,
+        /// DDIM eta in [0, 1] (with --sampler ddim; default 0).
+        #[arg(long)]
+        eta: Option<f64>,
         /// Sampling seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -151,6 +151,13 @@ fn progress(quiet: bool) -> Progress {
 
 fn plan(args: TrainArgs) -> anyhow::Result<Option<RunPlan>> {
     let mut sets = args.sets.clone();
+    if let (Some(seed), Some(set)) = (
+        args.seed,
+        sets.iter()
+            .find(|s| s.split('=').next().map(str::trim) == Some("seed")),
+    ) {
+        bail!("--seed {seed} and --set {set} both set the seed: give one");
+    }
     if let Some(seed) = args.seed {
         sets.insert(0, format!("seed={seed}"));
     }
@@ -215,11 +222,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             force,
             quiet,
         }) => {
+            if !matches!(sampler, Some(SamplerKind::Ddim))
+                && (ddim_steps.is_some() || eta.is_some())
+            {
+                bail!("--ddim-steps and --eta set the DDIM sampler: add --sampler ddim");
+            }
             let sampler = sampler.map(|k| match k {
                 SamplerKind::Ddpm => SamplerConfig::Ddpm(Ddpm::default()),
                 SamplerKind::Ddim => SamplerConfig::Ddim(Ddim {
-                    steps: ddim_steps,
-                    eta,
+                    steps: ddim_steps.unwrap_or(100),
+                    eta: eta.unwrap_or(0.0),
                 }),
             });
             serde_json::to_string(&ipld_train::sample_run(

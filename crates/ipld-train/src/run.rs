@@ -83,6 +83,9 @@ pub struct RunSummary {
     /// The `data.normalize` the run trained with; samples and the MMD are in the data's own
     /// units whatever it is.
     pub data_normalize: String,
+    /// Settings that do not do all they say, and a loss that exploded (absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// The run directory.
     pub run_dir: String,
 }
@@ -94,8 +97,15 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
         mut trainer,
         mut record,
         lock: _lock,
+        mut warnings,
     } = start(&plan)?;
     let cfg = trainer.config().clone();
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if plan.progress != Progress::Quiet {
+        eprintln!("{}", banner(&trainer, &dir));
+    }
     write_atomically(&dir.join(CONFIG_FILE), cfg.to_toml().as_bytes())?;
     record.invocations.push(Invocation::begin(trainer.step()));
     record.write(&dir)?;
@@ -112,7 +122,11 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
         record.finish(trainer.step(), outcome);
         record.write(&dir)?;
     }
-    let last = trained?;
+    let Trained { last, first_loss } = trained?;
+    if let Some(w) = loss_explosion(&dir.join(METRICS_FILE), first_loss) {
+        tracing::warn!("{w}");
+        warnings.push(w);
+    }
     let train_seconds = start.elapsed().as_secs_f64();
     let steps_now = trainer.step() - first;
 
@@ -163,6 +177,7 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
         recognisability,
         quality,
         data_normalize: trainer.normalizer().kind().name().into(),
+        warnings,
         run_dir: dir.display().to_string(),
     };
     let mut json = serde_json::to_string_pretty(&summary).expect("summary serialises");
@@ -173,14 +188,60 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
     Ok(summary)
 }
 
+/// What the run is, printed when it starts: directory, data, method, network sizes, the particle
+/// cloud's bytes, device, threads and steps.
+fn banner(t: &Trainer, dir: &Path) -> String {
+    let cfg = t.config();
+    let (prior, decoder) = t.parameter_counts();
+    let cloud = crate::start::cloud_bytes(cfg, t.data().len());
+    format!(
+        "run {}: {} on {} ({} points x {} values), N = {}, prior {prior} and decoder {decoder} \
+         parameters, particle cloud {:.1} MiB, cpu with {} threads, steps {} of {}",
+        dir.display(),
+        cfg.method.name(),
+        cfg.data.name(),
+        t.data().len(),
+        t.data().dim(),
+        cfg.particles.count,
+        cloud as f64 / (1u64 << 20) as f64,
+        rayon::current_num_threads(),
+        t.step(),
+        cfg.total_steps()
+    )
+}
+
+/// A warning when the run's last logged loss is over 100 times its first (the first logged
+/// line's, or `first_loss`, this invocation's first step's, when no earlier line exists): a step
+/// size or learning rate too large, whatever the final metric says.
+fn loss_explosion(metrics: &Path, first_loss: Option<f64>) -> Option<String> {
+    let text = fs::read_to_string(metrics).ok()?;
+    let losses: Vec<(u64, f64)> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].as_f64()?)))
+        .collect();
+    let &(s1, l1) = losses.last()?;
+    let (s0, l0) = match (losses.first(), first_loss) {
+        (Some(&(s, l)), _) if s < s1 => (s, l),
+        (_, Some(l)) => (1, l),
+        _ => return None,
+    };
+    let bound = 100.0 * l0.abs().max(1.0);
+    (l1 > bound).then(|| {
+        format!(
+            "the loss exploded: {} at step {s1} against {} at step {s0} (over 100 times); the \
+             particle step size or a learning rate is probably too large, and the metrics of \
+             this run are not to be trusted",
+            sig5(l1),
+            sig5(l0)
+        )
+    })
+}
+
 /// The training loop up to the config's total steps: metrics lines every `train.log_every`
 /// steps, checkpoints every `train.checkpoint_every` and at the end, and for image runs the
 /// particle-cloud pictures at the configured epochs. Returns the last step's metrics.
-fn train(
-    trainer: &mut Trainer,
-    dir: &Path,
-    progress: Progress,
-) -> Result<Option<StepMetrics>, RunError> {
+fn train(trainer: &mut Trainer, dir: &Path, progress: Progress) -> Result<Trained, RunError> {
     let cfg = trainer.config().clone();
     let metrics_path = dir.join(METRICS_FILE);
     let mut metrics = fs::OpenOptions::new()
@@ -201,7 +262,8 @@ fn train(
     let start = Instant::now();
     let before = logged_train_seconds(&metrics_path);
     let mut previous = (first, 0.0);
-    let mut last = None;
+    let mut last: Option<StepMetrics> = None;
+    let mut first_loss = None;
     let per_epoch = trainer.batching().1;
     let snapshot_due = |t: u64| {
         cfg.is_image_run()
@@ -273,6 +335,7 @@ fn train(
                 .map_err(|e| RunError::io(&metrics_path, e))?;
             save_checkpoint(trainer, dir)?;
         }
+        first_loss = first_loss.or(Some(m.loss));
         last = Some(m);
         if interrupt::requested() && done < total {
             metrics
@@ -295,7 +358,13 @@ fn train(
     if snapshot_due(trainer.step()) {
         pictures::cloud_snapshot(trainer, trainer.step() / per_epoch, dir)?;
     }
-    Ok(last)
+    Ok(Trained { last, first_loss })
+}
+
+/// What the training loop hands back: the last step's metrics and this invocation's first loss.
+struct Trained {
+    last: Option<StepMetrics>,
+    first_loss: Option<f64>,
 }
 
 /// Image runs: the sample grid (`samples.png`, 8 x 8), the interpolation picture and, with

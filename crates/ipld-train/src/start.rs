@@ -7,6 +7,7 @@ use std::fs;
 use std::path::Path;
 
 use candle_core::Device;
+use ipld_data::Dataset;
 
 use crate::config::RunConfig;
 use crate::data::load_data;
@@ -58,6 +59,8 @@ pub(crate) struct Started {
     pub trainer: Trainer,
     pub record: RunRecord,
     pub lock: RunLock,
+    /// [`config_warnings`] for the run's config and data.
+    pub warnings: Vec<String>,
 }
 
 /// The plan's trainer: reopened from the run directory's checkpoint on resume (its config may
@@ -79,6 +82,8 @@ pub(crate) fn start(plan: &RunPlan) -> Result<Started, RunError> {
         let saved = RunConfig::from_file(&dir.join(CONFIG_FILE))?.validated(&origin)?;
         check_resumable(&saved, &new).map_err(|m| RunError::invalid(dir, m))?;
         let data = load_data(&new)?;
+        let warnings = config_warnings(&new, data.len(), data.dim());
+        check_memory(&new, data.len())?;
         let fingerprint = DataFingerprint::of(&new, &data);
         let record = check_data(
             dir,
@@ -101,6 +106,7 @@ pub(crate) fn start(plan: &RunPlan) -> Result<Started, RunError> {
                 trainer: t,
                 record,
                 lock,
+                warnings,
             });
         }
         let mut t = Trainer::new(saved, data, Device::Cpu)?;
@@ -122,6 +128,7 @@ pub(crate) fn start(plan: &RunPlan) -> Result<Started, RunError> {
             trainer: t,
             record,
             lock,
+            warnings,
         });
     }
     if dir.join(CONFIG_FILE).exists() || dir.join(CHECKPOINT_FILE).exists() {
@@ -147,6 +154,8 @@ pub(crate) fn start(plan: &RunPlan) -> Result<Started, RunError> {
     }
     let cfg = plan.config.clone().validated(&origin)?;
     let data = load_data(&cfg)?;
+    let warnings = config_warnings(&cfg, data.len(), data.dim());
+    check_memory(&cfg, data.len())?;
     let record = RunRecord {
         data: DataFingerprint::of(&cfg, &data),
         invocations: Vec::new(),
@@ -158,6 +167,7 @@ pub(crate) fn start(plan: &RunPlan) -> Result<Started, RunError> {
         trainer: t,
         record,
         lock,
+        warnings,
     })
 }
 
@@ -182,4 +192,88 @@ fn check_empty(dir: &Path) -> Result<(), RunError> {
         ));
     }
     Ok(())
+}
+
+/// The particle cloud's size in bytes: M N d_z f32 values for the positions, and as many again
+/// for each per-particle state of the update rule (AdaptiveLangevin's two moments, the kinetic
+/// rules' velocity).
+pub fn cloud_bytes(cfg: &RunConfig, points: usize) -> u64 {
+    use ipld_particles::UpdateConfig as U;
+    if !cfg.method.uses_particles() {
+        return 0;
+    }
+    let buffers = match cfg.particles.update {
+        U::AdaptiveLangevin(_) => 3,
+        U::KineticLangevin(_) | U::UnderdampedLangevin(_) => 2,
+        U::Langevin(_) | U::BatchLangevin(_) => 1,
+    };
+    (points as u64) * (cfg.particles.count as u64) * (cfg.data.latent_dim as u64) * 4 * buffers
+}
+
+/// The machine's available memory in bytes (`MemAvailable` of /proc/meminfo; None elsewhere).
+fn available_memory() -> Option<u64> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses a particle cloud larger than the memory available, before allocating it.
+fn check_memory(cfg: &RunConfig, points: usize) -> Result<(), RunError> {
+    let need = cloud_bytes(cfg, points);
+    match available_memory() {
+        Some(have) if need > have => Err(RunError::invalid(
+            Path::new("particles.count"),
+            format!(
+                "the particle cloud needs {:.1} GiB ({points} points x {} particles x {} latent \
+                 values, with the update rule's state) but the machine has {:.1} GiB available; \
+                 lower particles.count or data.latent_dim, or use data.max_points",
+                gib(need),
+                cfg.particles.count,
+                cfg.data.latent_dim,
+                gib(have)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// Settings that are accepted but do not do all they say, each as a one-line warning naming the
+/// key (logged at the start, and kept in the summary).
+pub fn config_warnings(cfg: &RunConfig, points: usize, dim: usize) -> Vec<String> {
+    let mut w = Vec::new();
+    let t = &cfg.train;
+    if t.batch_size > points {
+        w.push(format!(
+            "train.batch_size = {} exceeds the {points} data points: each step uses all {points}",
+            t.batch_size
+        ));
+    }
+    let batch = t.batch_size.min(points);
+    if t.shards > batch {
+        w.push(format!(
+            "train.shards = {} exceeds the {batch} points of a minibatch: it runs {batch} shards",
+            t.shards
+        ));
+    }
+    let warm = cfg.particles.warm_start_steps;
+    if warm > 0 && warm >= t.steps && cfg.particles.count > 1 && cfg.method.uses_particles() {
+        w.push(format!(
+            "particles.warm_start_steps = {warm} is not below train.steps = {}: the run trains \
+             with 1 particle per point throughout, not particles.count = {}",
+            t.steps, cfg.particles.count
+        ));
+    }
+    if cfg.data.latent_dim > dim {
+        w.push(format!(
+            "data.latent_dim = {} exceeds the data's {dim} dimensions: the latent space is larger \
+             than the data it explains",
+            cfg.data.latent_dim
+        ));
+    }
+    w
 }

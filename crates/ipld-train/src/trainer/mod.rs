@@ -201,6 +201,14 @@ impl Trainer {
         self.latents.per_point()
     }
 
+    /// Trainable values of the prior's epsilon-network (0 for PGD and MPGD) and of the decoder.
+    pub fn parameter_counts(&self) -> (usize, usize) {
+        let count =
+            |v: &candle_nn::VarMap| v.all_vars().iter().map(|x| x.elem_count()).sum::<usize>();
+        let prior = self.prior.as_ref().map_or(0, |p| count(&p.vars));
+        (prior, count(&self.decoder.vars))
+    }
+
     /// The fitted `data.normalize`: [`Normalizer::invert`] maps decoded samples to data units.
     pub fn normalizer(&self) -> &Normalizer {
         &self.normalizer
