@@ -34,7 +34,8 @@ pub use config::{
 };
 pub use error::{RunError, TrainError};
 pub use progress::Progress;
-pub use run::{RunPlan, RunSummary, run};
+pub use run::{RunSummary, run};
 pub use rundir::default_run_dir;
+pub use start::RunPlan;
 pub use threads::{pin_thread_count, quiet_candle_pool};
 pub use trainer::{StepMetrics, Trainer};

@@ -5,13 +5,12 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use ipld_data::{Dataset, ImageSet, write_atomically};
 use serde::Serialize;
 
-use crate::config::RunConfig;
 use crate::error::{RunError, TrainError};
 use crate::eval::{Quality, Samples, generate_with_progress, mmd, quality, reference};
 use crate::fid::fid_of_samples;
@@ -22,24 +21,9 @@ use crate::rundir::{
     CHECKPOINT_FILE, CONFIG_FILE, LineClock, METRICS_FILE, SAMPLES_PNG, SUMMARY_FILE,
     logged_train_seconds, metrics_line, save_checkpoint,
 };
-use crate::start::{Started, start};
+use crate::start::{RunPlan, Started, start};
 use crate::trainer::{StepMetrics, Trainer};
 use crate::{pictures, plot};
-
-/// A validated plan: what the binary hands to [`run`].
-#[derive(Debug, Clone)]
-pub struct RunPlan {
-    /// The resolved configuration.
-    pub config: RunConfig,
-    /// The run directory.
-    pub run_dir: PathBuf,
-    /// Continue the run in `run_dir` from its checkpoint instead of starting one.
-    pub resume: bool,
-    /// Progress display.
-    pub progress: Progress,
-    /// On resume, continue even if the data differ from the run's recorded fingerprint.
-    pub accept_data_change: bool,
-}
 
 /// The final report (also `summary.json` and the binary's last stdout line).
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -4,7 +4,7 @@
 //! its first checkpoint; each under the directory's lock.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use ipld_data::Dataset;
@@ -15,11 +15,25 @@ use crate::error::RunError;
 use crate::lock::RunLock;
 use crate::progress::Progress;
 use crate::record::{DataFingerprint, RunRecord, check_data};
-use crate::run::RunPlan;
 use crate::rundir::{
     CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, check_resumable, truncate_metrics,
 };
 use crate::trainer::Trainer;
+
+/// A validated plan: what the binary hands to [`crate::run()`].
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    /// The resolved configuration.
+    pub config: RunConfig,
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Continue the run in `run_dir` from its checkpoint instead of starting one.
+    pub resume: bool,
+    /// Progress display.
+    pub progress: Progress,
+    /// On resume, continue even if the data differ from the run's recorded fingerprint.
+    pub accept_data_change: bool,
+}
 
 /// Refuses a resume that would shorten the run (fewer total steps than its checkpoint holds) or
 /// train nothing on a finished run, before any record is touched: `config.toml` and
