@@ -105,7 +105,7 @@ pub(crate) fn start(plan: &RunPlan) -> Result<Started, RunError> {
             fingerprint,
             plan.accept_data_change,
         )?;
-        if !dir.join(CHECKPOINT_FILE).exists() {
+        let trainer = if !dir.join(CHECKPOINT_FILE).exists() {
             // Stopped before its first checkpoint (an interrupt, a kill, a NaN at step 1):
             // nothing to continue from, so the run starts over.
             let t = Trainer::new(new, data, Device::Cpu)?;
@@ -116,30 +116,27 @@ pub(crate) fn start(plan: &RunPlan) -> Result<Started, RunError> {
                 dir.display(),
                 t.config().total_steps()
             ));
-            return Ok(Started {
-                trainer: t,
-                record,
-                lock,
-                warnings,
-            });
-        }
-        let mut t = Trainer::new(saved, data, Device::Cpu)?;
-        if plan.accept_data_change {
-            t.adopt_checkpoint_normalizer(&dir.join(CHECKPOINT_FILE))?;
-        }
-        t.load_checkpoint(&dir.join(CHECKPOINT_FILE))?;
-        t.set_config(new)
-            .map_err(|e| RunError::invalid(dir, e.to_string()))?;
-        check_steps_ahead(&t, dir)?;
-        truncate_metrics(&dir.join(METRICS_FILE), t.step())?;
-        say(format!(
-            "resuming {} from step {} of {}",
-            dir.display(),
-            t.step(),
-            t.config().total_steps()
-        ));
+            t
+        } else {
+            let mut t = Trainer::new(saved, data, Device::Cpu)?;
+            if plan.accept_data_change {
+                t.adopt_checkpoint_normalizer(&dir.join(CHECKPOINT_FILE))?;
+            }
+            t.load_checkpoint(&dir.join(CHECKPOINT_FILE))?;
+            t.set_config(new)
+                .map_err(|e| RunError::invalid(dir, e.to_string()))?;
+            check_steps_ahead(&t, dir)?;
+            truncate_metrics(&dir.join(METRICS_FILE), t.step())?;
+            say(format!(
+                "resuming {} from step {} of {}",
+                dir.display(),
+                t.step(),
+                t.config().total_steps()
+            ));
+            t
+        };
         return Ok(Started {
-            trainer: t,
+            trainer,
             record,
             lock,
             warnings,

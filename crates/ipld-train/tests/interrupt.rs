@@ -9,11 +9,11 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{assert_same_checkpoints, tiny};
+use common::{assert_same_checkpoints, bin, stderr, tiny};
 use ipld_train::RunConfig;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ipld-train");
@@ -21,18 +21,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_ipld-train");
 fn write_config(dir: &Path, name: &str, cfg: &RunConfig) -> String {
     std::fs::write(dir.join(name), cfg.to_toml()).unwrap();
     name.to_string()
-}
-
-fn bin(args: &[&str], cwd: &Path) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A child whose stderr lines arrive on a channel.

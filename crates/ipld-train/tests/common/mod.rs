@@ -70,3 +70,17 @@ pub fn tiny(steps: u64) -> RunConfig {
 pub fn method_sets(method: &str) -> Vec<String> {
     ipld_train::config::method_overrides(method, false).unwrap()
 }
+
+/// Runs the `ipld-train` binary with `args` in `cwd`.
+pub fn bin(args: &[&str], cwd: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ipld-train"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+/// The binary's stderr as text.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
