@@ -200,6 +200,7 @@ pub fn run(exp: &Figure1) -> anyhow::Result<()> {
                     resume,
                     progress: Progress::Quiet,
                     accept_data_change: false,
+                    from_step: None,
                 })
                 .with_context(|| format!("cell {}", dir.display()))?;
                 serde_json::to_value(s)?
@@ -313,7 +314,9 @@ fn read_reused(exp: &Figure1) -> anyhow::Result<BTreeMap<ReuseKey, serde_json::V
                 "noise_scale": noise,
                 "steps": steps,
                 "mmd": num(f[5])?,
-                "final_loss": num(f[6])?,
+                // `null` where the cell's summary came from a resume that trained nothing
+                // (before issue 23 kept such records untouched).
+                "final_loss": if f[6] == "null" { None } else { Some(num(f[6])?) },
                 "train_seconds": num(f[7])?,
                 "sample_seconds": num(f[8])?,
             });
@@ -433,8 +436,14 @@ fn backfill_quality(
     summary: &mut serde_json::Value,
     samples: usize,
 ) -> anyhow::Result<()> {
-    let e = ipld_train::eval_run(dir, Some(samples), None, Progress::Quiet)
-        .with_context(|| format!("re-evaluating {}", dir.display()))?;
+    let e = ipld_train::eval_run(
+        dir,
+        Some(samples),
+        None,
+        ipld_train::eval::Latents::Prior,
+        Progress::Quiet,
+    )
+    .with_context(|| format!("re-evaluating {}", dir.display()))?;
     anyhow::ensure!(
         e["mmd"].as_f64().map(f64::to_bits) == summary["mmd"].as_f64().map(f64::to_bits),
         "{}: re-evaluation gives MMD² {} against the run's {}; not the run's samples",
@@ -579,7 +588,7 @@ fn plot_vs_n(
     });
     let pad = (ymax - ymin).max(1e-4) * 0.15;
     let ns: Vec<f64> = all.iter().map(|p| p.0).collect();
-    let root = BitMapBackend::new(path, (640, 440)).into_drawing_area();
+    let root = ipld_train::canvas::Canvas::new(path, (640, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -744,7 +753,8 @@ fn plot_panels(
     panels: &[(String, Vec<(f32, f32)>)],
 ) -> anyhow::Result<()> {
     ipld_train::plot::register_font();
-    let root = BitMapBackend::new(path, (260 * cols as u32, 280 * rows as u32)).into_drawing_area();
+    let root = ipld_train::canvas::Canvas::new(path, (260 * cols as u32, 280 * rows as u32))
+        .into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let root = root.titled(title, ("sans-serif", 18)).map_err(plot_err)?;
     for (area, (title, pts)) in root.split_evenly((rows, cols)).iter().zip(panels) {

@@ -676,25 +676,22 @@ pub fn save_image_folder(set: &ImageSet, dir: &Path, prefix: &str) -> Result<(),
     Ok(())
 }
 
-/// Tiles the first `rows * cols` images of `set` into one PNG grid with a 2-pixel border.
-pub fn save_image_grid(
-    set: &ImageSet,
-    rows: usize,
-    cols: usize,
-    path: &Path,
-) -> Result<(), DataError> {
+/// Tiles the first `rows * cols` images of `set` into one RGB grid, each image magnified `scale`
+/// times (nearest neighbour, so pixels stay sharp) and separated by a 2-pixel white border.
+pub fn image_grid(set: &ImageSet, rows: usize, cols: usize, scale: usize) -> image::RgbImage {
     let [c, h, w] = set.shape();
     let n = (rows * cols).min(set.len());
-    let pad = 2;
-    let (gw, gh) = (cols * (w + pad) + pad, rows * (h + pad) + pad);
+    let (pad, k) = (2, scale.max(1));
+    let (sh, sw) = (h * k, w * k);
+    let (gw, gh) = (cols * (sw + pad) + pad, rows * (sh + pad) + pad);
     let px = set.pixels_255();
     let mut grid = image::RgbImage::from_pixel(gw as u32, gh as u32, image::Rgb([255, 255, 255]));
     for i in 0..n {
         let img = &px[i * c * h * w..(i + 1) * c * h * w];
-        let (x0, y0) = ((i % cols) * (w + pad) + pad, (i / cols) * (h + pad) + pad);
-        for y in 0..h {
-            for x in 0..w {
-                let v = |ch: usize| img[(ch.min(c - 1)) * h * w + y * w + x];
+        let (x0, y0) = ((i % cols) * (sw + pad) + pad, (i / cols) * (sh + pad) + pad);
+        for y in 0..sh {
+            for x in 0..sw {
+                let v = |ch: usize| img[(ch.min(c - 1)) * h * w + (y / k) * w + x / k];
                 grid.put_pixel(
                     (x0 + x) as u32,
                     (y0 + y) as u32,
@@ -703,10 +700,26 @@ pub fn save_image_grid(
             }
         }
     }
+    grid
+}
+
+/// Writes `img` as a PNG atomically (a temporary file, then rename).
+pub fn save_png(img: &image::RgbImage, path: &Path) -> Result<(), DataError> {
     let tmp = path.with_extension("png.tmp");
-    grid.save_with_format(&tmp, image::ImageFormat::Png)
+    img.save_with_format(&tmp, image::ImageFormat::Png)
         .map_err(|e| DataError::format(&tmp, format!("cannot write PNG ({e})")))?;
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
+/// Tiles the first `rows * cols` images of `set` into one PNG grid with a 2-pixel border, at
+/// their own size ([`image_grid`] magnifies).
+pub fn save_image_grid(
+    set: &ImageSet,
+    rows: usize,
+    cols: usize,
+    path: &Path,
+) -> Result<(), DataError> {
+    save_png(&image_grid(set, rows, cols, 1), path)
 }
 
 /// Every image file below `dir`, sorted by path; an error if there is none.

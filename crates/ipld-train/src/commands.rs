@@ -7,7 +7,7 @@ use ipld_data::{Dataset, ImageSet, InMemoryDataset, save_matrix};
 use ipld_diffusion::SamplerConfig;
 
 use crate::error::RunError;
-use crate::eval::{generate_with_progress, mmd, quality, reference};
+use crate::eval::{Latents, decode_particles, generate_with_progress, mmd, quality, reference};
 use crate::fid::fid_of_samples;
 use crate::progress::Progress;
 use crate::rundir::{enclosing_run, open_run};
@@ -156,6 +156,7 @@ pub fn eval_run(
     dir: &Path,
     samples: Option<usize>,
     seed: Option<u64>,
+    latents: Latents,
     progress: Progress,
 ) -> Result<serde_json::Value, RunError> {
     let trainer = open_run(dir, &[])?;
@@ -164,13 +165,19 @@ pub fn eval_run(
     if n < 2 {
         return Err(RunError::invalid(dir, "eval needs at least 2 samples"));
     }
-    let s = generate_with_progress(
-        &trainer,
-        n,
-        &cfg.eval.sampler,
-        seed.unwrap_or(cfg.seed),
-        progress,
-    )?;
+    let s = match latents {
+        Latents::Prior => generate_with_progress(
+            &trainer,
+            n,
+            &cfg.eval.sampler,
+            seed.unwrap_or(cfg.seed),
+            progress,
+        )?,
+        Latents::Particles => {
+            decode_particles(&trainer, n).map_err(|e| RunError::invalid(dir, e.to_string()))?
+        }
+    };
+    let n = s.data.len() / trainer.data().dim();
     let reference = reference(&trainer)?;
     let mmd = mmd(&trainer, &s, &reference)?;
     let quality = quality(&trainer, &s, &reference)?;
@@ -192,6 +199,10 @@ pub fn eval_run(
         "particles": trainer.particles_per_point(),
         "steps": trainer.step(),
         "seed": seed.unwrap_or(cfg.seed),
+        "latents": match latents {
+            Latents::Prior => "prior",
+            Latents::Particles => "particles",
+        },
         "sample_seconds": s.seconds,
         "samples": n,
         "mmd": mmd,

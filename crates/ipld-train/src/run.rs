@@ -14,16 +14,17 @@ use serde::Serialize;
 use crate::error::{RunError, TrainError};
 use crate::eval::{Quality, Samples, generate_with_progress, mmd, quality, reference};
 use crate::fid::fid_of_samples;
+use crate::history::save_checkpoint;
 use crate::interrupt;
 use crate::progress::{Progress, sig5};
 use crate::record::Invocation;
 use crate::rundir::{
     CHECKPOINT_FILE, CONFIG_FILE, LineClock, METRICS_FILE, SAMPLES_PNG, SUMMARY_FILE,
-    logged_train_seconds, metrics_line, save_checkpoint,
+    logged_train_seconds, metrics_line,
 };
 use crate::start::{RunPlan, Started, start};
 use crate::trainer::{StepMetrics, Trainer};
-use crate::{pictures, plot};
+use crate::{periodic, pictures, plot};
 
 /// The final report (also `summary.json` and the binary's last stdout line).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -304,6 +305,13 @@ fn train(trainer: &mut Trainer, dir: &Path, progress: Progress) -> Result<Traine
                 );
             }
         }
+        if periodic::due(trainer, done) {
+            if let Some(b) = &bar {
+                b.set_message(format!("evaluating at step {done}"));
+            }
+            let line = periodic::evaluate(trainer, dir, progress)?;
+            writeln!(metrics, "{line}").map_err(|e| RunError::io(&metrics_path, e))?;
+        }
         if let Some(b) = &bar {
             b.set_position(done);
             b.set_message(format!(
@@ -362,7 +370,15 @@ fn image_outputs(
     let cfg = trainer.config();
     let src = cfg.data.images.as_ref().expect("image run");
     let set = ImageSet::from_f32(&samples.data, src.shape(), "generated samples")?;
-    ipld_data::save_image_grid(&set, 8, 8, &dir.join(SAMPLES_PNG))?;
+    let title = format!(
+        "{}: {} on {}, N = {}, step {}",
+        pictures::run_name(dir),
+        cfg.method.name(),
+        cfg.data.name(),
+        trainer.particles_per_point(),
+        trainer.step()
+    );
+    pictures::save_labelled_grid(&set, (8, 8), &title, &[], &dir.join(SAMPLES_PNG))?;
     pictures::interpolation(trainer, &dir.join(pictures::INTERPOLATION_PNG))?;
     if !cfg.eval.fid {
         return Ok(None);

@@ -86,6 +86,7 @@ pub const RESUMABLE_KEYS: &[&str] = &[
     "train.prior_refit",
     "train.log_every",
     "train.checkpoint_every",
+    "train.keep_checkpoints",
     "eval",
 ];
 
@@ -161,12 +162,6 @@ pub fn open_run(dir: &Path, overrides: &[String]) -> Result<Trainer, RunError> {
     let mut trainer = Trainer::new(cfg.validated(&origin)?, data, Device::Cpu)?;
     trainer.load_checkpoint(&dir.join(CHECKPOINT_FILE))?;
     Ok(trainer)
-}
-
-/// Writes the trainer's checkpoint into `dir`, atomically.
-pub fn save_checkpoint(trainer: &Trainer, dir: &Path) -> Result<(), RunError> {
-    let bytes = trainer.checkpoint_bytes()?;
-    Ok(write_atomically(&dir.join(CHECKPOINT_FILE), &bytes)?)
 }
 
 /// Wall-clock fields of a metrics line.

@@ -33,6 +33,8 @@ pub struct RunPlan {
     pub progress: Progress,
     /// On resume, continue even if the data differ from the run's recorded fingerprint.
     pub accept_data_change: bool,
+    /// On resume, roll back to this kept checkpoint (`train.keep_checkpoints`) first.
+    pub from_step: Option<u64>,
 }
 
 /// Refuses a resume that would shorten the run (fewer total steps than its checkpoint holds) or
@@ -105,6 +107,20 @@ pub(crate) fn start(plan: &RunPlan) -> Result<Started, RunError> {
             fingerprint,
             plan.accept_data_change,
         )?;
+        if let Some(step) = plan.from_step {
+            let latest = match dir.join(CHECKPOINT_FILE).exists() {
+                true => crate::history::checkpoint_step(&dir.join(CHECKPOINT_FILE))?,
+                false => 0,
+            };
+            if let Some(aside) = crate::history::roll_back(dir, step, latest)? {
+                say(format!(
+                    "rolled {} back from step {latest} to step {step}; the later checkpoints, \
+                     metrics and summary are kept in {}",
+                    dir.display(),
+                    aside.display()
+                ));
+            }
+        }
         let trainer = if !dir.join(CHECKPOINT_FILE).exists() {
             // Stopped before its first checkpoint (an interrupt, a kill, a NaN at step 1):
             // nothing to continue from, so the run starts over.

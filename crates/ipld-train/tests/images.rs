@@ -115,6 +115,41 @@ fn checkpoint(dir: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
+/// A picture of a `rows` x `cols` grid of 8 x 8 images with 2-pixel borders, magnified by a
+/// whole factor to at least 512 pixels wide, under a title band with text (the run's name and
+/// step) and, when `headers`, a band of column headers with text.
+fn check_picture(path: &Path, rows: usize, cols: usize, headers: bool) {
+    use ipld_train::pictures::{HEADER_BAND, MIN_PICTURE_WIDTH, TITLE_BAND};
+    let png = image::open(path).unwrap().to_rgb8();
+    let k = ipld_train::pictures::grid_scale(cols, 8);
+    let bands = TITLE_BAND + if headers { HEADER_BAND } else { 0 };
+    let what = path.display();
+    assert!(
+        png.width() as usize >= MIN_PICTURE_WIDTH,
+        "{what}: {}",
+        png.width()
+    );
+    assert!(png.width() as usize >= cols * (8 * k + 2) + 2, "{what}");
+    assert_eq!(
+        png.height(),
+        bands + (rows * (8 * k + 2) + 2) as u32,
+        "{what}"
+    );
+    let ink = |y0: u32, y1: u32| {
+        (y0..y1)
+            .flat_map(|y| (0..png.width()).map(move |x| (x, y)))
+            .filter(|&(x, y)| png.get_pixel(x, y).0[0] < 160)
+            .count()
+    };
+    assert!(ink(0, TITLE_BAND) > 100, "{what}: no title");
+    if headers {
+        assert!(
+            ink(TITLE_BAND, TITLE_BAND + HEADER_BAND) > 10 * cols,
+            "{what}: no headers"
+        );
+    }
+}
+
 #[test]
 fn image_ipld_trains_resumes_exactly_and_writes_a_grid() {
     let tmp = tempfile::tempdir().unwrap();
@@ -140,21 +175,20 @@ fn image_ipld_trains_resumes_exactly_and_writes_a_grid() {
     // D.2: one row per picture point, the data image then its particles (1 before the warm
     // start replicates them at the first step of epoch 2, 2 after). Epoch 5 starts at step 15.
     for (epoch, n) in [(0, 1), (2, 1), (5, 2)] {
-        let png = image::open(a.join(format!("clouds/epoch-{epoch:04}.png"))).unwrap();
-        assert_eq!(
-            (png.width(), png.height()),
-            ((n + 1) * 10 + 2, 4 * 10 + 2),
-            "epoch {epoch}"
-        );
+        let path = a.join(format!("clouds/epoch-{epoch:04}.png"));
+        check_picture(&path, 4, n + 1, true);
     }
     assert!(!a.join("clouds/epoch-0001.png").exists());
     // D.1: 2 pairs, each row data | 10 interpolants | data.
-    let png = image::open(a.join(ipld_train::pictures::INTERPOLATION_PNG)).unwrap();
-    assert_eq!((png.width(), png.height()), (12 * 10 + 2, 2 * 10 + 2));
+    check_picture(
+        &a.join(ipld_train::pictures::INTERPOLATION_PNG),
+        2,
+        12,
+        true,
+    );
     assert!(s.mmd.is_finite() && s.fid.is_none());
-    let png = image::open(a.join(SAMPLES_PNG)).unwrap();
-    // 8 x 8 grid of 8 x 8 images with 2-pixel borders.
-    assert_eq!((png.width(), png.height()), (8 * 10 + 2, 8 * 10 + 2));
+    // 8 x 8 grid of 8 x 8 images, titled, no column headers.
+    check_picture(&a.join(SAMPLES_PNG), 8, 8, false);
     // `ipld-train sample` on an image run writes a PNG folder that the FID loader reads.
     let out = tmp.path().join("samples");
     ipld_train::sample_run(&a, 5, None, 0, &out, false, Progress::Quiet).unwrap();

@@ -20,10 +20,12 @@ use crate::optim::{AdamWConfig, PhiUpdateConfig};
 mod compat;
 mod method;
 mod overrides;
+mod refit;
 mod validate;
 
 pub use method::Method;
 pub use overrides::{METHOD_LABELS, method_overrides};
+pub use refit::PriorRefitConfig;
 pub use validate::ValidConfig;
 
 /// Errors reading or validating a configuration; each names the file or key at fault.
@@ -314,41 +316,10 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Write a checkpoint every this many steps (and at the end).
     pub checkpoint_every: u64,
-}
-
-/// Prior-only steps after joint training (`train.prior_refit`). On a CPU budget the joint phase
-/// ends long before the prior has fitted the latents (the paper gives the prior ~10^5 steps,
-/// Table 2); these steps cost one prior evaluation each and no decoder pass. Step numbers
-/// continue after `train.steps`, so checkpoints, resume and the EMA carry over unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PriorRefitConfig {
-    /// Number of prior-only steps.
-    pub steps: u64,
-    /// Training points per step, drawn without replacement; each brings all its N particles
-    /// (DiffusionVAE: N encoder draws).
-    pub batch_size: usize,
-    /// AdamW learning rate for theta in this phase (the optimizer state carries over).
-    pub lr: f64,
-    /// Anneal the rate from `lr` to this over the refit by a half cosine
-    /// ([`PriorRefitConfig::lr_at`]); absent = `lr` throughout (configs before this key).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub final_lr: Option<f64>,
-}
-
-impl PriorRefitConfig {
-    /// The learning rate of refit step `i` (0-based, of `steps`): `lr` without `final_lr`, else
-    /// final + (lr - final) (1 + cos(pi i / steps)) / 2, which starts at `lr` and reaches
-    /// `final_lr` after the last step.
-    pub fn lr_at(&self, i: u64) -> f64 {
-        match self.final_lr {
-            None => self.lr,
-            Some(f) => {
-                let x = (i.min(self.steps) as f64) / (self.steps.max(1) as f64);
-                f + (self.lr - f) * 0.5 * (1.0 + (std::f64::consts::PI * x).cos())
-            }
-        }
-    }
+    /// Also keep the last this many checkpoints as `checkpoints/step-SSSSSSSS.safetensors`, to
+    /// roll back to with `--resume R --from-step S`; 0 (the default) keeps only the latest.
+    #[serde(default)]
+    pub keep_checkpoints: usize,
 }
 
 /// Evaluation after training.
@@ -386,6 +357,22 @@ pub struct EvalConfig {
     /// interpolation (D.1, Figure 4).
     #[serde(default = "eight")]
     pub picture_points: usize,
+    /// Evaluate during training every this many steps (0, the default: only at the end):
+    /// `every_samples` samples, their MMD² and structure metrics in a `phase = "eval"` line of
+    /// `metrics.jsonl` and `evals.csv`, and a picture `evals/step-SSSSSSSS.png`.
+    #[serde(default)]
+    pub every: u64,
+    /// Samples per evaluation during training (compared with as many training points).
+    #[serde(default = "thousand")]
+    pub every_samples: usize,
+    /// Image runs: also compute FID at each evaluation during training (Inception on every
+    /// sample: slow on a CPU).
+    #[serde(default)]
+    pub every_fid: bool,
+}
+
+fn thousand() -> usize {
+    1000
 }
 
 fn eight() -> usize {

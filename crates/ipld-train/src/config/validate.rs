@@ -227,6 +227,18 @@ impl RunConfig {
                 "the digit classifier needs labelled image data ([data.images])".into(),
             ));
         }
+        if self.eval.every > 0 && self.eval.every_samples < 4 {
+            return Err(key(
+                "eval.every_samples",
+                format!("must be at least 4, got {}", self.eval.every_samples),
+            ));
+        }
+        if self.eval.every_fid && self.data.images.is_none() {
+            return Err(key(
+                "eval.every_fid",
+                "FID needs image data ([data.images])".into(),
+            ));
+        }
         if self.eval.fid && self.data.images.is_none() {
             return Err(key(
                 "eval.fid",

@@ -16,6 +16,7 @@ pub fn plan(cfg: RunConfig, dir: &Path, resume: bool) -> RunPlan {
         resume,
         progress: Progress::Quiet,
         accept_data_change: false,
+        from_step: None,
     }
 }
 

@@ -1,0 +1,167 @@
+//! A run's checkpoint history (issue 23): with `train.keep_checkpoints = K`, every checkpoint is
+//! also kept as `checkpoints/step-SSSSSSSS.safetensors` and only the last K of those remain, so a
+//! corrupted write or a bad stretch of training can be rolled back with `--resume R --from-step
+//! S`. A roll-back loses nothing: the later checkpoints, `metrics.jsonl` and `summary.json` move
+//! to `checkpoints/rolled-back-from-T/` before the run continues from step S.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use ipld_data::write_atomically;
+
+use crate::error::RunError;
+use crate::rundir::{CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE};
+use crate::trainer::Trainer;
+
+/// Writes the trainer's checkpoint into `dir` atomically, keeps it in the run's history
+/// (`train.keep_checkpoints`), and rewrites the CSV copies of the metrics.
+pub fn save_checkpoint(trainer: &Trainer, dir: &Path) -> Result<(), RunError> {
+    let bytes = trainer.checkpoint_bytes()?;
+    write_atomically(&dir.join(CHECKPOINT_FILE), &bytes)?;
+    keep(
+        dir,
+        trainer.step(),
+        &bytes,
+        trainer.config().train.keep_checkpoints,
+    )?;
+    crate::csv::write_csv(dir)
+}
+
+/// The folder of step-numbered checkpoints inside a run directory.
+pub const HISTORY_DIR: &str = "checkpoints";
+
+/// The kept checkpoint of `step`.
+pub fn step_file(dir: &Path, step: u64) -> PathBuf {
+    dir.join(HISTORY_DIR)
+        .join(format!("step-{step:08}.safetensors"))
+}
+
+/// The steps of the kept checkpoints, ascending.
+pub fn kept_steps(dir: &Path) -> Result<Vec<u64>, RunError> {
+    let h = dir.join(HISTORY_DIR);
+    if !h.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut steps = Vec::new();
+    for e in fs::read_dir(&h).map_err(|e| RunError::io(&h, e))? {
+        let name = e.map_err(|e| RunError::io(&h, e))?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(s) = name
+            .strip_prefix("step-")
+            .and_then(|r| r.strip_suffix(".safetensors"))
+            .and_then(|d| d.parse::<u64>().ok())
+        {
+            steps.push(s);
+        }
+    }
+    steps.sort_unstable();
+    Ok(steps)
+}
+
+/// Keeps the checkpoint just written to `dir/checkpoint.safetensors` (the trainer's `step`) as a
+/// step-numbered file, then removes all but the last `keep` of those. The copy is a hard link
+/// where the file system allows (no extra space while it is also the latest), else the bytes.
+pub fn keep(dir: &Path, step: u64, bytes: &[u8], keep: usize) -> Result<(), RunError> {
+    if keep == 0 {
+        return Ok(());
+    }
+    let h = dir.join(HISTORY_DIR);
+    fs::create_dir_all(&h).map_err(|e| RunError::io(&h, e))?;
+    let target = step_file(dir, step);
+    let tmp = h.join(format!(".step-{step:08}.tmp{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let linked = fs::hard_link(dir.join(CHECKPOINT_FILE), &tmp)
+        .and_then(|_| fs::rename(&tmp, &target))
+        .is_ok();
+    if !linked {
+        let _ = fs::remove_file(&tmp);
+        write_atomically(&target, bytes)?;
+    }
+    let steps = kept_steps(dir)?;
+    for &old in &steps[..steps.len().saturating_sub(keep)] {
+        let p = step_file(dir, old);
+        fs::remove_file(&p).map_err(|e| RunError::io(&p, e))?;
+    }
+    Ok(())
+}
+
+/// The step recorded in the checkpoint file at `path` (its safetensors metadata `step`).
+pub fn checkpoint_step(path: &Path) -> Result<u64, RunError> {
+    let bytes = fs::read(path).map_err(|e| RunError::io(path, e))?;
+    let bad = |why: &str| RunError::invalid(path, format!("not an ipld checkpoint ({why})"));
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e.to_string()))?;
+    meta.metadata()
+        .as_ref()
+        .and_then(|m| m.get("step"))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no `step` in its metadata"))
+}
+
+/// Rolls the run in `dir` back to its kept checkpoint of `step`: the checkpoints after it (the
+/// latest included), `metrics.jsonl` and `summary.json` move to
+/// `checkpoints/rolled-back-from-T/` (T the latest step; `-2`, `-3`, ... when taken), and the
+/// kept checkpoint becomes the latest. `latest` is the step the latest checkpoint holds. Returns
+/// the folder the later records went to (None when nothing came after `step`).
+pub fn roll_back(dir: &Path, step: u64, latest: u64) -> Result<Option<PathBuf>, RunError> {
+    let steps = kept_steps(dir)?;
+    if !steps.contains(&step) {
+        let have = if steps.is_empty() {
+            "none are kept (set train.keep_checkpoints to keep them)".to_string()
+        } else {
+            format!(
+                "the kept steps are {}",
+                steps
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        return Err(RunError::invalid(
+            dir,
+            format!("--from-step {step}: no checkpoint of that step; {have}"),
+        ));
+    }
+    let from = step_file(dir, step);
+    if step >= latest {
+        if !dir.join(CHECKPOINT_FILE).exists() {
+            let bytes = fs::read(&from).map_err(|e| RunError::io(&from, e))?;
+            write_atomically(&dir.join(CHECKPOINT_FILE), &bytes)?;
+        }
+        return Ok(None);
+    }
+    let h = dir.join(HISTORY_DIR);
+    let mut aside = h.join(format!("rolled-back-from-{latest}"));
+    let mut i = 2;
+    while aside.exists() {
+        aside = h.join(format!("rolled-back-from-{latest}-{i}"));
+        i += 1;
+    }
+    fs::create_dir_all(&aside).map_err(|e| RunError::io(&aside, e))?;
+    let move_to = |from: &Path, name: &str| -> Result<(), RunError> {
+        if from.exists() {
+            let to = aside.join(name);
+            fs::rename(from, &to).map_err(|e| RunError::io(from, e))?;
+        }
+        Ok(())
+    };
+    for &s in steps.iter().filter(|&&s| s > step) {
+        move_to(&step_file(dir, s), &format!("step-{s:08}.safetensors"))?;
+    }
+    // The latest checkpoint is kept too when it was not a step file (keep_checkpoints = 0 then).
+    let latest_name = format!("step-{latest:08}.safetensors");
+    if !aside.join(&latest_name).exists() {
+        move_to(&dir.join(CHECKPOINT_FILE), &latest_name)?;
+    }
+    // The metrics are copied, not moved: the resume keeps the lines up to `step`.
+    let metrics = dir.join(METRICS_FILE);
+    if metrics.exists() {
+        let to = aside.join(METRICS_FILE);
+        fs::copy(&metrics, &to).map_err(|e| RunError::io(&to, e))?;
+    }
+    move_to(&dir.join(SUMMARY_FILE), SUMMARY_FILE)?;
+    let bytes = fs::read(&from).map_err(|e| RunError::io(&from, e))?;
+    write_atomically(&dir.join(CHECKPOINT_FILE), &bytes)?;
+    Ok(Some(aside))
+}
