@@ -9,6 +9,8 @@
 //!   flat in M), and for M = 10^4, 10^5 at d_z = 256 (M = 10^6 would need 49 GB of particle
 //!   state: z, momentum and second moment of 10^6 x 16 x 256 f32);
 //! - `gmm` training steps per second for N = 1, 16, 256 (batch 500);
+//! - the eager update and gmm training at N = 1 and 16 once per instruction set this CPU has
+//!   (`by_isa`: AVX-512, AVX2, portable), side by side in one process;
 //! - DDIM-100 sampling throughput of a trained-size prior and decoder;
 //! - peak resident memory of the process.
 //!
@@ -160,6 +162,13 @@ fn sampling() -> anyhow::Result<f64> {
     Ok(n as f64 / s.seconds)
 }
 
+/// The CPU's model name (`/proc/cpuinfo`), so a number names the machine it came from.
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}
+
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -172,6 +181,11 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     // As `ipld-train` does for the presets' two shards (before any thread or tensor op).
     ipld_train::quiet_candle_pool(2);
     let memcpy = memcpy_gb_per_s();
+    println!(
+        "CPU {}, particle kernels on {} (IPLD_ISA to force one)",
+        cpu_model().unwrap_or_else(|| "unknown".into()),
+        ipld_particles::active_isa().name()
+    );
     println!("memcpy: {memcpy:.2} GB/s");
     let presets = ipld_train::RunConfig::presets_noise()?;
     let (eager_s, eager_gbs, shape) = eager_update(presets);
@@ -205,6 +219,28 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
         println!("train gmm N = {n}: {sps:.2} steps/s");
         train.insert(n.to_string(), sps);
     }
+    // Side by side on this CPU: every instruction set it has (IPLD_ISA picks the default).
+    let default_isa = ipld_particles::active_isa();
+    let mut eager_by_isa = BTreeMap::new();
+    let mut train_by_isa = BTreeMap::new();
+    for isa in ipld_particles::Isa::available() {
+        ipld_particles::set_isa(Some(isa))?;
+        let (s, gbs, _) = eager_update(presets);
+        let (n1, n16) = (train_gmm(1, 101)?, train_gmm(16, 41)?);
+        println!(
+            "{}: eager update {:.2} ms/step, {gbs:.2} GB/s ({:.0}% of memcpy); gmm N = 1 {n1:.1} \
+             steps/s, N = 16 {n16:.1} steps/s",
+            isa.name(),
+            s * 1e3,
+            100.0 * gbs / memcpy
+        );
+        eager_by_isa.insert(
+            isa.name(),
+            json!({"seconds_per_step": s, "gb_per_s": gbs, "fraction_of_memcpy": gbs / memcpy}),
+        );
+        train_by_isa.insert(isa.name(), json!({"1": n1, "16": n16}));
+    }
+    ipld_particles::set_isa(None)?;
     let samples_per_s = sampling()?;
     println!("DDIM-100 sampling (gmm MLP prior + decoder): {samples_per_s:.0} samples/s");
     let peak = peak_rss_mib();
@@ -215,6 +251,8 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     let summary = json!({
         "machine": {
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "cpu_model": cpu_model(),
+            "isa": default_isa.name(),
         },
         "memcpy_gb_per_s": memcpy,
         "particle_update_eager": {
@@ -223,6 +261,7 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
             "seconds_per_step": eager_s,
             "gb_per_s": eager_gbs,
             "fraction_of_memcpy": eager_gbs / memcpy,
+            "by_isa": eager_by_isa,
         },
         "particle_update_eager_philox4x32_10": {
             "shape_m_n_d": shape,
@@ -240,7 +279,11 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
                 "max_over_min": spread(&lazy256),
             },
         },
-        "train_gmm": { "batch": 500, "steps_per_second_by_n": train },
+        "train_gmm": {
+            "batch": 500,
+            "steps_per_second_by_n": train,
+            "by_isa": train_by_isa,
+        },
         "sampling_ddim100_samples_per_second": samples_per_s,
         "peak_rss_mib": peak,
     });
@@ -275,6 +318,20 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     }
     for (n, s) in &train {
         println!("| gmm training, N = {n} | {s:.2} steps/s |");
+    }
+    for (isa, e) in &eager_by_isa {
+        println!(
+            "| eager update, {isa} | {:.2} ms/step = {:.0}% of memcpy |",
+            e["seconds_per_step"].as_f64().unwrap_or(f64::NAN) * 1e3,
+            100.0 * e["fraction_of_memcpy"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    for (isa, t) in &train_by_isa {
+        println!(
+            "| gmm training, {isa} | N = 1: {:.1} steps/s, N = 16: {:.1} steps/s |",
+            t["1"].as_f64().unwrap_or(f64::NAN),
+            t["16"].as_f64().unwrap_or(f64::NAN)
+        );
     }
     println!("| DDIM-100 sampling | {samples_per_s:.0} samples/s |");
     if let Some(p) = peak {

@@ -766,6 +766,7 @@ fn plot_panels(
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 15))
             .margin(6)
+            .margin_right(16)
             .x_label_area_size(18)
             .y_label_area_size(28)
             .build_cartesian_2d(-lim..lim, -lim..lim)

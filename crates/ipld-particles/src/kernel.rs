@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::{Isa, prefetch};
+use crate::cpu::{Isa, active_isa, prefetch};
 use crate::{NoiseStream, ParticleCloud, ParticleError, StepContext};
 
 /// Below this many elements a minibatch pass runs on the calling thread: waking the thread pool
@@ -303,9 +303,9 @@ impl Task<'_> {
     /// [`run`](Self::run) compiled for the widest vector unit present; the kernels use plain
     /// IEEE operations (no FMA contraction in Rust), so every path gives the same bits.
     pub(crate) fn run_dispatch<F: Fn(Row<'_>)>(self, row: &F) {
-        match Isa::detect() {
+        match active_isa() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the function's features were detected.
+            // SAFETY: `active_isa` only returns an ISA this CPU supports.
             Isa::Avx512 => unsafe { self.run_avx512(row) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.

@@ -19,6 +19,7 @@ mod update;
 
 pub use adaptive_langevin::{AdaptiveLangevin, SecondMomentOf, V_FLOOR};
 pub use cloud::{INIT_STREAM, ParticleCloud, advise_huge_pages};
+pub use cpu::{ISA_ENV, Isa, active_isa, set_isa};
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaCloud, KERNEL_SOURCE};
 pub use error::ParticleError;

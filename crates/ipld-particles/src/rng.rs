@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cpu::{Isa, prefetch};
+use crate::cpu::{Isa, active_isa, prefetch};
 
 /// Philox4x32 round multipliers and Weyl key increments (Random123).
 const M0: u32 = 0xD251_1F53;
@@ -306,6 +306,63 @@ fn normals_groups_avx512<const R: usize>(
     }
 }
 
+/// [`philox_group`] in AVX2 intrinsics, the trick of [`philox_group_avx512`] on 4 64-bit lanes:
+/// each counter word sits in the low half of a 64-bit lane, `vpmuludq` multiplies those low
+/// halves into whole 64-bit products that serve as the next c1 / c3 as they are, and a shift
+/// gives their high words. The 16 blocks run as two halves of 8 (two registers per word), so
+/// the 8 state registers, the 4 constants and the temporaries fit the 16 ymm registers without
+/// spilling, with two independent multiply chains per word for the pipeline. Integer arithmetic:
+/// the bits are the portable version's.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn philox_group_avx2<const R: usize>(
+    key: [u32; 2],
+    c23: [u32; 2],
+    first: u64,
+) -> [[u32; LANES]; 4] {
+    use std::arch::x86_64::*;
+    let lanes = _mm256_set_epi64x(3, 2, 1, 0);
+    // first is a multiple of 16, so first + l never carries into the high word.
+    let lo = first as u32 as i64;
+    let (m0, m1) = (_mm256_set1_epi64x(M0 as i64), _mm256_set1_epi64x(M1 as i64));
+    // Gathers the low halves of a register's 4 lanes into its low 128 bits.
+    let evens = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    let mut out = [[0u32; LANES]; 4];
+    for half in 0..2 {
+        let base = lo + 8 * half as i64;
+        let mut c0 = [
+            _mm256_add_epi64(_mm256_set1_epi64x(base), lanes),
+            _mm256_add_epi64(_mm256_set1_epi64x(base + 4), lanes),
+        ];
+        let mut c1 = [_mm256_set1_epi64x((first >> 32) as i64); 2];
+        let mut c2 = [_mm256_set1_epi64x(c23[0] as i64); 2];
+        let mut c3 = [_mm256_set1_epi64x(c23[1] as i64); 2];
+        let [mut k0, mut k1] = key;
+        for _ in 0..R {
+            let (k0v, k1v) = (_mm256_set1_epi32(k0 as i32), _mm256_set1_epi32(k1 as i32));
+            for h in 0..2 {
+                let p0 = _mm256_mul_epu32(c0[h], m0);
+                let p1 = _mm256_mul_epu32(c2[h], m1);
+                let n0 =
+                    _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64::<32>(p1), c1[h]), k0v);
+                let n2 =
+                    _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64::<32>(p0), c3[h]), k1v);
+                (c0[h], c1[h], c2[h], c3[h]) = (n0, p1, n2, p0);
+            }
+            k0 = k0.wrapping_add(W0);
+            k1 = k1.wrapping_add(W1);
+        }
+        for (o, c) in out.iter_mut().zip([c0, c1, c2, c3]) {
+            let a = _mm256_permutevar8x32_epi32(c[0], evens);
+            let b = _mm256_permutevar8x32_epi32(c[1], evens);
+            let v = _mm256_permute2x128_si256::<0x20>(a, b);
+            // SAFETY: o[8 half..][..8] is 8 u32 = 32 writable bytes; storeu is unaligned.
+            unsafe { _mm256_storeu_si256(o[8 * half..].as_mut_ptr().cast(), v) };
+        }
+    }
+    out
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn normals_groups_avx2<const R: usize>(
@@ -315,7 +372,14 @@ fn normals_groups_avx2<const R: usize>(
     out: &mut [f32],
     ahead: Ahead,
 ) {
-    normals_groups::<R>(key, c23, first, out, ahead)
+    debug_assert!(first.is_multiple_of(LANES as u64));
+    for (g, o) in out.chunks_exact_mut(4 * LANES).enumerate() {
+        ahead.group(g);
+        box_muller_group(
+            &philox_group_avx2::<R>(key, c23, first + (g * LANES) as u64),
+            o,
+        );
+    }
 }
 
 /// Runs [`normals_groups`] compiled for the widest vector unit this CPU has. Only the
@@ -328,9 +392,9 @@ fn normals_groups_dispatch<const R: usize>(
     out: &mut [f32],
     ahead: Ahead,
 ) {
-    match Isa::detect() {
+    match active_isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the function's features were detected.
+        // SAFETY: `active_isa` only returns an ISA this CPU supports.
         Isa::Avx512 => unsafe { normals_groups_avx512::<R>(key, c23, first, out, ahead) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.

@@ -225,6 +225,8 @@ fn plan(args: TrainArgs) -> anyhow::Result<Option<RunPlan>> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // A bad IPLD_ISA is refused here, once, with the choices (the kernels cannot report it).
+    ipld_particles::Isa::from_env()?;
     let json = match cli.command {
         None => {
             let Some(plan) = plan(cli.train)? else {

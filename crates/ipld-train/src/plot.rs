@@ -64,6 +64,8 @@ pub fn scatter_pair(
         let mut chart = ChartBuilder::on(area)
             .caption(format!("{name} (x1, x2)"), ("sans-serif", 18))
             .margin(8)
+            // Room for the last x tick label, centred on the axis's end.
+            .margin_right(24)
             .x_label_area_size(30)
             .y_label_area_size(40)
             .build_cartesian_2d(range.clone(), range.clone())

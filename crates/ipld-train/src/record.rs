@@ -69,6 +69,10 @@ pub struct Invocation {
     pub pid: u32,
     /// Compute threads.
     pub threads: usize,
+    /// The particle kernels' instruction set (`IPLD_ISA`, else the widest the CPU has); absent
+    /// in records written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isa: Option<String>,
     /// Start time, RFC 3339 UTC.
     pub started: String,
     /// End time, RFC 3339 UTC (None while running, or if the process was killed).
@@ -105,6 +109,7 @@ impl Invocation {
             host: crate::lock::host_name(),
             pid: std::process::id(),
             threads: rayon::current_num_threads(),
+            isa: Some(ipld_particles::active_isa().name().to_string()),
             started: now(),
             ended: None,
             from_step: step,

@@ -181,7 +181,7 @@ fn banner(t: &Trainer, dir: &Path) -> String {
     let cloud = crate::start::cloud_bytes(cfg, t.data().len());
     format!(
         "run {}: {} on {} ({} points x {} values), N = {}, prior {prior} and decoder {decoder} \
-         parameters, particle cloud {:.1} MiB, cpu with {} threads, steps {} of {}",
+         parameters, particle cloud {:.1} MiB, cpu ({}) with {} threads, steps {} of {}",
         dir.display(),
         cfg.method.name(),
         cfg.data.name(),
@@ -189,6 +189,7 @@ fn banner(t: &Trainer, dir: &Path) -> String {
         t.data().dim(),
         cfg.particles.count,
         cloud as f64 / (1u64 << 20) as f64,
+        ipld_particles::active_isa().name(),
         rayon::current_num_threads(),
         t.step(),
         cfg.total_steps()

@@ -128,8 +128,18 @@ fn evaluation_during_training_is_logged_drawn_and_changes_nothing() {
         assert!(e["mmd"].as_f64().unwrap().is_finite(), "{e}");
         // gmm: the mode metrics come with every evaluation.
         assert!(e["modes"]["precision"].as_f64().is_some(), "{e}");
-        let png = image::open(ipld_train::periodic::picture_path(&a, step)).unwrap();
+        let png = image::open(ipld_train::periodic::picture_path(&a, step))
+            .unwrap()
+            .to_rgb8();
         assert_eq!((png.width(), png.height()), (1000, 520));
+        // No text or axis is cut by the picture's edges: its border pixels are all white.
+        let (w, h) = (png.width(), png.height());
+        let border = (0..w)
+            .flat_map(|x| [(x, 0), (x, h - 1)])
+            .chain((0..h).flat_map(|y| [(0, y), (w - 1, y)]));
+        for (x, y) in border {
+            assert_eq!(png.get_pixel(x, y).0, [255, 255, 255], "ink at ({x}, {y})");
+        }
     }
     // CSV copies: training lines in metrics.csv, evaluations in evals.csv.
     let csv = std::fs::read_to_string(a.join("metrics.csv")).unwrap();
