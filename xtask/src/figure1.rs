@@ -438,9 +438,10 @@ fn backfill_quality(
 ) -> anyhow::Result<()> {
     let e = ipld_train::eval_run(
         dir,
-        Some(samples),
-        None,
-        ipld_train::eval::Latents::Prior,
+        &ipld_train::commands::EvalRequest {
+            samples: Some(samples),
+            ..ipld_train::commands::EvalRequest::of_run()
+        },
         Progress::Quiet,
     )
     .with_context(|| format!("re-evaluating {}", dir.display()))?;

@@ -189,8 +189,9 @@ pub fn trace_sqrt_product(a: &[f64], b: &[f64], d: usize) -> f64 {
     let b = DMatrix::from_row_slice(d, d, b);
     let ra = sym_sqrt(symmetrize(a));
     let inner = symmetrize(&ra * b * &ra);
-    SymmetricEigen::new(inner)
-        .eigenvalues
+    // Only the eigenvalues: no eigenvectors accumulated (about half the cost at d = 2048).
+    inner
+        .symmetric_eigenvalues()
         .iter()
         .map(|&l| l.max(0.0).sqrt())
         .sum()

@@ -151,28 +151,58 @@ pub fn sample_run(
     )
 }
 
-/// `ipld-train eval`: re-evaluates a finished run's MMD with `samples` draws.
+/// What `ipld-train eval` is asked for.
+#[derive(Debug, Clone)]
+pub struct EvalRequest {
+    /// Samples (default: the run's `eval.samples`).
+    pub samples: Option<usize>,
+    /// Sampling seed (default: the run's seed).
+    pub seed: Option<u64>,
+    /// Decode prior samples or the particles.
+    pub latents: Latents,
+    /// The sampler (default: the run's `eval.sampler`).
+    pub sampler: Option<SamplerConfig>,
+}
+
+impl EvalRequest {
+    /// The run's own evaluation: its sample count, seed and sampler, from the prior.
+    pub fn of_run() -> Self {
+        Self {
+            samples: None,
+            seed: None,
+            latents: Latents::Prior,
+            sampler: None,
+        }
+    }
+}
+
+/// `ipld-train eval`: re-evaluates a finished run (MMD², structure metrics, FID and
+/// recognisability where configured) with fresh samples.
 pub fn eval_run(
     dir: &Path,
-    samples: Option<usize>,
-    seed: Option<u64>,
-    latents: Latents,
+    req: &EvalRequest,
     progress: Progress,
 ) -> Result<serde_json::Value, RunError> {
+    let EvalRequest {
+        samples,
+        seed,
+        latents,
+        sampler,
+    } = req.clone();
     let trainer = open_run(dir, &[])?;
     let cfg = trainer.config();
+    let sampler = sampler.unwrap_or(cfg.eval.sampler);
+    sampler
+        .validate(trainer.schedule())
+        .map_err(|e| RunError::invalid(dir, e.to_string()))?;
     let n = samples.unwrap_or(cfg.eval.samples);
     if n < 2 {
         return Err(RunError::invalid(dir, "eval needs at least 2 samples"));
     }
     let s = match latents {
-        Latents::Prior => generate_with_progress(
-            &trainer,
-            n,
-            &cfg.eval.sampler,
-            seed.unwrap_or(cfg.seed),
-            progress,
-        )?,
+        Latents::Prior => {
+            generate_with_progress(&trainer, n, &sampler, seed.unwrap_or(cfg.seed), progress)?
+        }
         Latents::Particles => {
             decode_particles(&trainer, n).map_err(|e| RunError::invalid(dir, e.to_string()))?
         }
@@ -203,6 +233,7 @@ pub fn eval_run(
             Latents::Prior => "prior",
             Latents::Particles => "particles",
         },
+        "sampler": serde_json::to_value(&sampler).unwrap_or_default(),
         "sample_seconds": s.seconds,
         "samples": n,
         "mmd": mmd,

@@ -85,15 +85,8 @@ enum Command {
         /// folder of PNGs (what `ipld-train fid` reads).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// Sampler (default: the run's eval.sampler).
-        #[arg(long, value_enum)]
-        sampler: Option<SamplerKind>,
-        /// DDIM network evaluations (with --sampler ddim; default 100).
-        #[arg(long)]
-        ddim_steps: Option<usize>,
-        /// DDIM eta in [0, 1] (with --sampler ddim; default 0).
-        #[arg(long)]
-        eta: Option<f64>,
+        #[command(flatten)]
+        sampler: SamplerArgs,
         /// Sampling seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -154,6 +147,8 @@ enum Command {
         /// Sampling seed (default: the run's seed).
         #[arg(long)]
         seed: Option<u64>,
+        #[command(flatten)]
+        sampler: SamplerArgs,
         /// What to decode: samples of the prior, or the first particle of `--samples` training
         /// points (their reconstructions: the ceiling a perfect prior could reach, rFID).
         #[arg(long, value_enum, default_value = "prior")]
@@ -162,6 +157,38 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+}
+
+/// The sampler flags of `sample` and `eval`.
+#[derive(Debug, clap::Args)]
+struct SamplerArgs {
+    /// Sampler (default: the run's eval.sampler).
+    #[arg(long, value_enum)]
+    sampler: Option<SamplerKind>,
+    /// DDIM network evaluations (with --sampler ddim; default 100).
+    #[arg(long)]
+    ddim_steps: Option<usize>,
+    /// DDIM eta in [0, 1] (with --sampler ddim; default 0).
+    #[arg(long)]
+    eta: Option<f64>,
+}
+
+impl SamplerArgs {
+    /// The sampler asked for; None = the run's own.
+    fn resolve(&self) -> anyhow::Result<Option<SamplerConfig>> {
+        if !matches!(self.sampler, Some(SamplerKind::Ddim))
+            && (self.ddim_steps.is_some() || self.eta.is_some())
+        {
+            bail!("--ddim-steps and --eta set the DDIM sampler: add --sampler ddim");
+        }
+        Ok(self.sampler.map(|k| match k {
+            SamplerKind::Ddpm => SamplerConfig::Ddpm(Ddpm::default()),
+            SamplerKind::Ddim => SamplerConfig::Ddim(Ddim {
+                steps: self.ddim_steps.unwrap_or(100),
+                eta: self.eta.unwrap_or(0.0),
+            }),
+        }))
+    }
 }
 
 fn progress(quiet: bool) -> Progress {
@@ -242,24 +269,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             n,
             out,
             sampler,
-            ddim_steps,
-            eta,
             seed,
             force,
             quiet,
         }) => {
-            if !matches!(sampler, Some(SamplerKind::Ddim))
-                && (ddim_steps.is_some() || eta.is_some())
-            {
-                bail!("--ddim-steps and --eta set the DDIM sampler: add --sampler ddim");
-            }
-            let sampler = sampler.map(|k| match k {
-                SamplerKind::Ddpm => SamplerConfig::Ddpm(Ddpm::default()),
-                SamplerKind::Ddim => SamplerConfig::Ddim(Ddim {
-                    steps: ddim_steps.unwrap_or(100),
-                    eta: eta.unwrap_or(0.0),
-                }),
-            });
+            let sampler = sampler.resolve()?;
             serde_json::to_string(&ipld_train::sample_run(
                 &run,
                 n,
@@ -274,13 +288,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             run,
             samples,
             seed,
+            sampler,
             latents,
             quiet,
         }) => serde_json::to_string(&ipld_train::eval_run(
             &run,
-            samples,
-            seed,
-            latents,
+            &ipld_train::commands::EvalRequest {
+                samples,
+                seed,
+                latents,
+                sampler: sampler.resolve()?,
+            },
             progress(quiet),
         )?)?,
         Some(Command::Plot { run, out, force }) => {

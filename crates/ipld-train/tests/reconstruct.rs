@@ -1,5 +1,6 @@
 //! Issue 22: `ipld-train eval --latents particles` decodes the first particle of evenly spaced
-//! training points (their reconstructions, the ceiling a perfect prior could reach).
+//! training points (their reconstructions, the ceiling a perfect prior could reach), and `eval`
+//! takes another sampler than the run's.
 
 mod common;
 
@@ -68,6 +69,37 @@ fn particle_reconstructions_are_the_decoded_first_particles() {
     assert_eq!(v["latents"], "particles");
     assert_eq!(v["samples"], 100);
     assert!(v["mmd"].as_f64().unwrap().is_finite());
+
+    // Another sampler than the run's (DDIM-20 in `tiny`), reported with the result.
+    let out = bin(
+        &[
+            "eval",
+            "--run",
+            "r",
+            "--samples",
+            "50",
+            "--sampler",
+            "ddim",
+            "--ddim-steps",
+            "10",
+            "--eta",
+            "1",
+            "--quiet",
+        ],
+        tmp.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(v["latents"], "prior");
+    assert_eq!(v["sampler"]["steps"], 10);
+    assert_eq!(v["sampler"]["eta"], 1.0);
+    let out = bin(
+        &["eval", "--run", "r", "--eta", "0.5", "--quiet"],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--sampler ddim"), "{}", stderr(&out));
 
     // DiffusionVAE keeps no particles: refused, naming the method.
     let vae = tmp.path().join("vae");
