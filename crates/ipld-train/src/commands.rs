@@ -233,7 +233,7 @@ pub fn eval_run(
             Latents::Prior => "prior",
             Latents::Particles => "particles",
         },
-        "sampler": serde_json::to_value(&sampler).unwrap_or_default(),
+        "sampler": serde_json::to_value(sampler).unwrap_or_default(),
         "sample_seconds": s.seconds,
         "samples": n,
         "mmd": mmd,
