@@ -55,8 +55,9 @@ impl ConvBn {
         } else {
             (x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?, 0)
         };
-        let y = x.conv2d(&self.weight, p, self.stride, 1, 1)?;
-        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?.relu()
+        // ipld-models' convolution: samples in parallel, each one im2col + GEMM with the bias
+        // fused (candle's own CPU conv2d transposes the whole input to NHWC on one thread).
+        ipld_models::conv2d(&x, &self.weight, Some(&self.bias), self.stride, p)?.relu()
     }
 }
 
