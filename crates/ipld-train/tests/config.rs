@@ -143,6 +143,10 @@ fn old_layout_files_read_as_todays_presets() {
             "eval.mmd_bandwidths=[]".into(),
             "eval.classifier=false".into(),
         ];
+        // mnist5k's evaluation moved from DDIM eta 0 to eta 1 (2026-12-07).
+        if name == "mnist5k" {
+            sets.push("eval.sampler.eta=0".into());
+        }
         if name == "gmm" {
             sets.extend([
                 "train.optimizer_theta.lr=1e-3".into(),
