@@ -37,19 +37,18 @@ fn series(lines: &[&Value], key: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Draws the run in `dir` to `out` (default `dir/training.png`); returns the path written.
+/// Draws the run in `dir` to `out` (default `dir/training.png`) and refreshes its CSV copies;
+/// returns the path written.
 pub fn plot_run(dir: &Path, out: Option<&Path>) -> Result<PathBuf, RunError> {
     if !is_run_dir(dir) {
         return Err(RunError::invalid(dir, "not a run directory"));
     }
     let path = dir.join(METRICS_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| RunError::io(&path, e))?;
-    let lines: Vec<Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let (evals, train): (Vec<&Value>, Vec<&Value>) =
-        lines.iter().partition(|v| v["phase"] == "eval");
+    let lines = crate::csv::metrics_lines(dir)
+        .ok_or_else(|| RunError::invalid(&path, "cannot be read: no metrics to plot"))?;
+    // The CSV copies are refreshed from the same lines.
+    crate::csv::write_csv_of(dir, &lines)?;
+    let (evals, train) = crate::csv::by_phase(&lines);
     if train.is_empty() {
         return Err(RunError::invalid(&path, "no training lines to plot yet"));
     }
@@ -69,18 +68,8 @@ pub fn plot_run(dir: &Path, out: Option<&Path>) -> Result<PathBuf, RunError> {
     let fid: Vec<Series> = vec![("FID".into(), fid)];
     let run = crate::pictures::run_name(dir);
     let out = out.map_or_else(|| dir.join(CHARTS_PNG), Path::to_path_buf);
-    let tmp = out.with_extension("png.tmp.png");
-    let drawn = draw(&tmp, &run, &train, &metric, &fid);
-    let result = drawn
-        .map_err(|message| RunError::Plot {
-            path: out.clone(),
-            message,
-        })
-        .and_then(|_| std::fs::rename(&tmp, &out).map_err(|e| RunError::io(&out, e)));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map(|_| out)
+    crate::plot::draw_atomically(&out, |tmp| draw(tmp, &run, &train, &metric, &fid))?;
+    Ok(out)
 }
 
 fn draw(

@@ -17,19 +17,34 @@ pub const METRICS_CSV: &str = "metrics.csv";
 /// The evaluation lines' CSV.
 pub const EVALS_CSV: &str = "evals.csv";
 
+/// The parsed lines of the run's `metrics.jsonl` (a partly written last line is skipped); None
+/// when the file cannot be read.
+pub fn metrics_lines(dir: &Path) -> Option<Vec<Value>> {
+    let text = std::fs::read_to_string(dir.join(METRICS_FILE)).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+    )
+}
+
+/// The lines split into (evaluation lines, training lines).
+pub fn by_phase(lines: &[Value]) -> (Vec<&Value>, Vec<&Value>) {
+    lines.iter().partition(|v| v["phase"] == "eval")
+}
+
 /// Rewrites `metrics.csv` and (when there are evaluation lines) `evals.csv` from the run's
 /// `metrics.jsonl`.
 pub fn write_csv(dir: &Path) -> Result<(), RunError> {
-    let path = dir.join(METRICS_FILE);
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(());
-    };
-    let lines: Vec<Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let (evals, train): (Vec<&Value>, Vec<&Value>) =
-        lines.iter().partition(|v| v["phase"] == "eval");
+    match metrics_lines(dir) {
+        Some(lines) => write_csv_of(dir, &lines),
+        None => Ok(()),
+    }
+}
+
+/// [`write_csv`] from lines already read.
+pub fn write_csv_of(dir: &Path, lines: &[Value]) -> Result<(), RunError> {
+    let (evals, train) = by_phase(lines);
     write_atomically(&dir.join(METRICS_CSV), to_csv(&train).as_bytes())?;
     if !evals.is_empty() {
         write_atomically(&dir.join(EVALS_CSV), to_csv(&evals).as_bytes())?;

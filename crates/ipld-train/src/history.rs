@@ -87,15 +87,38 @@ pub fn keep(dir: &Path, step: u64, bytes: &[u8], keep: usize) -> Result<(), RunE
 
 /// The step recorded in the checkpoint file at `path` (its safetensors metadata `step`).
 pub fn checkpoint_step(path: &Path) -> Result<u64, RunError> {
-    let bytes = fs::read(path).map_err(|e| RunError::io(path, e))?;
+    use std::io::Read;
     let bad = |why: &str| RunError::invalid(path, format!("not an ipld checkpoint ({why})"));
-    let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e.to_string()))?;
-    meta.metadata()
-        .as_ref()
-        .and_then(|m| m.get("step"))
+    // Only the header: a u64 length, then that many bytes of JSON (the cloud may be GBs).
+    let mut f = fs::File::open(path).map_err(|e| RunError::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| bad("too short"))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(bad("header too large"));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| bad("truncated header"))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(&e.to_string()))?;
+    header["__metadata__"]["step"]
+        .as_str()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("no `step` in its metadata"))
+}
+
+/// Copies `from` over `to` atomically (a temporary sibling, then rename), without holding the
+/// file in memory.
+fn copy_atomically(from: &Path, to: &Path) -> Result<(), RunError> {
+    let tmp = to.with_extension(format!("tmp{}", std::process::id()));
+    let result = fs::copy(from, &tmp)
+        .map_err(|e| RunError::io(from, e))
+        .and_then(|_| fs::rename(&tmp, to).map_err(|e| RunError::io(to, e)));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Rolls the run in `dir` back to its kept checkpoint of `step`: the checkpoints after it (the
@@ -126,8 +149,7 @@ pub fn roll_back(dir: &Path, step: u64, latest: u64) -> Result<Option<PathBuf>, 
     let from = step_file(dir, step);
     if step >= latest {
         if !dir.join(CHECKPOINT_FILE).exists() {
-            let bytes = fs::read(&from).map_err(|e| RunError::io(&from, e))?;
-            write_atomically(&dir.join(CHECKPOINT_FILE), &bytes)?;
+            copy_atomically(&from, &dir.join(CHECKPOINT_FILE))?;
         }
         return Ok(None);
     }
@@ -161,7 +183,6 @@ pub fn roll_back(dir: &Path, step: u64, latest: u64) -> Result<Option<PathBuf>, 
         fs::copy(&metrics, &to).map_err(|e| RunError::io(&to, e))?;
     }
     move_to(&dir.join(SUMMARY_FILE), SUMMARY_FILE)?;
-    let bytes = fs::read(&from).map_err(|e| RunError::io(&from, e))?;
-    write_atomically(&dir.join(CHECKPOINT_FILE), &bytes)?;
+    copy_atomically(&from, &dir.join(CHECKPOINT_FILE))?;
     Ok(Some(aside))
 }

@@ -308,7 +308,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             {
                 bail!("{}: exists; pass --force to replace it", o.display());
             }
-            ipld_train::csv::write_csv(&run)?;
             let png = ipld_train::charts::plot_run(&run, out.as_deref())?;
             serde_json::json!({ "plot": png, "run": run }).to_string()
         }

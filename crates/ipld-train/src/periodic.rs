@@ -73,14 +73,9 @@ pub fn evaluate(trainer: &Trainer, dir: &Path, progress: Progress) -> Result<Str
             pictures::run_name(dir),
             q.title_line(mmd)
         );
-        let tmp = path.with_extension("png.tmp.png");
-        plot::scatter_pair(&tmp, &title, &refs, &samples.data, dim).map_err(|message| {
-            RunError::Plot {
-                path: path.clone(),
-                message,
-            }
+        plot::draw_atomically(&path, |tmp| {
+            plot::scatter_pair(tmp, &title, &refs, &samples.data, dim)
         })?;
-        fs::rename(&tmp, &path).map_err(|e| RunError::io(&path, e))?;
     }
     let mut line = json!({
         "step": step,

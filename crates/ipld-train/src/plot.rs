@@ -7,6 +7,28 @@ use std::sync::Once;
 use plotters::prelude::*;
 
 use crate::canvas::Canvas;
+use crate::error::RunError;
+
+/// Draws a picture with `draw` into a temporary sibling of `path` (plotters writes PNGs in
+/// place), then renames it over `path`; on failure the temporary file is removed and `path`
+/// is left as it was.
+pub fn draw_atomically(
+    path: &Path,
+    draw: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), RunError> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp{}.png", std::process::id()));
+    let result = draw(&tmp)
+        .map_err(|message| RunError::Plot {
+            path: path.to_path_buf(),
+            message,
+        })
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| RunError::io(path, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
 
 static FONT: Once = Once::new();
 

@@ -395,8 +395,6 @@ fn write_plot(
     metrics: &str,
     dir: &Path,
 ) -> Result<(), RunError> {
-    let path = dir.join(SAMPLES_PNG);
-    let tmp = dir.join(format!(".{SAMPLES_PNG}.tmp{}.png", std::process::id()));
     let cfg = trainer.config();
     let title = format!(
         "{} on {}, N = {}, {} steps: {metrics}",
@@ -405,14 +403,7 @@ fn write_plot(
         trainer.particles_per_point(),
         trainer.step()
     );
-    let result = plot::scatter_pair(&tmp, &title, reference, &samples.data, trainer.data().dim())
-        .map_err(|message| RunError::Plot {
-            path: path.clone(),
-            message,
-        })
-        .and_then(|_| fs::rename(&tmp, &path).map_err(|e| RunError::io(&path, e)));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    plot::draw_atomically(&dir.join(SAMPLES_PNG), |tmp| {
+        plot::scatter_pair(tmp, &title, reference, &samples.data, trainer.data().dim())
+    })
 }

@@ -2,8 +2,12 @@
 //! subcommands, and bad input (each must exit 1 with a message naming the file or key, never
 //! panic, and leave existing files untouched).
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
+
+use common::last_json;
 
 const TINY: &[&str] = &[
     "--set",
@@ -52,18 +56,6 @@ fn failed_with(out: &Output, needles: &[&str]) {
         assert!(err.contains(n), "expected `{n}` in stderr: {err}");
     }
     assert!(!err.contains("panicked"), "{err}");
-}
-
-fn last_json(out: &Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().last().unwrap_or_else(|| {
-        panic!(
-            "no stdout; stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {line}"))
 }
 
 fn npy(path: &Path, rows: usize, cols: usize, f: impl Fn(usize) -> f32) {

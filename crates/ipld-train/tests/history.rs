@@ -3,22 +3,12 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{assert_same_checkpoints, bin, plan, stderr, tiny};
+use common::{assert_same_checkpoints, bin, json_lines, plan, stderr, tiny};
 use ipld_train::RunConfig;
 
 fn with(cfg: RunConfig, sets: &[&str]) -> RunConfig {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
     cfg.with_overrides(&sets, "test").unwrap()
-}
-
-fn json_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bin, stderr};
+use common::{bin, last_json, stderr};
 use ipld_eval::GaussianStats;
 
 /// The error line of a failed command (exit status 1, no panic).
@@ -137,8 +137,7 @@ fn fid_checks_both_inputs_before_features_and_warns_on_few_images() {
     );
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    let v: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let v = last_json(&out);
     assert!((v["fid"].as_f64().unwrap() - 4.0).abs() < 1e-9, "{v}");
     let warnings = v["warnings"].as_array().unwrap();
     assert_eq!(warnings.len(), 1, "only the 100-image side warns: {v}");

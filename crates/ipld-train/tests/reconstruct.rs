@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::Tensor;
-use common::{bin, method_sets, plan, stderr, tiny};
+use common::{bin, last_json, method_sets, plan, stderr, tiny};
 use ipld_data::Dataset;
 use ipld_models::Decoder;
 
@@ -64,8 +64,7 @@ fn particle_reconstructions_are_the_decoded_first_particles() {
         tmp.path(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let v = last_json(&out);
     assert_eq!(v["latents"], "particles");
     assert_eq!(v["samples"], 100);
     assert!(v["mmd"].as_f64().unwrap().is_finite());
@@ -89,8 +88,7 @@ fn particle_reconstructions_are_the_decoded_first_particles() {
         tmp.path(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let v = last_json(&out);
     assert_eq!(v["latents"], "prior");
     assert_eq!(v["sampler"]["steps"], 10);
     assert_eq!(v["sampler"]["eta"], 1.0);

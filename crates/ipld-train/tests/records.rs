@@ -7,14 +7,10 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{plan, tiny};
+use common::{json_lines, plan, tiny};
 
 fn lines(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    json_lines(&dir.join("metrics.jsonl"))
 }
 
 #[test]
