@@ -23,6 +23,7 @@ mod figure1;
 mod normalize;
 mod ppca;
 mod results;
+mod samplers;
 
 // Training runs in-process here: same allocator as `ipld-train` (see its main.rs).
 #[global_allocator]
@@ -129,6 +130,23 @@ enum Experiment {
         sigmas: Vec<f64>,
         /// Output directory (the committed one is docs/results/fid-sanity).
         #[arg(long, default_value = "target/experiments/fid-sanity")]
+        out: PathBuf,
+    },
+    /// Quality against network evaluations for every sampler on one trained run (FID for image
+    /// runs, mode precision for gmm, ring fraction for circles), and particle guidance on small
+    /// sets (gmm, circles): samplers.csv, guidance.csv, quality-vs-nfe.png (docs/sampling.md).
+    Samplers {
+        /// The trained run directory.
+        #[arg(long, value_name = "DIR")]
+        run: PathBuf,
+        /// Samples per evaluation.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+        /// Leave out ancestral DDPM over all K steps (the costly end on image runs).
+        #[arg(long)]
+        quick: bool,
+        /// Output directory.
+        #[arg(long, default_value = "target/experiments/samplers")]
         out: PathBuf,
     },
 }
@@ -275,6 +293,15 @@ fn run(args: Args) -> anyhow::Result<()> {
                 out_dir: out,
             })?;
         }
+        Command::Experiment {
+            which:
+                Experiment::Samplers {
+                    run,
+                    samples,
+                    quick,
+                    out,
+                },
+        } => samplers::run(&run, samples, quick, &out)?,
         Command::Experiment {
             which:
                 Experiment::FidSanity {

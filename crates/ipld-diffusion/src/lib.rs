@@ -5,22 +5,30 @@ mod analytic;
 mod ema;
 mod error;
 mod forward;
+mod guidance;
 mod loss;
 mod model;
 mod noise;
+mod ode;
+mod reverse;
 mod sampler;
 mod schedule;
+mod stf;
 
-pub use analytic::GaussianEps;
+pub use analytic::{GaussianEps, GaussianMixtureEps};
 pub use ema::{Ema, EmaConfig};
 pub use error::DiffusionError;
 pub use forward::{q_sample, sample_timesteps, timestep_tensor};
-pub use loss::{DiffusionLoss, LossTerms, LossWeighting, loss_weight};
+pub use guidance::{Bandwidth, GuidanceConfig, ParticleGuidance};
+pub use loss::{DiffusionLoss, LossTerms, LossWeighting, StfTerms, loss_weight};
 pub use model::EpsModel;
 pub use noise::gaussian;
-pub use sampler::{
-    Ddim, Ddpm, DdpmVariance, Sampler, SamplerConfig, SamplerProgress, ddim_timesteps,
+pub use ode::{
+    DpmSolverPp, EdmGrid, Heun, Restart, edm_sigmas, edm_timesteps, nearest_timestep, vp_sigmas,
 };
+pub use reverse::{Sampler, SamplerProgress};
+pub use sampler::{Ddim, Ddpm, DdpmVariance, SamplerConfig, ddim_timesteps};
 pub use schedule::{
     NoiseSchedule, ScheduleConfig, ScheduleKind, ScheduleTensors, cosine_betas, linear_betas,
 };
+pub use stf::stf_eps_targets;

@@ -56,6 +56,21 @@ pub struct DiffusionLoss {
     tables: ScheduleTensors,
     weights: Tensor,
     prior_weight: f64,
+    alpha_bars: Vec<f64>,
+}
+
+/// The loss terms of one forward pass under the stable target field
+/// ([`DiffusionLoss::per_sample_stf`]): the same network output scored against both targets.
+#[derive(Debug, Clone)]
+pub struct StfTerms {
+    /// Scored against each row's own noise (eqs. 40/41): what the particles' gradient uses.
+    pub dsm: LossTerms,
+    /// Scored against the stable target field: what theta minimises under STF.
+    pub stf: LossTerms,
+    /// w_k 2 eps_theta . (eps - v) per row with (eps - v) held constant: its theta-gradient added
+    /// to that of `dsm` is the theta-gradient of `stf` (the two differ by a constant in theta),
+    /// so one forward pass serves a step whose particles follow DSM and whose theta follows STF.
+    pub theta_correction: Tensor,
 }
 
 impl DiffusionLoss {
@@ -76,6 +91,7 @@ impl DiffusionLoss {
             tables: schedule.tensors(device)?,
             weights: Tensor::from_vec(w, steps + 1, device)?,
             prior_weight: schedule.alpha_bar_final() * 0.5,
+            alpha_bars: schedule.alpha_bars().to_vec(),
         })
     }
 
@@ -94,15 +110,14 @@ impl DiffusionLoss {
         &self.tables
     }
 
-    /// One-sample estimates for a batch: `z0` and `eps` are [B, ...], `k` is u32 \[B\] in 1..=K.
-    /// Differentiable in `z0` (through z_k and the prior term) and in the model's parameters.
-    pub fn per_sample<M: EpsModel + ?Sized>(
+    /// z_k from (z_0, eps, k) and the model's eps_theta(z_k, k), shape-checked.
+    fn predict<M: EpsModel + ?Sized>(
         &self,
         model: &M,
         z0: &Tensor,
         eps: &Tensor,
         k: &Tensor,
-    ) -> Result<LossTerms, DiffusionError> {
+    ) -> Result<(Tensor, Tensor), DiffusionError> {
         let zk = q_sample(&self.tables, z0, eps, k)?;
         let pred = model.predict_eps(&zk, k)?;
         if pred.dims() != z0.dims() {
@@ -112,6 +127,19 @@ impl DiffusionLoss {
                 z0.dims()
             )));
         }
+        Ok((zk, pred))
+    }
+
+    /// One-sample estimates for a batch: `z0` and `eps` are [B, ...], `k` is u32 \[B\] in 1..=K.
+    /// Differentiable in `z0` (through z_k and the prior term) and in the model's parameters.
+    pub fn per_sample<M: EpsModel + ?Sized>(
+        &self,
+        model: &M,
+        z0: &Tensor,
+        eps: &Tensor,
+        k: &Tensor,
+    ) -> Result<LossTerms, DiffusionError> {
+        let (_, pred) = self.predict(model, z0, eps, k)?;
         let w = gather_coef(&self.weights, k, z0)?.flatten_all()?;
         let sq = (eps - pred)?.sqr()?.flatten_from(1)?.sum(1)?;
         let denoise = (sq * w)?;
@@ -120,6 +148,42 @@ impl DiffusionLoss {
             total: (&denoise + &prior)?,
             denoise,
             prior,
+        })
+    }
+}
+
+impl DiffusionLoss {
+    /// Like [`DiffusionLoss::per_sample`], with the network's output scored against both each
+    /// row's own noise and the stable target field of `reference` (clean latents holding every
+    /// row's z_0; Xu 2024, thesis Algorithm 1; [`crate::stf_eps_targets`]). The STF target is a
+    /// constant: `stf` is differentiable in the model's parameters and in `z0` only through
+    /// eps_theta's input.
+    pub fn per_sample_stf<M: EpsModel + ?Sized>(
+        &self,
+        model: &M,
+        z0: &Tensor,
+        eps: &Tensor,
+        k: &Tensor,
+        reference: &Tensor,
+    ) -> Result<StfTerms, DiffusionError> {
+        let (zk, pred) = self.predict(model, z0, eps, k)?;
+        let v = crate::stf_eps_targets(&self.alpha_bars, &zk, k, reference)?;
+        let w = gather_coef(&self.weights, k, z0)?.flatten_all()?;
+        let rows_sum = |t: Tensor| -> candle_core::Result<Tensor> { t.flatten_from(1)?.sum(1) };
+        let prior = (rows_sum(z0.sqr()?)? * self.prior_weight)?;
+        let terms = |target: &Tensor| -> Result<LossTerms, DiffusionError> {
+            let denoise = (rows_sum((target - &pred)?.sqr()?)? * &w)?;
+            Ok(LossTerms {
+                total: (&denoise + &prior)?,
+                denoise,
+                prior: prior.clone(),
+            })
+        };
+        let gap = (eps - &v)?.detach().affine(2.0, 0.0)?;
+        Ok(StfTerms {
+            dsm: terms(eps)?,
+            stf: terms(&v)?,
+            theta_correction: (rows_sum((&pred * gap)?)? * &w)?,
         })
     }
 }
@@ -247,5 +311,70 @@ mod tests {
         let vars = [("z0", z0), ("c", c)];
         ipld_gradcheck::assert_gradients_flow(&f, &vars).unwrap();
         ipld_gradcheck::check_finite_differences(&f, &vars, &Default::default()).unwrap();
+    }
+
+    #[test]
+    fn stf_terms_share_one_forward_and_the_correction_turns_dsm_into_stf() {
+        let dev = Device::Cpu;
+        let s = ScheduleConfig::default().build().unwrap();
+        let loss = DiffusionLoss::new(&s, LossWeighting::Simple, &dev).unwrap();
+        let z0 = Tensor::new(&[[0.3f64, -0.4], [1.0, 2.0], [-0.2, 0.1]], &dev).unwrap();
+        let eps = Tensor::new(&[[1.0f64, 0.0], [0.5, -1.5], [0.3, 0.3]], &dev).unwrap();
+        let reference = Tensor::cat(
+            &[
+                z0.clone(),
+                Tensor::new(&[[0.5f64, 0.5], [-1.0, 0.0]], &dev).unwrap(),
+            ],
+            0,
+        )
+        .unwrap();
+        let k = timestep_tensor(&[1, 150, 600], 1000, &dev).unwrap();
+        let c = Var::from_tensor(&Tensor::new(0.5f64, &dev).unwrap()).unwrap();
+        let model = Scaled(c.as_tensor().clone());
+        let t = loss
+            .per_sample_stf(&model, &z0, &eps, &k, &reference)
+            .unwrap();
+        let plain = loss.per_sample(&model, &z0, &eps, &k).unwrap();
+        let v = |x: &Tensor| -> Vec<f64> { x.to_vec1().unwrap() };
+        assert_eq!(v(&t.dsm.total), v(&plain.total));
+        // STF and DSM differ (the reference is not one point), and theta's gradient of STF is
+        // DSM's plus the correction's.
+        assert_ne!(v(&t.stf.denoise), v(&t.dsm.denoise));
+        let g = |x: &Tensor| -> f64 {
+            let gs = x.sum_all().unwrap().backward().unwrap();
+            gs.get(c.as_tensor()).unwrap().to_scalar::<f64>().unwrap()
+        };
+        let (g_stf, g_dsm, g_corr) = (g(&t.stf.total), g(&t.dsm.total), g(&t.theta_correction));
+        assert!(g_stf.is_finite() && g_stf != 0.0);
+        assert!(
+            (g_stf - (g_dsm + g_corr)).abs() < 1e-10 * g_stf.abs().max(1.0),
+            "{g_stf} vs {g_dsm} + {g_corr}"
+        );
+    }
+
+    #[test]
+    fn stf_loss_gradients_reach_parameters() {
+        let dev = Device::Cpu;
+        let s = ScheduleConfig::default().build().unwrap();
+        let loss = DiffusionLoss::new(&s, LossWeighting::Simple, &dev).unwrap();
+        let z0 =
+            Var::from_tensor(&Tensor::new(&[[0.3f64, -0.4], [1.0, 2.0]], &dev).unwrap()).unwrap();
+        let c = Var::from_tensor(&Tensor::new(0.5f64, &dev).unwrap()).unwrap();
+        let eps = Tensor::new(&[[1.0f64, 0.0], [0.5, -1.5]], &dev).unwrap();
+        let reference = Tensor::new(&[[0.3f64, -0.4], [1.0, 2.0], [0.0, 1.0]], &dev).unwrap();
+        let k = timestep_tensor(&[3, 400], 1000, &dev).unwrap();
+        // The target is held constant, so the finite differences perturb only what the loss
+        // differentiates: theta, and z0 through eps_theta's input and the prior term.
+        let f = |v: &[Tensor]| -> candle_core::Result<Tensor> {
+            let model = Scaled(v[1].clone());
+            let t = loss
+                .per_sample_stf(&model, &v[0], &eps, &k, &reference)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            t.stf.total.sum_all()
+        };
+        let vars = [("c", c)];
+        let with_z = |v: &[Tensor]| f(&[z0.as_tensor().clone(), v[0].clone()]);
+        ipld_gradcheck::assert_gradients_flow(&with_z, &vars).unwrap();
+        ipld_gradcheck::check_finite_differences(&with_z, &vars, &Default::default()).unwrap();
     }
 }

@@ -8,41 +8,17 @@
 //!   sigma = eta sqrt((1 - abar_prev)/(1 - abar)) sqrt(1 - abar/abar_prev). With eta = 1 and
 //!   S = K it is exactly DDPM with the posterior variance.
 //!
+//! - [`crate::Heun`], [`crate::DpmSolverPp`], [`crate::Restart`]: probability-flow samplers on
+//!   the EDM grid (module `ode`).
+//!
 //! Coefficients are computed in f64 on the host; every square root is of a clamped argument.
 
 use candle_core::Tensor;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use crate::reverse::{Sampler, SamplerProgress};
 use crate::{DiffusionError, EpsModel, NoiseSchedule, gaussian};
-
-/// Progress report passed to the callback after each network evaluation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SamplerProgress {
-    /// Network evaluations done so far (1-based).
-    pub step: usize,
-    /// Total network evaluations of this run.
-    pub total: usize,
-    /// The timestep k just evaluated.
-    pub timestep: usize,
-}
-
-/// A reverse-process sampler.
-pub trait Sampler {
-    /// Runs the reverse process from `z_init` (a draw of z_K ~ N(0, I), any shape [B, ...]) to
-    /// z_0, calling `progress` after every network evaluation.
-    fn sample(
-        &self,
-        model: &dyn EpsModel,
-        schedule: &NoiseSchedule,
-        z_init: Tensor,
-        rng: &mut dyn RngCore,
-        progress: &mut dyn FnMut(SamplerProgress),
-    ) -> Result<Tensor, DiffusionError>;
-
-    /// Number of network evaluations a run takes under `schedule`.
-    fn evaluations(&self, schedule: &NoiseSchedule) -> usize;
-}
 
 /// The variance of DDPM's reverse kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -83,7 +59,10 @@ impl Default for Ddim {
     }
 }
 
-/// A sampler chosen in a config file: `{ type = "ddpm" }` or `{ type = "ddim", steps = 100, eta = 0.0 }`.
+/// A sampler chosen in a config file: `{ type = "ddpm" }`, `{ type = "ddim", steps = 100, eta = 0.0 }`,
+/// `{ type = "heun", steps = 18 }`, `{ type = "dpm-solver++", steps = 25 }` or
+/// `{ type = "restart", steps = 18, restart_steps = 3, repetitions = 10, t_min = 0.06, t_max = 0.3 }`
+/// (the ODE samplers also take `rho`, `sigma_min`, `sigma_max`; docs/sampling.md).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum SamplerConfig {
@@ -91,6 +70,13 @@ pub enum SamplerConfig {
     Ddpm(Ddpm),
     /// DDIM.
     Ddim(Ddim),
+    /// The probability-flow ODE with Heun's method on the EDM grid.
+    Heun(crate::Heun),
+    /// DPM-Solver++(2M) on the EDM grid.
+    #[serde(rename = "dpm-solver++")]
+    DpmSolverPp(crate::DpmSolverPp),
+    /// Restart sampling (Xu 2024, thesis Algorithm 9).
+    Restart(crate::Restart),
 }
 
 impl Default for SamplerConfig {
@@ -105,6 +91,9 @@ impl SamplerConfig {
         match self {
             Self::Ddpm(_) => Ok(()),
             Self::Ddim(d) => d.validate(schedule),
+            Self::Heun(h) => h.validate(),
+            Self::DpmSolverPp(d) => d.validate(),
+            Self::Restart(r) => r.validate(),
         }
     }
 
@@ -113,6 +102,9 @@ impl SamplerConfig {
         match self {
             Self::Ddpm(d) => d,
             Self::Ddim(d) => d,
+            Self::Heun(h) => h,
+            Self::DpmSolverPp(d) => d,
+            Self::Restart(r) => r,
         }
     }
 }

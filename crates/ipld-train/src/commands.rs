@@ -4,13 +4,14 @@
 use std::path::Path;
 
 use ipld_data::{Dataset, ImageSet, InMemoryDataset, save_matrix};
-use ipld_diffusion::SamplerConfig;
+use ipld_diffusion::{GuidanceConfig, SamplerConfig};
 
 use crate::error::RunError;
 use crate::eval::{Latents, decode_particles, generate_with_progress, mmd, quality, reference};
 use crate::fid::fid_of_samples;
 use crate::progress::Progress;
 use crate::rundir::{enclosing_run, open_run};
+use crate::trainer::Trainer;
 
 /// Prefix of the PNG files `ipld-train sample` writes into a folder.
 const SAMPLE_PREFIX: &str = "sample-";
@@ -117,7 +118,7 @@ fn remove_old_samples(dir: &Path) -> Result<(), RunError> {
 pub fn sample_run(
     dir: &Path,
     n: usize,
-    sampler: Option<SamplerConfig>,
+    sampling: &Sampling,
     seed: u64,
     out: &Path,
     force: bool,
@@ -129,14 +130,11 @@ pub fn sample_run(
         .is_some_and(|e| e == "npy" || e == "safetensors");
     let folder = trainer.config().data.images.is_some() && !is_matrix;
     check_sample_out(out, folder, force)?;
-    let sampler = sampler.unwrap_or(trainer.config().eval.sampler);
-    sampler
-        .validate(trainer.schedule())
-        .map_err(|e| RunError::invalid(dir, e.to_string()))?;
+    let (sampler, guidance) = sampling.resolve(&trainer, dir)?;
     if n == 0 {
         return Err(RunError::invalid(out, "need at least one sample"));
     }
-    let s = generate_with_progress(&trainer, n, &sampler, seed, progress)?;
+    let s = generate_with_progress(&trainer, n, &sampler, guidance.as_ref(), seed, progress)?;
     if let (Some(src), true) = (&trainer.config().data.images, folder) {
         // Image runs: a folder of PNGs (what `ipld-train fid` reads).
         let set = ImageSet::from_f32(&s.data, src.shape(), "generated samples")?;
@@ -160,8 +158,39 @@ pub struct EvalRequest {
     pub seed: Option<u64>,
     /// Decode prior samples or the particles.
     pub latents: Latents,
-    /// The sampler (default: the run's `eval.sampler`).
+    /// The sampler and guidance (default: the run's).
+    pub sampling: Sampling,
+}
+
+/// The sampler and particle guidance a `sample` or `eval` command asks for; None fields fall
+/// back to the run's `eval.sampler` and `eval.guidance`.
+#[derive(Debug, Clone, Default)]
+pub struct Sampling {
+    /// The sampler.
     pub sampler: Option<SamplerConfig>,
+    /// Particle guidance (`Some` with strength 0 turns the run's off).
+    pub guidance: Option<GuidanceConfig>,
+}
+
+impl Sampling {
+    /// The sampler and guidance to use on `trainer`, checked against its schedule.
+    fn resolve(
+        &self,
+        trainer: &Trainer,
+        dir: &Path,
+    ) -> Result<(SamplerConfig, Option<GuidanceConfig>), RunError> {
+        let cfg = trainer.config();
+        let sampler = self.sampler.unwrap_or(cfg.eval.sampler);
+        sampler
+            .validate(trainer.schedule())
+            .map_err(|e| RunError::invalid(dir, e.to_string()))?;
+        let guidance = self.guidance.or(cfg.eval.guidance);
+        if let Some(g) = &guidance {
+            g.validate()
+                .map_err(|e| RunError::invalid(dir, e.under("guidance").to_string()))?;
+        }
+        Ok((sampler, guidance))
+    }
 }
 
 impl EvalRequest {
@@ -171,7 +200,7 @@ impl EvalRequest {
             samples: None,
             seed: None,
             latents: Latents::Prior,
-            sampler: None,
+            sampling: Sampling::default(),
         }
     }
 }
@@ -187,22 +216,24 @@ pub fn eval_run(
         samples,
         seed,
         latents,
-        sampler,
+        sampling,
     } = req.clone();
     let trainer = open_run(dir, &[])?;
     let cfg = trainer.config();
-    let sampler = sampler.unwrap_or(cfg.eval.sampler);
-    sampler
-        .validate(trainer.schedule())
-        .map_err(|e| RunError::invalid(dir, e.to_string()))?;
+    let (sampler, guidance) = sampling.resolve(&trainer, dir)?;
     let n = samples.unwrap_or(cfg.eval.samples);
     if n < 2 {
         return Err(RunError::invalid(dir, "eval needs at least 2 samples"));
     }
     let s = match latents {
-        Latents::Prior => {
-            generate_with_progress(&trainer, n, &sampler, seed.unwrap_or(cfg.seed), progress)?
-        }
+        Latents::Prior => generate_with_progress(
+            &trainer,
+            n,
+            &sampler,
+            guidance.as_ref(),
+            seed.unwrap_or(cfg.seed),
+            progress,
+        )?,
         Latents::Particles => {
             decode_particles(&trainer, n).map_err(|e| RunError::invalid(dir, e.to_string()))?
         }
@@ -234,6 +265,7 @@ pub fn eval_run(
             Latents::Particles => "particles",
         },
         "sampler": serde_json::to_value(sampler).unwrap_or_default(),
+        "guidance": serde_json::to_value(guidance).unwrap_or_default(),
         "sample_seconds": s.seconds,
         "samples": n,
         "mmd": mmd,

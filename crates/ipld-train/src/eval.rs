@@ -7,7 +7,7 @@
 use candle_core::{DType, Tensor};
 use ipld_data::Dataset;
 use ipld_data::KnownStructure;
-use ipld_diffusion::{SamplerConfig, SamplerProgress, gaussian};
+use ipld_diffusion::{GuidanceConfig, ParticleGuidance, SamplerConfig, SamplerProgress, gaussian};
 use ipld_eval::{
     MmdConfig, ModeReport, RingReport, median_heuristic_gamma, mmd2_unbiased, mode_metrics,
     ring_metrics,
@@ -33,11 +33,25 @@ pub struct Samples {
     pub seconds: f64,
 }
 
-/// Draws `n` samples with `sampler`, seeded by (`seed`, stream), reporting progress.
+/// Draws `n` samples with `sampler`, seeded by (`seed`, stream), reporting progress, with the
+/// run's own `eval.guidance`.
 pub fn generate(
     trainer: &Trainer,
     n: usize,
     sampler: &SamplerConfig,
+    seed: u64,
+    progress: &mut dyn FnMut(SamplerProgress),
+) -> Result<Samples, TrainError> {
+    let guidance = trainer.config().eval.guidance;
+    generate_guided(trainer, n, sampler, guidance.as_ref(), seed, progress)
+}
+
+/// [`generate`] with particle guidance given explicitly (None: independent samples).
+pub fn generate_guided(
+    trainer: &Trainer,
+    n: usize,
+    sampler: &SamplerConfig,
+    guidance: Option<&GuidanceConfig>,
     seed: u64,
     progress: &mut dyn FnMut(SamplerProgress),
 ) -> Result<Samples, TrainError> {
@@ -47,9 +61,19 @@ pub fn generate(
     let z = gaussian(&mut rng, (n, dz), DType::F32, trainer.device())?;
     let z0 = match trainer.sampling_prior()? {
         Some(prior) => {
+            let guided = match guidance {
+                Some(g) if g.strength > 0.0 => {
+                    Some(ParticleGuidance::new(&*prior, trainer.schedule(), *g)?)
+                }
+                _ => None,
+            };
+            let model: &dyn ipld_diffusion::EpsModel = match &guided {
+                Some(g) => g,
+                None => &*prior,
+            };
             let u = sampler
                 .sampler()
-                .sample(&*prior, trainer.schedule(), z, &mut rng, progress)?;
+                .sample(model, trainer.schedule(), z, &mut rng, progress)?;
             trainer.latent_space(&u)?
         }
         // PGD and MPGD: their prior N(0, I) itself.
@@ -282,11 +306,12 @@ pub fn quality(
     })
 }
 
-/// [`generate`] with progress shown as `progress` says.
+/// [`generate_guided`] with progress shown as `progress` says.
 pub fn generate_with_progress(
     trainer: &Trainer,
     n: usize,
     sampler: &SamplerConfig,
+    guidance: Option<&GuidanceConfig>,
     seed: u64,
     progress: Progress,
 ) -> Result<Samples, TrainError> {
@@ -305,7 +330,7 @@ pub fn generate_with_progress(
             tracing::info!(step = p.step, total = p.total, "sampling");
         }
     };
-    let s = generate(trainer, n, sampler, seed, &mut cb)?;
+    let s = generate_guided(trainer, n, sampler, guidance, seed, &mut cb)?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

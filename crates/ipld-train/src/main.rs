@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use ipld_diffusion::{Ddim, Ddpm, SamplerConfig};
+use clap::{Args, Parser, Subcommand};
 use ipld_train::{Progress, RunConfig, RunPlan, default_run_dir};
 
 // candle allocates a fresh buffer for every op; glibc serves the large ones with mmap/munmap, and
@@ -65,12 +64,6 @@ struct TrainArgs {
     quiet: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum SamplerKind {
-    Ddpm,
-    Ddim,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Draw samples from a trained run and write them to .npy or .safetensors.
@@ -86,7 +79,7 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
         #[command(flatten)]
-        sampler: SamplerArgs,
+        sampler: ipld_train::SamplerArgs,
         /// Sampling seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -148,7 +141,7 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
         #[command(flatten)]
-        sampler: SamplerArgs,
+        sampler: ipld_train::SamplerArgs,
         /// What to decode: samples of the prior, or the first particle of `--samples` training
         /// points (their reconstructions: the ceiling a perfect prior could reach, rFID).
         #[arg(long, value_enum, default_value = "prior")]
@@ -157,38 +150,6 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-}
-
-/// The sampler flags of `sample` and `eval`.
-#[derive(Debug, clap::Args)]
-struct SamplerArgs {
-    /// Sampler (default: the run's eval.sampler).
-    #[arg(long, value_enum)]
-    sampler: Option<SamplerKind>,
-    /// DDIM network evaluations (with --sampler ddim; default 100).
-    #[arg(long)]
-    ddim_steps: Option<usize>,
-    /// DDIM eta in [0, 1] (with --sampler ddim; default 0).
-    #[arg(long)]
-    eta: Option<f64>,
-}
-
-impl SamplerArgs {
-    /// The sampler asked for; None = the run's own.
-    fn resolve(&self) -> anyhow::Result<Option<SamplerConfig>> {
-        if !matches!(self.sampler, Some(SamplerKind::Ddim))
-            && (self.ddim_steps.is_some() || self.eta.is_some())
-        {
-            bail!("--ddim-steps and --eta set the DDIM sampler: add --sampler ddim");
-        }
-        Ok(self.sampler.map(|k| match k {
-            SamplerKind::Ddpm => SamplerConfig::Ddpm(Ddpm::default()),
-            SamplerKind::Ddim => SamplerConfig::Ddim(Ddim {
-                steps: self.ddim_steps.unwrap_or(100),
-                eta: self.eta.unwrap_or(0.0),
-            }),
-        }))
-    }
 }
 
 fn progress(quiet: bool) -> Progress {
@@ -273,11 +234,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             force,
             quiet,
         }) => {
-            let sampler = sampler.resolve()?;
+            let sampling = sampler.resolve().map_err(anyhow::Error::msg)?;
             serde_json::to_string(&ipld_train::sample_run(
                 &run,
                 n,
-                sampler,
+                &sampling,
                 seed,
                 &out,
                 force,
@@ -297,7 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 samples,
                 seed,
                 latents,
-                sampler: sampler.resolve()?,
+                sampling: sampler.resolve().map_err(anyhow::Error::msg)?,
             },
             progress(quiet),
         )?)?,

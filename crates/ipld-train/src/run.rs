@@ -119,6 +119,7 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
         &trainer,
         cfg.eval.samples,
         &cfg.eval.sampler,
+        cfg.eval.guidance.as_ref(),
         cfg.seed,
         plan.progress,
     )?;

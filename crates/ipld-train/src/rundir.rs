@@ -80,10 +80,14 @@ pub fn truncate_metrics(path: &Path, step: u64) -> Result<(), RunError> {
 }
 
 /// Keys a resumed run may change: anything else would make it a different run than the one its
-/// checkpoint belongs to (and break exact resumption).
+/// checkpoint belongs to (and break exact resumption). The diffusion objective may change so that
+/// a refit can continue a run under another target (`diffusion.loss = "stf"`); like a changed
+/// refit, it applies from the resumed step on.
 pub const RESUMABLE_KEYS: &[&str] = &[
     "train.steps",
     "train.prior_refit",
+    "diffusion.loss",
+    "diffusion.stf_reference",
     "train.log_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",

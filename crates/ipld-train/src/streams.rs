@@ -31,11 +31,13 @@ pub enum Stream {
     ParticleInit,
     /// ipld-particles' lazy-noise catch-up draws.
     LazyNoise,
+    /// The extra points of the stable target field's reference batch (counter: the step).
+    StfReference,
 }
 
 impl Stream {
     /// Every stream.
-    pub const ALL: [Stream; 9] = [
+    pub const ALL: [Stream; 10] = [
         Self::NetworkInit,
         Self::Batch,
         Self::Loss,
@@ -45,6 +47,7 @@ impl Stream {
         Self::ParticleNoise,
         Self::ParticleInit,
         Self::LazyNoise,
+        Self::StfReference,
     ];
 
     /// The stream's id. `Refit` is 5: it used to be 3, which `Sample` also used, so a refit
@@ -60,6 +63,7 @@ impl Stream {
             Self::ParticleNoise => 7,
             Self::ParticleInit => INIT_STREAM as u64,
             Self::LazyNoise => LAZY_STREAM as u64,
+            Self::StfReference => 8,
         }
     }
 

@@ -191,30 +191,38 @@ fn image_ipld_trains_resumes_exactly_and_writes_a_grid() {
     check_picture(&a.join(SAMPLES_PNG), 8, 8, false);
     // `ipld-train sample` on an image run writes a PNG folder that the FID loader reads.
     let out = tmp.path().join("samples");
-    ipld_train::sample_run(&a, 5, None, 0, &out, false, Progress::Quiet).unwrap();
+    ipld_train::sample_run(&a, 5, &Default::default(), 0, &out, false, Progress::Quiet).unwrap();
     let back = ipld_data::load_image_folder_native(&out).unwrap();
     assert_eq!((back.len(), back.shape()), (5, [3, 8, 8]));
     // A folder that already holds PNGs is refused; --force replaces the earlier samples, so
     // 3 new ones are not mixed with 5 old ones; a PNG it did not write is never removed.
-    let e = ipld_train::sample_run(&a, 3, None, 0, &out, false, Progress::Quiet)
+    let e = ipld_train::sample_run(&a, 3, &Default::default(), 0, &out, false, Progress::Quiet)
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("already holds 5 PNG files") && e.contains("--force"),
         "{e}"
     );
-    ipld_train::sample_run(&a, 3, None, 0, &out, true, Progress::Quiet).unwrap();
+    ipld_train::sample_run(&a, 3, &Default::default(), 0, &out, true, Progress::Quiet).unwrap();
     assert_eq!(ipld_data::load_image_folder_native(&out).unwrap().len(), 3);
     std::fs::write(out.join("mine.png"), b"not ours").unwrap();
-    let e = ipld_train::sample_run(&a, 3, None, 0, &out, true, Progress::Quiet)
+    let e = ipld_train::sample_run(&a, 3, &Default::default(), 0, &out, true, Progress::Quiet)
         .unwrap_err()
         .to_string();
     assert!(e.contains("mine.png"), "{e}");
     assert!(out.join("mine.png").exists() && out.join("sample-00002.png").exists());
     // Never into a run directory.
-    let e = ipld_train::sample_run(&a, 3, None, 0, &a.join("pngs"), true, Progress::Quiet)
-        .unwrap_err()
-        .to_string();
+    let e = ipld_train::sample_run(
+        &a,
+        3,
+        &Default::default(),
+        0,
+        &a.join("pngs"),
+        true,
+        Progress::Quiet,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("run directory"), "{e}");
     // The decoder NLL falls while the network fits the bars.
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(a.join(METRICS_FILE))

@@ -128,6 +128,61 @@ fn conflicting_or_meaningless_flags_are_errors() {
     assert!(!tmp.path().join("s.npy").exists());
     let out = sample(&["--sampler", "ddim", "--ddim-steps", "10", "--eta", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The ODE samplers' and guidance's flags need their sampler or guidance named.
+    for (extra, want) in [
+        (&["--rho", "5"][..], "add --sampler heun"),
+        (
+            &["--sampler", "heun", "--t-min", "0.1"],
+            "add --sampler restart",
+        ),
+        (&["--guidance-strength", "1"], "add --guidance particle"),
+        (
+            &["--guidance", "none", "--guidance-set", "5"],
+            "add --guidance particle",
+        ),
+    ] {
+        let out = sample(extra);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}");
+        assert!(stderr(&out).contains(want), "{extra:?}: {}", stderr(&out));
+    }
+    let out = sample(&[
+        "--sampler",
+        "restart",
+        "--t-min",
+        "0.5",
+        "--t-max",
+        "0.3",
+        "--force",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("restart.t_min"), "{}", stderr(&out));
+    for extra in [
+        &["--sampler", "heun", "--steps", "6"][..],
+        &["--sampler", "dpm-solver++", "--steps", "8"],
+        &[
+            "--sampler",
+            "restart",
+            "--steps",
+            "6",
+            "--restart-repetitions",
+            "2",
+        ],
+        &[
+            "--sampler",
+            "ddim",
+            "--steps",
+            "10",
+            "--guidance",
+            "particle",
+            "--guidance-set",
+            "2",
+        ],
+    ] {
+        let mut a = extra.to_vec();
+        a.push("--force");
+        let out = sample(&a);
+        assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use ipld_data::SyntheticKind;
-use ipld_diffusion::{EmaConfig, LossWeighting, SamplerConfig, ScheduleConfig};
+use ipld_diffusion::{EmaConfig, GuidanceConfig, SamplerConfig};
 use ipld_eval::MmdConfig;
 use ipld_models::{ConvDecoderConfig, DitConfig, LinearDecoderConfig, MlpEpsConfig};
 use ipld_particles::{KlAnnealing, NoiseGenerator, NoiseScale, StepSizeSchedule, UpdateConfig};
@@ -18,11 +18,13 @@ use serde::{Deserialize, Serialize};
 use crate::optim::{AdamWConfig, PhiUpdateConfig};
 
 mod compat;
+mod diffusion;
 mod method;
 mod overrides;
 mod refit;
 mod validate;
 
+pub use diffusion::{DiffusionConfig, DiffusionObjective};
 pub use method::Method;
 pub use overrides::{METHOD_LABELS, method_overrides};
 pub use refit::PriorRefitConfig;
@@ -200,26 +202,6 @@ impl DecoderConfig {
     }
 }
 
-/// The latent DDPM prior.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiffusionConfig {
-    /// Noise schedule (Appendix B: linear, 1e-4 to 0.02, K = 1000).
-    pub schedule: ScheduleConfig,
-    /// Diffusion loss weighting: `simple` (eq. 41) or `likelihood-weighted` (eq. 40).
-    pub loss: LossWeighting,
-    /// The prior models u = z / s with this s (the role of LDM's latent scale factor, Rombach
-    /// et al. 2022): the diffusion loss of eq. (64) sees z / s and prior samples are s u. The
-    /// ideal score of z is unchanged, only the schedule's noise levels move relative to the
-    /// latents' scale. 1 = the paper.
-    #[serde(default = "unit_scale")]
-    pub latent_scale: f64,
-}
-
-fn unit_scale() -> f64 {
-    1.0
-}
-
 /// The particle cloud and its dynamics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -332,6 +314,11 @@ pub struct EvalConfig {
     pub reference_points: usize,
     /// Reverse-process sampler.
     pub sampler: SamplerConfig,
+    /// Particle guidance (Xu 2024, thesis section 6.4): sets of samples drawn jointly with a
+    /// repulsive kernel, `{ strength = 0.1, bandwidth = "median" | { fixed = H }, set_size = 25 }`;
+    /// absent: independent samples (docs/sampling.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<GuidanceConfig>,
     /// MMD kernel settings.
     pub mmd: MmdConfig,
     /// Also report MMD² with the median-heuristic bandwidth sigma_med times each of these

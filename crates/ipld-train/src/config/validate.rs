@@ -58,6 +58,10 @@ impl RunConfig {
             .sampler
             .validate(&schedule)
             .map_err(|e| invalid(e.under("eval.sampler").to_string()))?;
+        if let Some(g) = &self.eval.guidance {
+            g.validate()
+                .map_err(|e| invalid(e.under("eval.guidance").to_string()))?;
+        }
         self.eval
             .mmd
             .validate()
@@ -97,6 +101,23 @@ impl RunConfig {
             ));
         }
         self.validate_published(&key)?;
+        if self.diffusion.loss.is_stf() {
+            if self.method != Method::Ipld {
+                return Err(key(
+                    "diffusion.loss",
+                    format!(
+                        "\"stf\" takes its reference batch from IPLD's particles; method `{}` has none (use \"simple\")",
+                        self.method.name()
+                    ),
+                ));
+            }
+            if self.diffusion.stf_reference == 0 {
+                return Err(key(
+                    "diffusion.stf_reference",
+                    "must be at least 1 (points in the reference batch)".into(),
+                ));
+            }
+        }
         if self.particles.lazy_noise && !self.particles.update.rule().supports_lazy_noise() {
             return Err(key(
                 "particles.lazy_noise",

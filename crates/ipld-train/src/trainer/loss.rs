@@ -93,6 +93,9 @@ pub(crate) enum ShardLatents<'a> {
 /// shard's rows of it.
 pub(crate) struct ShardInputs<'a> {
     pub eps: &'a PriorNet,
+    /// Under `diffusion.loss = "stf"`: the reference batch (prior space) and theta's variables,
+    /// whose gradient becomes the stable target field's.
+    pub stf: Option<(&'a Tensor, &'a [Var])>,
     pub decoder: &'a DecoderNet,
     pub loss: &'a DiffusionLoss,
     pub latent_scale: f64,
@@ -164,12 +167,32 @@ impl ShardInputs<'_> {
             z.clone()
         };
         let z_prior = scaled(&z_in, 1.0 / self.latent_scale)?;
-        let total = if self.r_draws == 1 {
-            self.loss.per_sample(self.eps, &z_prior, &noise, &k)?.total
-        } else {
-            let zr = z_prior.repeat((self.r_draws, 1))?;
-            let t = self.loss.per_sample(self.eps, &zr, &noise, &k)?;
-            t.total.reshape((self.r_draws, len))?.mean(0)?
+        let zr = match self.r_draws {
+            1 => z_prior,
+            r => z_prior.repeat((r, 1))?,
+        };
+        let draws_mean = |t: Tensor| -> candle_core::Result<Tensor> {
+            match self.r_draws {
+                1 => Ok(t),
+                r => t.reshape((r, len))?.mean(0),
+            }
+        };
+        // Under STF one forward pass gives both: the simple loss, whose gradient the particles
+        // and the decoder follow, and the correction that turns theta's gradient into STF's.
+        let (total, theta_correction) = match self.stf {
+            None => (
+                draws_mean(self.loss.per_sample(self.eps, &zr, &noise, &k)?.total)?,
+                None,
+            ),
+            Some((reference, _)) => {
+                let t = self
+                    .loss
+                    .per_sample_stf(self.eps, &zr, &noise, &k, reference)?;
+                (
+                    draws_mean(t.dsm.total)?,
+                    Some(draws_mean(t.theta_correction)?),
+                )
+            }
         };
         let nll = gaussian_nll(&x, &self.decoder.decode(&z)?, self.sigma)?;
         let kl = match &entropy {
@@ -181,7 +204,24 @@ impl ShardInputs<'_> {
             .affine(1.0 / rows as f64, 0.0)?;
         let value =
             |t: &Tensor| -> candle_core::Result<f64> { t.to_dtype(DType::F64)?.to_scalar::<f64>() };
-        let grads = loss.backward()?;
+        let mut grads = loss.backward()?;
+        if let (Some(c), Some((_, theta))) = (theta_correction, self.stf) {
+            // A second backward through the prior only, kept for theta's variables (the
+            // particles' and the decoder's gradients stay the simple loss's).
+            let extra = c
+                .sum_all()?
+                .affine(self.gamma / rows as f64, 0.0)?
+                .backward()?;
+            for v in theta {
+                if let Some(g) = extra.get(v.as_tensor()) {
+                    let sum = match grads.get(v.as_tensor()) {
+                        Some(g0) => (g0 + g)?,
+                        None => g.clone(),
+                    };
+                    grads.insert(v.as_tensor(), sum);
+                }
+            }
+        }
         let z_grad = particle_var.and_then(|v| grads.get(v.as_tensor()).cloned());
         Ok(ShardOut {
             loss: value(&loss)?,

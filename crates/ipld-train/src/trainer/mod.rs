@@ -29,7 +29,7 @@ mod schedule;
 #[cfg(test)]
 mod tests;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use ipld_data::{Dataset, InMemoryDataset, Normalizer};
 use ipld_diffusion::{DiffusionLoss, NoiseSchedule, gaussian, sample_timesteps, timestep_tensor};
 use ipld_particles::{ParticleCloud, StepContext};
@@ -129,7 +129,7 @@ impl Trainer {
             )));
         }
         let schedule = cfg.diffusion.schedule.build()?;
-        let loss = DiffusionLoss::new(&schedule, cfg.diffusion.loss, &device)?;
+        let loss = DiffusionLoss::new(&schedule, cfg.diffusion.loss.weighting(), &device)?;
         // candle's CPU generator cannot be seeded: the networks redraw their weights from the
         // run's seed.
         let init = |role| Stream::NetworkInit.seed(cfg.seed, role);
@@ -321,7 +321,14 @@ impl Trainer {
         let phi_scale = self.phi_decay(epoch);
         let rows = b * self.particles_per_point();
 
-        let mb = self.minibatch_loss(t, &batch, self.cfg.train.shards)?;
+        let reference = match self.cfg.diffusion.loss.is_stf() {
+            true => {
+                let r = self.stf_reference(&batch, t, t)?;
+                Some(self.prior_space(&r)?)
+            }
+            false => None,
+        };
+        let mb = self.minibatch_loss(t, &batch, self.cfg.train.shards, reference.as_ref())?;
 
         let ctx = self.step_context(t);
         let lr_encoder = self.cfg.train.optimizer_encoder.lr * phi_scale;
@@ -362,12 +369,14 @@ impl Trainer {
     }
 
     /// L-hat of eq. (64) on the minibatch `batch` at step `t` and its gradients, computed in
-    /// `shards` data-parallel shards ([`run_shards`]).
+    /// `shards` data-parallel shards ([`run_shards`]); with an STF reference batch (prior space),
+    /// theta's gradient is that of the stable target field's loss.
     fn minibatch_loss(
         &self,
         t: u64,
         batch: &[usize],
         shards: usize,
+        stf_reference: Option<&Tensor>,
     ) -> Result<MinibatchLoss, TrainError> {
         let b = batch.len();
         let (n, dz) = (self.particles_per_point(), self.cfg.data.latent_dim);
@@ -401,8 +410,13 @@ impl Trainer {
         let eps = self.eps_model().ok_or_else(|| {
             TrainError::Invalid("the diffusion loss needs a prior network".into())
         })?;
+        let theta: Vec<Var> = match (&self.prior, stf_reference) {
+            (Some(p), Some(_)) => p.vars.all_vars(),
+            _ => Vec::new(),
+        };
         let inputs = ShardInputs {
             eps,
+            stf: stf_reference.map(|r| (r, theta.as_slice())),
             decoder: &self.decoder.net,
             loss: &self.loss,
             latent_scale: self.cfg.diffusion.latent_scale,

@@ -38,6 +38,13 @@ impl Trainer {
         )?;
         let noise = gaussian(&mut rng, (rows, dz), DType::F32, &self.device)?;
         let z_prior = self.prior_space(&z)?;
+        let reference = match self.cfg.diffusion.loss.is_stf() {
+            true => {
+                let r = self.stf_reference(&batch, t, joint)?;
+                Some(self.prior_space(&r)?)
+            }
+            false => None,
+        };
         // Theta's gradient keeps the scale it had in the joint loss, gamma times the diffusion
         // loss (eq. 64): AdamW's moments carry over, and an unscaled loss (1/gamma = 20 times
         // larger at c_KL = 0.05) made its first few hundred steps several times too long.
@@ -47,15 +54,25 @@ impl Trainer {
             .ok_or_else(|| TrainError::Invalid("a prior refit needs a prior network".into()))?;
         let refit_shard = |p: std::ops::Range<usize>| -> Result<(f64, GradStore), TrainError> {
             let (r0, len) = (p.start * n, p.len() * n);
-            let terms = self.loss.per_sample(
-                eps,
-                &z_prior.narrow(0, r0, len)?,
-                &noise.narrow(0, r0, len)?,
-                &k.narrow(0, r0, len)?,
-            )?;
-            let loss = terms.total.sum_all()?.affine(1.0 / rows as f64, 0.0)?;
-            let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            Ok((value, loss.affine(gamma, 0.0)?.backward()?))
+            let (z_s, noise_s, k_s) = (
+                z_prior.narrow(0, r0, len)?,
+                noise.narrow(0, r0, len)?,
+                k.narrow(0, r0, len)?,
+            );
+            let mean = |t: &candle_core::Tensor| t.sum_all()?.affine(1.0 / rows as f64, 0.0);
+            // The reported loss is the simple one under either objective, so runs compare.
+            let (reported, trained) = match &reference {
+                None => {
+                    let l = mean(&self.loss.per_sample(eps, &z_s, &noise_s, &k_s)?.total)?;
+                    (l.clone(), l)
+                }
+                Some(r) => {
+                    let t = self.loss.per_sample_stf(eps, &z_s, &noise_s, &k_s, r)?;
+                    (mean(&t.dsm.total)?, mean(&t.stf.total)?)
+                }
+            };
+            let value = reported.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            Ok((value, trained.affine(gamma, 0.0)?.backward()?))
         };
         let outs = run_shards(&self.device, self.cfg.train.shards, b, refit_shard)?;
         let loss_v: f64 = outs.iter().map(|o| o.0).sum();
@@ -85,5 +102,40 @@ impl Trainer {
             lr_phi: 0.0,
             prior_refit: true,
         })
+    }
+
+    /// The stable target field's reference batch at step `t` ([R N, d], detached, latent
+    /// space): the latents of `batch` followed by those of `diffusion.stf_reference - |batch|`
+    /// other points drawn without replacement (stream `StfReference`), brought up to step
+    /// `upto`. Its first rows are the minibatch's own, so each row's z_0 is in it (thesis
+    /// Algorithm 1 draws the minibatch from the reference batch).
+    pub(super) fn stf_reference(
+        &mut self,
+        batch: &[usize],
+        t: u64,
+        upto: u64,
+    ) -> Result<candle_core::Tensor, TrainError> {
+        let m = self.data.len();
+        let want = self.cfg.diffusion.stf_reference.clamp(batch.len(), m);
+        let mut rng = Stream::StfReference.rng(self.cfg.seed, t);
+        let mut in_batch = vec![false; m];
+        batch.iter().for_each(|&i| in_batch[i] = true);
+        let mut extra: Vec<usize> = rand::seq::index::sample(&mut rng, m, want)
+            .into_iter()
+            .filter(|&i| !in_batch[i])
+            .take(want - batch.len())
+            .collect();
+        extra.sort_unstable();
+        let dz = self.cfg.data.latent_dim;
+        let own = self
+            .latents
+            .frozen(batch, upto, &self.data, &mut rng, dz, &self.device)?;
+        if extra.is_empty() {
+            return Ok(own);
+        }
+        let others = self
+            .latents
+            .frozen(&extra, upto, &self.data, &mut rng, dz, &self.device)?;
+        Ok(candle_core::Tensor::cat(&[own, others], 0)?)
     }
 }

@@ -1,0 +1,300 @@
+//! `cargo xtask experiment samplers`: quality against network evaluations (NFE) for every sampler
+//! on one trained run (Xu 2024, thesis Figure 5.1b's view), and particle guidance's effect on
+//! small sets. Each point is `ipld-train eval` on the run with one sampler; the metric is FID for
+//! image runs with `eval.fid`, else the gmm mode precision or circles' ring fraction, else MMD².
+//! Writes `samplers.csv`, `guidance.csv` (gmm/circles runs) and `quality-vs-nfe.png` into --out.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use ipld_diffusion::{
+    Bandwidth, Ddim, Ddpm, DpmSolverPp, GuidanceConfig, Heun, Restart, SamplerConfig,
+};
+use ipld_train::Progress;
+use ipld_train::commands::{EvalRequest, Sampling};
+use ipld_train::rundir::open_run;
+use plotters::prelude::*;
+
+/// The sweep's samplers: (family, setting label, sampler). `quick` keeps the cheap end (what an
+/// image run can afford on a CPU). Restart runs on the thesis's interval [0.06, 0.30], chosen for
+/// CIFAR-10 scaled to [-1, 1] (per-coordinate sd about 0.5), and on that interval times
+/// `scale` = the prior-space latents' rms / 0.5, since the interval is in the data's units.
+fn sweep(quick: bool, scale: f64) -> Vec<(&'static str, String, SamplerConfig)> {
+    let mut v: Vec<(&'static str, String, SamplerConfig)> = Vec::new();
+    let ddim = |steps, eta| SamplerConfig::Ddim(Ddim { steps, eta });
+    for s in [10, 25, 50, 100] {
+        v.push(("ddim eta 0", format!("steps {s}"), ddim(s, 0.0)));
+        v.push(("ddim eta 1", format!("steps {s}"), ddim(s, 1.0)));
+    }
+    for s in [6, 10, 18, 30] {
+        let h = Heun {
+            steps: s,
+            ..Heun::default()
+        };
+        v.push(("heun", format!("levels {s}"), SamplerConfig::Heun(h)));
+    }
+    for s in [10, 25, 50] {
+        let d = DpmSolverPp {
+            steps: s,
+            ..DpmSolverPp::default()
+        };
+        v.push((
+            "dpm-solver++",
+            format!("levels {s}"),
+            SamplerConfig::DpmSolverPp(d),
+        ));
+    }
+    for k in [2, 5, 10] {
+        let r = Restart {
+            repetitions: k,
+            ..Restart::default()
+        };
+        v.push(("restart", format!("K {k}"), SamplerConfig::Restart(r)));
+        let scaled = Restart {
+            t_min: r.t_min * scale,
+            t_max: r.t_max * scale,
+            ..r
+        };
+        v.push((
+            "restart (scaled interval)",
+            format!("K {k} [{:.3} {:.3}]", scaled.t_min, scaled.t_max),
+            SamplerConfig::Restart(scaled),
+        ));
+    }
+    if !quick {
+        v.push((
+            "ddpm",
+            "K steps".into(),
+            SamplerConfig::Ddpm(Ddpm::default()),
+        ));
+    }
+    v
+}
+
+/// The run's headline metric in an eval result, its name, and whether lower is better.
+fn metric(e: &serde_json::Value) -> (f64, &'static str, bool) {
+    if let Some(f) = e["fid"].as_f64() {
+        return (f, "FID", true);
+    }
+    if let Some(p) = e["modes"]["precision"].as_f64() {
+        return (p, "precision (within 3 sd of a mode)", false);
+    }
+    if let Some(r) = e["rings"]["ring_fraction"].as_f64() {
+        return (r, "ring fraction", false);
+    }
+    (e["mmd"].as_f64().unwrap_or(f64::NAN), "MMD²", true)
+}
+
+/// Runs the sweep on `run` and writes the CSVs and the plot into `out`.
+pub fn run(run: &Path, samples: usize, quick: bool, out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let trainer = open_run(run, &[])?;
+    let schedule = trainer.schedule().clone();
+    // The prior-space latents' rms per coordinate, from up to 1,000 points' first particles.
+    let z = ipld_train::eval::decode_particles(&trainer, 1000)?.latent;
+    let s = trainer.config().diffusion.latent_scale;
+    let rms = (z.iter().map(|v| (*v as f64 / s).powi(2)).sum::<f64>() / z.len() as f64).sqrt();
+    let scale = rms / 0.5;
+    eprintln!(
+        "prior-space latent rms {rms:.3}: the scaled Restart interval is {scale:.2} times the thesis's"
+    );
+    drop(trainer);
+    let mut csv =
+        String::from("family,setting,nfe,metric,value,mmd,modes_covered,confident,seconds\n");
+    let mut points: Vec<(&'static str, f64, f64)> = Vec::new();
+    let mut name = "";
+    let mut lower_better = true;
+    let mut dataset = String::new();
+    for (family, setting, sampler) in sweep(quick, scale) {
+        let nfe = sampler.sampler().evaluations(&schedule);
+        let e = ipld_train::eval_run(
+            run,
+            &EvalRequest {
+                samples: Some(samples),
+                sampling: Sampling {
+                    sampler: Some(sampler),
+                    guidance: None,
+                },
+                ..EvalRequest::of_run()
+            },
+            Progress::Quiet,
+        )
+        .with_context(|| format!("evaluating {} with {family} {setting}", run.display()))?;
+        let (v, n, lb) = metric(&e);
+        (name, lower_better) = (n, lb);
+        dataset = e["dataset"].as_str().unwrap_or_default().to_string();
+        let show = |x: &serde_json::Value| x.as_f64().map_or(String::new(), |f| format!("{f}"));
+        writeln!(
+            csv,
+            "{family},{setting},{nfe},{n},{v},{},{},{},{}",
+            show(&e["mmd"]),
+            show(&e["modes"]["modes_covered"]),
+            show(&e["recognisability"]["confident_fraction"]),
+            show(&e["sample_seconds"]),
+        )?;
+        eprintln!("{family} {setting}: NFE {nfe}, {n} {v:.4}");
+        points.push((family, nfe as f64, v));
+        ipld_data::write_atomically(&out.join("samplers.csv"), csv.as_bytes())?;
+    }
+    let what = format!("{dataset}, {samples} samples");
+    plot(
+        &out.join("quality-vs-nfe.png"),
+        &points,
+        name,
+        lower_better,
+        &what,
+    )?;
+    if let Some(g) = guidance_sets(run)? {
+        ipld_data::write_atomically(&out.join("guidance.csv"), g.as_bytes())?;
+        eprint!("{g}");
+    }
+    Ok(())
+}
+
+/// Particle guidance on small sets (gmm/circles runs): 40 sets of 25 and of 100 samples, DDIM-50,
+/// without and with guidance (the fixed bandwidth and strength of the closed-form test, and the
+/// median heuristic), mean modes covered and precision. None for other runs.
+fn guidance_sets(run: &Path) -> anyhow::Result<Option<String>> {
+    let sampler = SamplerConfig::Ddim(Ddim {
+        steps: 50,
+        eta: 0.0,
+    });
+    let mut csv = String::from("set_size,guidance,strength,bandwidth,modes_covered,precision\n");
+    for set in [25usize, 100] {
+        let configs: [(f64, Bandwidth); 3] = [
+            (0.0, Bandwidth::Median),
+            (0.1, Bandwidth::Fixed(0.3)),
+            (0.01, Bandwidth::Median),
+        ];
+        for (strength, bandwidth) in configs {
+            let (mut covered, mut precision, mut n) = (0.0, 0.0, 0.0);
+            for seed in 0..40u64 {
+                let e = ipld_train::eval_run(
+                    run,
+                    &EvalRequest {
+                        samples: Some(set),
+                        seed: Some(1000 + seed),
+                        sampling: Sampling {
+                            sampler: Some(sampler),
+                            guidance: Some(GuidanceConfig {
+                                strength,
+                                bandwidth,
+                                set_size: 0,
+                            }),
+                        },
+                        ..EvalRequest::of_run()
+                    },
+                    Progress::Quiet,
+                )?;
+                let Some(c) = e["modes"]["modes_covered"].as_f64() else {
+                    return Ok(None);
+                };
+                covered += c;
+                precision += e["modes"]["precision"].as_f64().unwrap_or(f64::NAN);
+                n += 1.0;
+            }
+            let bw = match bandwidth {
+                Bandwidth::Median => "median".to_string(),
+                Bandwidth::Fixed(h) => format!("{h}"),
+            };
+            writeln!(
+                csv,
+                "{set},{},{strength},{bw},{},{}",
+                if strength > 0.0 { "particle" } else { "none" },
+                covered / n,
+                precision / n
+            )?;
+        }
+    }
+    Ok(Some(csv))
+}
+
+fn plot(
+    path: &Path,
+    points: &[(&'static str, f64, f64)],
+    metric: &str,
+    lower_better: bool,
+    what: &str,
+) -> anyhow::Result<()> {
+    ipld_train::plot::register_font();
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", path.display());
+    let xs: Vec<f64> = points.iter().map(|p| p.1).collect();
+    let ys: Vec<f64> = points
+        .iter()
+        .map(|p| p.2)
+        .filter(|y| y.is_finite())
+        .collect();
+    anyhow::ensure!(!ys.is_empty(), "no finite metric to plot");
+    let (x0, x1) = xs
+        .iter()
+        .fold((f64::INFINITY, 0f64), |a, &x| (a.0.min(x), a.1.max(x)));
+    let (y0, y1) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, &y| {
+        (a.0.min(y), a.1.max(y))
+    });
+    let pad = (y1 - y0).max(1e-6) * 0.1;
+    let root = ipld_train::canvas::Canvas::new(path, (720, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let title = format!(
+        "{metric} vs network evaluations ({what}; {})",
+        if lower_better {
+            "lower is better"
+        } else {
+            "higher is better"
+        },
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d((x0 * 0.8..x1 * 1.25).log_scale(), (y0 - pad)..(y1 + pad))
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("network evaluations (log scale)")
+        .y_desc(metric)
+        .draw()
+        .map_err(|e| err(&e))?;
+    let colors = [
+        RGBColor(200, 60, 40),
+        RGBColor(40, 90, 160),
+        RGBColor(60, 150, 60),
+        RGBColor(150, 80, 170),
+        RGBColor(230, 150, 20),
+        RGBColor(20, 160, 170),
+        RGBColor(90, 90, 90),
+        RGBColor(170, 110, 60),
+    ];
+    let mut families: Vec<&str> = Vec::new();
+    for p in points {
+        if !families.contains(&p.0) {
+            families.push(p.0);
+        }
+    }
+    for (i, f) in families.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let mut v: Vec<(f64, f64)> = points
+            .iter()
+            .filter(|p| p.0 == *f && p.2.is_finite())
+            .map(|p| (p.1, p.2))
+            .collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(v.clone(), c.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(*f)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3)));
+        chart
+            .draw_series(v.iter().map(|&p| Circle::new(p, 3, c.filled())))
+            .map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
