@@ -558,6 +558,18 @@ enum Metric {
     Quality,
 }
 
+/// Line colours of the experiments' curves, in order.
+pub(crate) const PALETTE: [RGBColor; 8] = [
+    RGBColor(200, 60, 40),
+    RGBColor(40, 90, 160),
+    RGBColor(60, 150, 60),
+    RGBColor(150, 80, 170),
+    RGBColor(230, 150, 20),
+    RGBColor(20, 160, 170),
+    RGBColor(90, 90, 90),
+    RGBColor(170, 110, 60),
+];
+
 fn plot_vs_n(
     path: &Path,
     dataset: &str,
@@ -630,14 +642,8 @@ fn plot_vs_n(
         .y_label_formatter(&|y| format!("{y:.4}"))
         .draw()
         .map_err(plot_err)?;
-    let colors = [
-        RGBColor(200, 60, 40),
-        RGBColor(40, 90, 160),
-        RGBColor(60, 150, 60),
-        RGBColor(150, 80, 170),
-        RGBColor(230, 150, 20),
-        RGBColor(20, 160, 170),
-    ];
+    // Six colours, as these figures have always used.
+    let colors = &PALETTE[..6];
     for (i, (m, v)) in pts.iter().enumerate() {
         let c = colors[i % colors.len()];
         if v.is_empty() {

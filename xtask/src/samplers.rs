@@ -152,10 +152,21 @@ pub fn run(run: &Path, samples: usize, quick: bool, out: &Path) -> anyhow::Resul
     Ok(())
 }
 
-/// Particle guidance on small sets (gmm/circles runs): 40 sets of 25 and of 100 samples, DDIM-50,
+/// Particle guidance on small sets (gmm runs): 40 sets of 25 and of 100 samples, DDIM-50,
 /// without and with guidance (the fixed bandwidth and strength of the closed-form test, and the
-/// median heuristic), mean modes covered and precision. None for other runs.
+/// median heuristic), mean modes covered and precision. The run is opened and its modes built
+/// once; each set is drawn as `ipld-train eval --samples M --seed S` would draw it. None for runs
+/// without known modes.
 fn guidance_sets(run: &Path) -> anyhow::Result<Option<String>> {
+    let trainer = open_run(run, &[])?;
+    let Some(synthetic) = ipld_train::data::synthetic_config(trainer.config()) else {
+        return Ok(None);
+    };
+    let ipld_data::KnownStructure::Modes { centers, sd } = synthetic.generate()?.structure() else {
+        return Ok(None);
+    };
+    let dim = ipld_data::Dataset::dim(trainer.data());
+    let radius = ipld_train::eval::STRUCTURE_SDS * sd;
     let sampler = SamplerConfig::Ddim(Ddim {
         steps: 50,
         eta: 0.0,
@@ -168,30 +179,24 @@ fn guidance_sets(run: &Path) -> anyhow::Result<Option<String>> {
             (0.01, Bandwidth::Median),
         ];
         for (strength, bandwidth) in configs {
+            let guidance = GuidanceConfig {
+                strength,
+                bandwidth,
+                set_size: 0,
+            };
             let (mut covered, mut precision, mut n) = (0.0, 0.0, 0.0);
             for seed in 0..40u64 {
-                let e = ipld_train::eval_run(
-                    run,
-                    &EvalRequest {
-                        samples: Some(set),
-                        seed: Some(1000 + seed),
-                        sampling: Sampling {
-                            sampler: Some(sampler),
-                            guidance: Some(GuidanceConfig {
-                                strength,
-                                bandwidth,
-                                set_size: 0,
-                            }),
-                        },
-                        ..EvalRequest::of_run()
-                    },
-                    Progress::Quiet,
+                let s = ipld_train::eval::generate_guided(
+                    &trainer,
+                    set,
+                    &sampler,
+                    Some(&guidance),
+                    1000 + seed,
+                    &mut |_| {},
                 )?;
-                let Some(c) = e["modes"]["modes_covered"].as_f64() else {
-                    return Ok(None);
-                };
-                covered += c;
-                precision += e["modes"]["precision"].as_f64().unwrap_or(f64::NAN);
+                let m = ipld_eval::mode_metrics(&s.data, dim, &centers, radius)?;
+                covered += m.modes_covered as f64;
+                precision += m.precision;
                 n += 1.0;
             }
             let bw = match bandwidth {
@@ -256,16 +261,7 @@ fn plot(
         .y_desc(metric)
         .draw()
         .map_err(|e| err(&e))?;
-    let colors = [
-        RGBColor(200, 60, 40),
-        RGBColor(40, 90, 160),
-        RGBColor(60, 150, 60),
-        RGBColor(150, 80, 170),
-        RGBColor(230, 150, 20),
-        RGBColor(20, 160, 170),
-        RGBColor(90, 90, 90),
-        RGBColor(170, 110, 60),
-    ];
+    let colors = crate::figure1::PALETTE;
     let mut families: Vec<&str> = Vec::new();
     for p in points {
         if !families.contains(&p.0) {

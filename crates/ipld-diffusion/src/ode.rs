@@ -182,6 +182,8 @@ impl Default for DpmSolverPp {
     }
 }
 
+/// `grid()` for a sampler with the four grid fields; with `from`, also `From<EdmGrid>` for one
+/// that has no others.
 macro_rules! grid_of {
     ($t:ty) => {
         impl $t {
@@ -196,32 +198,23 @@ macro_rules! grid_of {
             }
         }
     };
+    ($t:ty, from) => {
+        grid_of!($t);
+        impl From<EdmGrid> for $t {
+            fn from(g: EdmGrid) -> Self {
+                Self {
+                    steps: g.steps,
+                    rho: g.rho,
+                    sigma_min: g.sigma_min,
+                    sigma_max: g.sigma_max,
+                }
+            }
+        }
+    };
 }
-grid_of!(Heun);
-grid_of!(DpmSolverPp);
+grid_of!(Heun, from);
+grid_of!(DpmSolverPp, from);
 grid_of!(Restart);
-
-impl From<EdmGrid> for Heun {
-    fn from(g: EdmGrid) -> Self {
-        Self {
-            steps: g.steps,
-            rho: g.rho,
-            sigma_min: g.sigma_min,
-            sigma_max: g.sigma_max,
-        }
-    }
-}
-
-impl From<EdmGrid> for DpmSolverPp {
-    fn from(g: EdmGrid) -> Self {
-        Self {
-            steps: g.steps,
-            rho: g.rho,
-            sigma_min: g.sigma_min,
-            sigma_max: g.sigma_max,
-        }
-    }
-}
 
 /// Restart sampling (thesis Algorithm 9, one restart interval): Heun on the main EDM grid; on
 /// reaching t_min, K times: add N(0, (t_max^2 - t_min^2) s_noise^2 I) noise (the forward process

@@ -3,7 +3,7 @@
 //! named is an error naming the sampler it needs.
 
 use clap::ValueEnum;
-use ipld_diffusion::{Ddim, Ddpm, SamplerConfig};
+use ipld_diffusion::{Ddim, Ddpm, DpmSolverPp, EdmGrid, Heun, Restart, SamplerConfig};
 
 use crate::commands::Sampling;
 
@@ -117,33 +117,28 @@ impl SamplerArgs {
         ] {
             flag(name, set, &[K::Restart])?;
         }
+        // The grid flags over a sampler's own defaults.
+        let grid = |g: EdmGrid| EdmGrid {
+            steps: self.steps.unwrap_or(g.steps),
+            rho: self.rho.unwrap_or(g.rho),
+            ..g
+        };
         let sampler = kind.map(|k| match k {
             K::Ddpm => SamplerConfig::Ddpm(Ddpm::default()),
             K::Ddim => SamplerConfig::Ddim(Ddim {
                 steps: self.steps.unwrap_or(100),
                 eta: self.eta.unwrap_or(0.0),
             }),
-            K::Heun => {
-                let d = ipld_diffusion::Heun::default();
-                SamplerConfig::Heun(ipld_diffusion::Heun {
-                    steps: self.steps.unwrap_or(d.steps),
-                    rho: self.rho.unwrap_or(d.rho),
-                    ..d
-                })
-            }
+            K::Heun => SamplerConfig::Heun(Heun::from(grid(Heun::default().grid()))),
             K::DpmSolverPp => {
-                let d = ipld_diffusion::DpmSolverPp::default();
-                SamplerConfig::DpmSolverPp(ipld_diffusion::DpmSolverPp {
-                    steps: self.steps.unwrap_or(d.steps),
-                    rho: self.rho.unwrap_or(d.rho),
-                    ..d
-                })
+                SamplerConfig::DpmSolverPp(DpmSolverPp::from(grid(DpmSolverPp::default().grid())))
             }
             K::Restart => {
-                let d = ipld_diffusion::Restart::default();
-                SamplerConfig::Restart(ipld_diffusion::Restart {
-                    steps: self.steps.unwrap_or(d.steps),
-                    rho: self.rho.unwrap_or(d.rho),
+                let d = Restart::default();
+                let g = grid(d.grid());
+                SamplerConfig::Restart(Restart {
+                    steps: g.steps,
+                    rho: g.rho,
                     restart_steps: self.restart_steps.unwrap_or(d.restart_steps),
                     repetitions: self.restart_repetitions.unwrap_or(d.repetitions),
                     t_min: self.t_min.unwrap_or(d.t_min),
