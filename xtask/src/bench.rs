@@ -12,7 +12,9 @@
 //! - the eager update and gmm training at N = 1 and 16 once per instruction set this CPU has
 //!   (`by_isa`: AVX-512, AVX2, portable), side by side in one process;
 //! - DDIM-100 sampling throughput of a trained-size prior and decoder;
-//! - peak resident memory of the process.
+//! - peak resident memory of the process;
+//! - scaling over MPI ranks (`scaling`): gmm at N = 16 and 256 as 1 rank x 2 threads against
+//!   2 ranks x 1 thread, with each rank's peak memory (skipped, saying so, without mpirun).
 //!
 //! Criterion benches (`cargo bench -p ipld-benches`) give the careful, per-case numbers.
 
@@ -244,6 +246,8 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     let samples_per_s = sampling()?;
     println!("DDIM-100 sampling (gmm MLP prior + decoder): {samples_per_s:.0} samples/s");
     let peak = peak_rss_mib();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let scaling = crate::scaling::run(&root)?;
     let spread = |by_m: &BTreeMap<String, f64>| {
         by_m.values().copied().fold(f64::MIN, f64::max)
             / by_m.values().copied().fold(f64::MAX, f64::min)
@@ -286,6 +290,7 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
         },
         "sampling_ddim100_samples_per_second": samples_per_s,
         "peak_rss_mib": peak,
+        "scaling_mpi": scaling,
     });
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -336,6 +341,25 @@ pub fn run(out: &Path) -> anyhow::Result<()> {
     println!("| DDIM-100 sampling | {samples_per_s:.0} samples/s |");
     if let Some(p) = peak {
         println!("| peak RSS | {p:.0} MiB |");
+    }
+    if let Some(rows) = scaling.as_object().filter(|o| !o.contains_key("skipped")) {
+        for (n, r) in rows {
+            let f = |k: &str, q: &str| r[k][q].clone();
+            println!(
+                "| scaling, gmm N = {n}: 1 rank x 2 threads / 2 ranks x 1 thread | {:.2} / {:.2} steps/s ({:.2}); peak RSS {} / {} MiB |",
+                f("one_rank_2_threads", "steps_per_second")
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
+                f("two_ranks_1_thread", "steps_per_second")
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
+                r["two_ranks_over_one_rank_2_threads"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
+                f("one_rank_2_threads", "peak_rss_mib"),
+                f("two_ranks_1_thread", "peak_rss_mib"),
+            );
+        }
     }
     println!("\nwrote {}", out.display());
     Ok(())

@@ -24,6 +24,7 @@ mod normalize;
 mod ppca;
 mod results;
 mod samplers;
+mod scaling;
 
 // Training runs in-process here: same allocator as `ipld-train` (see its main.rs).
 #[global_allocator]

@@ -16,8 +16,13 @@ use crate::trainer::Trainer;
 /// Writes the trainer's checkpoint into `dir` atomically, keeps it in the run's history
 /// (`train.keep_checkpoints`), and rewrites the CSV copies of the metrics.
 pub fn save_checkpoint(trainer: &Trainer, dir: &Path) -> Result<(), RunError> {
+    if trainer.sharded() {
+        return save_sharded(trainer, dir);
+    }
     let bytes = trainer.checkpoint_bytes()?;
     write_atomically(&dir.join(CHECKPOINT_FILE), &bytes)?;
+    // A run resumed as one process from a sharded checkpoint: its particle files are stale now.
+    remove_particle_files(dir, &[])?;
     keep(
         dir,
         trainer.step(),
@@ -25,6 +30,59 @@ pub fn save_checkpoint(trainer: &Trainer, dir: &Path) -> Result<(), RunError> {
         trainer.config().train.keep_checkpoints,
     )?;
     crate::csv::write_csv(dir)
+}
+
+/// A sharded checkpoint (issue 26): every rank writes its particle file atomically; once all
+/// are in place rank 0 writes the main file, whose rename commits the checkpoint, and then
+/// removes the particle files no checkpoint names any more. A rank that fails makes every rank
+/// fail, and the last committed checkpoint with its particle files stays intact.
+fn save_sharded(trainer: &Trainer, dir: &Path) -> Result<(), RunError> {
+    use crate::collective::agree;
+    let comm = trainer.collective();
+    let (rank, ranks, step) = (comm.rank(), comm.size(), trainer.step());
+    let mine = crate::trainer::particle_shard_file(dir, step, rank, ranks);
+    let wrote = trainer
+        .particle_shard_bytes()
+        .map_err(RunError::from)
+        .and_then(|b| write_atomically(&mine, &b).map_err(RunError::from))
+        .map_err(|e| e.to_string());
+    agree(comm, wrote)
+        .map_err(|e| RunError::invalid(dir, format!("writing the checkpoint: {e}")))?;
+    let committed = match rank {
+        0 => trainer
+            .checkpoint_bytes()
+            .map_err(RunError::from)
+            .and_then(|b| write_atomically(&dir.join(CHECKPOINT_FILE), &b).map_err(RunError::from))
+            .and_then(|_| crate::csv::write_csv(dir))
+            .map_err(|e| e.to_string()),
+        _ => Ok(()),
+    };
+    agree(comm, committed)
+        .map_err(|e| RunError::invalid(dir, format!("writing the checkpoint: {e}")))?;
+    if rank == 0 {
+        let keep: Vec<_> = (0..ranks)
+            .map(|r| crate::trainer::particle_shard_file(dir, step, r, ranks))
+            .collect();
+        remove_particle_files(dir, &keep)?;
+    }
+    Ok(())
+}
+
+/// Removes the sharded particle files in `dir` other than `keep`.
+fn remove_particle_files(dir: &Path, keep: &[PathBuf]) -> Result<(), RunError> {
+    for e in fs::read_dir(dir)
+        .map_err(|e| RunError::io(dir, e))?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("particles-")
+            && name.ends_with(".safetensors")
+            && !keep.contains(&e.path())
+        {
+            fs::remove_file(e.path()).map_err(|err| RunError::io(&e.path(), err))?;
+        }
+    }
+    Ok(())
 }
 
 /// The folder of step-numbered checkpoints inside a run directory.

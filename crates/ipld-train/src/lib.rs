@@ -7,6 +7,7 @@
 pub mod canvas;
 pub mod charts;
 pub mod checkpoint;
+pub mod collective;
 pub mod commands;
 pub mod config;
 pub mod csv;
@@ -40,7 +41,7 @@ pub use config::{
 };
 pub use error::{RunError, TrainError};
 pub use progress::Progress;
-pub use run::{RunSummary, run};
+pub use run::{RunSummary, run, run_on};
 pub use rundir::default_run_dir;
 pub use sampler_args::SamplerArgs;
 pub use start::RunPlan;

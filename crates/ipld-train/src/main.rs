@@ -237,10 +237,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let Some(plan) = plan(cli.train)? else {
                 return Ok(());
             };
-            ipld_train::quiet_candle_pool(plan.config.train.shards);
+            let ranks = Ranks::start()?;
+            let comm = ranks.collective();
+            let local_shards = plan.config.train.shards / comm.size().max(1);
+            ipld_train::quiet_candle_pool(local_shards.max(1));
             ipld_train::interrupt::install().map_err(anyhow::Error::msg)?;
-            let summary = ipld_train::run(plan)?;
-            serde_json::to_string(&summary)?
+            match ranks.fail_together(ipld_train::run_on(plan, comm))? {
+                Some(summary) => serde_json::to_string(&summary)?,
+                // Only rank 0 reports.
+                None => return Ok(()),
+            }
         }
         Some(Command::Sample {
             run,
@@ -330,6 +336,67 @@ fn error_text(e: &anyhow::Error) -> String {
         out.push_str(&text);
     }
     out
+}
+
+/// The training command's ranks: MPI's when built with the `mpi` feature (one rank when started
+/// without `mpirun`/`srun`), else one process. MPI is initialised here, once, and finalised when
+/// this is dropped.
+struct Ranks {
+    #[cfg(feature = "mpi")]
+    _universe: mpi::environment::Universe,
+    comm: std::sync::Arc<dyn ipld_train::collective::Collective>,
+    #[cfg(feature = "mpi")]
+    mpi: std::sync::Arc<ipld_train::collective::MpiCollective>,
+}
+
+impl Ranks {
+    #[cfg(feature = "mpi")]
+    fn start() -> anyhow::Result<Self> {
+        use mpi::traits::Communicator;
+        let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+            .context("MPI was already initialised")?;
+        let mpi = std::sync::Arc::new(ipld_train::collective::MpiCollective::new(universe.world()));
+        let comm: std::sync::Arc<dyn ipld_train::collective::Collective> =
+            match universe.world().size() {
+                1 => ipld_train::collective::single_process(),
+                _ => mpi.clone(),
+            };
+        Ok(Self {
+            _universe: universe,
+            comm,
+            mpi,
+        })
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    fn start() -> anyhow::Result<Self> {
+        Ok(Self {
+            comm: ipld_train::collective::single_process(),
+        })
+    }
+
+    fn collective(&self) -> std::sync::Arc<dyn ipld_train::collective::Collective> {
+        self.comm.clone()
+    }
+
+    /// With several ranks, an error other than a (collective) interrupt ends every rank through
+    /// MPI_Abort: finalising one rank while the others wait in a collective would hang the job.
+    fn fail_together<T>(&self, r: Result<T, ipld_train::RunError>) -> anyhow::Result<T> {
+        #[cfg(feature = "mpi")]
+        if let Err(e) = &r
+            && self.comm.size() > 1
+            && !matches!(e, ipld_train::RunError::Interrupted { .. })
+        {
+            eprintln!(
+                "error (rank {} of {}): {}",
+                self.comm.rank(),
+                self.comm.size(),
+                e
+            );
+            self.mpi.abort(1);
+        }
+        Ok(r?)
+    }
 }
 
 fn main() -> ExitCode {

@@ -112,23 +112,22 @@ fn decode(trainer: &Trainer, z: Vec<f32>, rows: usize) -> Result<Vec<f32>, Train
         .to_vec1()?)
 }
 
-/// The latents a point is represented by: its particles, or for DiffusionVAE none.
-fn particles(trainer: &Trainer, points: &[usize]) -> Result<Option<(Vec<f32>, usize)>, TrainError> {
-    let Some(cloud) = trainer.synced_cloud()? else {
-        return Ok(None);
-    };
-    let mut z = Vec::new();
-    cloud.gather_into(points, &mut z)?;
-    Ok(Some((z, cloud.particles())))
-}
-
 /// Writes `clouds/epoch-EEEE.png`: one row per picture point, the data image first, then its N
-/// decoded particles.
-pub fn cloud_snapshot(trainer: &Trainer, epoch: u64, dir: &Path) -> Result<(), RunError> {
+/// decoded particles. Every rank calls it (the particles are gathered from the ranks that hold
+/// them); only the one with `write` set writes.
+pub fn cloud_snapshot(
+    trainer: &Trainer,
+    epoch: u64,
+    dir: &Path,
+    write: bool,
+) -> Result<(), RunError> {
     let points = picture_points(trainer, trainer.config().eval.picture_points);
-    let Some((z, n)) = particles(trainer, &points)? else {
+    let Some((z, n)) = trainer.gather_particles(&points)? else {
         return Ok(());
     };
+    if !write {
+        return Ok(());
+    }
     let shape = image_shape(trainer)?;
     let dx = trainer.data().dim();
     let decoded = decode(trainer, z, points.len() * n)?;
@@ -156,12 +155,16 @@ pub fn cloud_snapshot(trainer: &Trainer, epoch: u64, dir: &Path) -> Result<(), R
 
 /// Writes the interpolation picture: for consecutive pairs of picture points (m1, m2), the
 /// decoded lerp(z^{m1,0}, z^{m2,0}, s) for s from 1 down to 0, between the two data images.
-/// DiffusionVAE runs (no particles) write nothing.
-pub fn interpolation(trainer: &Trainer, path: &Path) -> Result<(), RunError> {
+/// DiffusionVAE runs (no particles) write nothing. Every rank calls it; only the one with
+/// `write` set writes.
+pub fn interpolation(trainer: &Trainer, path: &Path, write: bool) -> Result<(), RunError> {
     let points = picture_points(trainer, trainer.config().eval.picture_points.max(2));
-    let Some((z, n)) = particles(trainer, &points)? else {
+    let Some((z, n)) = trainer.gather_particles(&points)? else {
         return Ok(());
     };
+    if !write {
+        return Ok(());
+    }
     let dz = trainer.config().data.latent_dim;
     let shape = image_shape(trainer)?;
     let dx = trainer.data().dim();

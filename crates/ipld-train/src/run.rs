@@ -6,11 +6,13 @@
 use std::fs;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ipld_data::{Dataset, ImageSet, write_atomically};
 use serde::Serialize;
 
+use crate::collective::{Collective, single_process};
 use crate::error::{RunError, TrainError};
 use crate::eval::{Quality, Samples, generate_with_progress, mmd, quality, reference};
 use crate::fid::fid_of_samples;
@@ -77,14 +79,37 @@ pub struct RunSummary {
 
 /// Trains (or resumes) as planned, then evaluates; writes everything into the run directory.
 pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
+    run_on(plan, single_process()).map(|s| s.expect("a single process is rank 0"))
+}
+
+/// [`run()`] as one of `comm`'s ranks (issue 26): every rank trains its shard of the state;
+/// rank 0 alone writes the run directory's records, metrics, pictures and the main checkpoint,
+/// evaluates, and returns the summary (the other ranks return None).
+pub fn run_on(plan: RunPlan, comm: Arc<dyn Collective>) -> Result<Option<RunSummary>, RunError> {
     let dir = plan.run_dir.clone();
+    let root = comm.rank() == 0;
+    let plan = RunPlan {
+        progress: match root {
+            true => plan.progress,
+            false => Progress::Quiet,
+        },
+        ..plan
+    };
     let Started {
         mut trainer,
         mut record,
         lock: _lock,
         mut warnings,
-    } = start(&plan)?;
+    } = start(&plan, comm)?;
     let cfg = trainer.config().clone();
+    if !root {
+        train(&mut trainer, &dir, plan.progress)?;
+        report_memory(&trainer, plan.progress);
+        if cfg.is_image_run() {
+            pictures::interpolation(&trainer, &dir.join(pictures::INTERPOLATION_PNG), false)?;
+        }
+        return Ok(None);
+    }
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -114,6 +139,7 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
     }
     let train_seconds = start.elapsed().as_secs_f64();
     let steps_now = trainer.step() - first;
+    report_memory(&trainer, plan.progress);
 
     let samples = generate_with_progress(
         &trainer,
@@ -127,6 +153,9 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
     let mmd = mmd(&trainer, &samples, &reference)?;
     let quality = quality(&trainer, &samples, &reference)?;
     let fid = if cfg.is_image_run() {
+        // Collective (the particles of its points may be on other ranks): before anything
+        // that only rank 0 does.
+        pictures::interpolation(&trainer, &dir.join(pictures::INTERPOLATION_PNG), true)?;
         image_outputs(&trainer, &samples, &dir, plan.progress)?
     } else {
         write_plot(
@@ -171,7 +200,34 @@ pub fn run(plan: RunPlan) -> Result<RunSummary, RunError> {
     write_atomically(&dir.join(SUMMARY_FILE), json.as_bytes())?;
     record.finish(trainer.step(), "finished");
     record.write(&dir)?;
-    Ok(summary)
+    Ok(Some(summary))
+}
+
+/// After training, each rank's particle memory and peak resident memory (one line per rank on
+/// stderr; a single process reports it unless quiet): what docs/distributed.md's memory table
+/// and `cargo xtask bench`'s scaling rows read.
+fn report_memory(t: &Trainer, progress: Progress) {
+    let comm = t.collective();
+    if comm.size() == 1 && progress == Progress::Quiet {
+        return;
+    }
+    let (rows, bytes) = t.cloud().map_or((0, 0), |c| {
+        let [m, n, d] = c.shape();
+        (m, 3 * m * n * d * 4)
+    });
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        });
+    tracing::info!(
+        "rank {} of {}: particles of {rows} points ({:.1} MiB with their moments), peak RSS {} MiB",
+        comm.rank(),
+        comm.size(),
+        bytes as f64 / (1u64 << 20) as f64,
+        peak.map_or("unknown".into(), |kib| format!("{:.1}", kib / 1024.0))
+    );
 }
 
 /// What the run is, printed when it starts: directory, data, method, network sizes, the particle
@@ -182,7 +238,7 @@ fn banner(t: &Trainer, dir: &Path) -> String {
     let cloud = crate::start::cloud_bytes(cfg, t.data().len());
     format!(
         "run {}: {} on {} ({} points x {} values), N = {}, prior {prior} and decoder {decoder} \
-         parameters, particle cloud {:.1} MiB, cpu ({}) with {} threads, steps {} of {}",
+         parameters, particle cloud {:.1} MiB{}, cpu ({}) with {} threads, steps {} of {}",
         dir.display(),
         cfg.method.name(),
         cfg.data.name(),
@@ -190,6 +246,13 @@ fn banner(t: &Trainer, dir: &Path) -> String {
         t.data().dim(),
         cfg.particles.count,
         cloud as f64 / (1u64 << 20) as f64,
+        match t.collective().size() {
+            1 => String::new(),
+            r => format!(
+                " over {r} {} ranks (1/{r} each)",
+                t.collective().transport()
+            ),
+        },
         ipld_particles::active_isa().name(),
         rayon::current_num_threads(),
         t.step(),
@@ -230,12 +293,19 @@ fn loss_explosion(metrics: &Path, first_loss: Option<f64>) -> Option<String> {
 /// particle-cloud pictures at the configured epochs. Returns the last step's metrics.
 fn train(trainer: &mut Trainer, dir: &Path, progress: Progress) -> Result<Trained, RunError> {
     let cfg = trainer.config().clone();
+    let root = trainer.collective().rank() == 0;
     let metrics_path = dir.join(METRICS_FILE);
-    let mut metrics = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| RunError::io(&metrics_path, e))?;
+    // Rank 0 writes the metrics; the other ranks' lines go nowhere.
+    let mut metrics: Box<dyn Write> = match root {
+        true => Box::new(
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(|e| RunError::io(&metrics_path, e))?,
+        ),
+        false => Box::new(std::io::sink()),
+    };
     let first = trainer.step();
     let total = cfg.total_steps();
     let bar = progress.bar(
@@ -260,7 +330,7 @@ fn train(trainer: &mut Trainer, dir: &Path, progress: Progress) -> Result<Traine
     let _deferred = interrupt::TrainingGuard::new();
     while trainer.step() < total {
         if snapshot_due(trainer.step()) {
-            pictures::cloud_snapshot(trainer, trainer.step() / per_epoch, dir)?;
+            pictures::cloud_snapshot(trainer, trainer.step() / per_epoch, dir, root)?;
         }
         let m = match trainer.train_step() {
             Ok(m) => m,
@@ -307,7 +377,7 @@ fn train(trainer: &mut Trainer, dir: &Path, progress: Progress) -> Result<Traine
                 );
             }
         }
-        if periodic::due(trainer, done) {
+        if root && periodic::due(trainer, done) {
             if let Some(b) = &bar {
                 b.set_message(format!("evaluating at step {done}"));
             }
@@ -331,7 +401,10 @@ fn train(trainer: &mut Trainer, dir: &Path, progress: Progress) -> Result<Traine
         }
         first_loss = first_loss.or(Some(m.loss));
         last = Some(m);
-        if interrupt::requested() && done < total {
+        // Every rank stops at the same step, whichever received the signal.
+        let stop = crate::collective::any(trainer.collective(), interrupt::requested())
+            .map_err(|e| RunError::invalid(dir, e.to_string()))?;
+        if stop && done < total {
             metrics
                 .flush()
                 .map_err(|e| RunError::io(&metrics_path, e))?;
@@ -350,7 +423,7 @@ fn train(trainer: &mut Trainer, dir: &Path, progress: Progress) -> Result<Traine
         b.finish();
     }
     if snapshot_due(trainer.step()) {
-        pictures::cloud_snapshot(trainer, trainer.step() / per_epoch, dir)?;
+        pictures::cloud_snapshot(trainer, trainer.step() / per_epoch, dir, root)?;
     }
     Ok(Trained { last, first_loss })
 }
@@ -381,7 +454,6 @@ fn image_outputs(
         trainer.step()
     );
     pictures::save_labelled_grid(&set, (8, 8), &title, &[], &dir.join(SAMPLES_PNG))?;
-    pictures::interpolation(trainer, &dir.join(pictures::INTERPOLATION_PNG))?;
     if !cfg.eval.fid {
         return Ok(None);
     }

@@ -5,11 +5,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::Device;
-use ipld_data::Dataset;
+use ipld_data::{Dataset, InMemoryDataset};
 
-use crate::config::RunConfig;
+use crate::collective::Collective;
+use crate::config::{RunConfig, ValidConfig};
 use crate::data::load_data;
 use crate::error::RunError;
 use crate::lock::RunLock;
@@ -70,26 +72,205 @@ fn check_steps_ahead(t: &Trainer, dir: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
-/// What [`start`] hands the run: the trainer, the run record and the directory's lock.
+/// What [`start`] hands the run: the trainer, the run record and the directory's lock (held by
+/// rank 0 only).
 pub(crate) struct Started {
     pub trainer: Trainer,
     pub record: RunRecord,
-    pub lock: RunLock,
+    pub lock: Option<RunLock>,
     /// [`config_warnings`] for the run's config and data.
     pub warnings: Vec<String>,
 }
 
+/// How the trainer is built: fresh, restarted from step 0, or from the directory's checkpoint.
+enum Build {
+    Fresh(ValidConfig),
+    Restart(ValidConfig),
+    Resume {
+        saved: Box<ValidConfig>,
+        new: Box<ValidConfig>,
+    },
+}
+
+/// What rank 0 settles before any trainer exists: the directory's checks and lock, the record,
+/// the data and how to build.
+struct Prepared {
+    build: Build,
+    data: InMemoryDataset,
+    record: RunRecord,
+    /// Taken on resume; a new run's directory is made and locked once its trainer is built.
+    lock: Option<RunLock>,
+    warnings: Vec<String>,
+}
+
 /// The plan's trainer: reopened from the run directory's checkpoint on resume (its config may
 /// change only in the resumable keys, its data must match the record), restarted from step 0
-/// when the run stopped before its first checkpoint, else a fresh one in a new directory.
-pub(crate) fn start(plan: &RunPlan) -> Result<Started, RunError> {
+/// when the run stopped before its first checkpoint, else a fresh one in a new directory. With
+/// more than one rank, rank 0 checks and locks the directory, every rank builds its shard of the
+/// state, and a failure on any rank fails all of them.
+pub(crate) fn start(plan: &RunPlan, comm: Arc<dyn Collective>) -> Result<Started, RunError> {
     let dir = &plan.run_dir;
-    let origin = dir.display().to_string();
+    let root = comm.rank() == 0;
     let say = |line: String| {
-        if plan.progress != Progress::Quiet {
+        if plan.progress != Progress::Quiet && root {
             eprintln!("{line}");
         }
     };
+    let prepared = match root {
+        true => prepare(plan).map(Some),
+        false => Ok(None),
+    };
+    let prepared = settle(&*comm, dir, prepared)?;
+    let (build, data, record, lock, warnings) = match prepared {
+        Some(p) => {
+            // The other ranks' `follow` is agreed on here.
+            settle(&*comm, dir, Ok(()))?;
+            (p.build, p.data, p.record, p.lock, p.warnings)
+        }
+        None => {
+            let (build, data) = settle(&*comm, dir, follow(plan))?;
+            let record = RunRecord {
+                data: DataFingerprint::of(build.config(), &data),
+                invocations: Vec::new(),
+            };
+            (build, data, record, None, Vec::new())
+        }
+    };
+    same_as_rank_0(&*comm, dir, &build, &data)?;
+    let built = match build {
+        Build::Fresh(cfg) => Trainer::new_on(cfg, data, Device::Cpu, comm.clone()),
+        Build::Restart(cfg) => {
+            let t = Trainer::new_on(cfg, data, Device::Cpu, comm.clone());
+            if let Ok(t) = &t {
+                say(format!(
+                    "{} has no checkpoint (it stopped before its first): restarting it from step \
+                     0 of {}",
+                    dir.display(),
+                    t.config().total_steps()
+                ));
+            }
+            t
+        }
+        Build::Resume { saved, new } => Trainer::new_on(*saved, data, Device::Cpu, comm.clone())
+            .and_then(|mut t| {
+                if plan.accept_data_change {
+                    t.adopt_checkpoint_normalizer(&dir.join(CHECKPOINT_FILE))?;
+                }
+                t.load_checkpoint(&dir.join(CHECKPOINT_FILE))?;
+                t.set_config(*new)?;
+                Ok(t)
+            }),
+    };
+    let trainer = settle(&*comm, dir, built.map_err(RunError::from))?;
+    if plan.resume && dir.join(CHECKPOINT_FILE).exists() {
+        check_steps_ahead(&trainer, dir)?;
+        if root {
+            truncate_metrics(&dir.join(METRICS_FILE), trainer.step())?;
+        }
+        say(format!(
+            "resuming {} from step {} of {}",
+            dir.display(),
+            trainer.step(),
+            trainer.config().total_steps()
+        ));
+    } else if plan.resume && root {
+        truncate_metrics(&dir.join(METRICS_FILE), 0)?;
+    }
+    let lock = match (root, lock) {
+        (true, None) => {
+            fs::create_dir_all(dir).map_err(|e| RunError::io(dir, e))?;
+            Some(RunLock::acquire(dir)?)
+        }
+        (_, lock) => lock,
+    };
+    Ok(Started {
+        trainer,
+        record,
+        lock,
+        warnings,
+    })
+}
+
+/// With several ranks: every rank's resolved config and data must be rank 0's (the same seed,
+/// keys and values), or every rank stops, naming the ones that differ.
+fn same_as_rank_0(
+    c: &dyn Collective,
+    dir: &Path,
+    build: &Build,
+    data: &InMemoryDataset,
+) -> Result<(), RunError> {
+    if c.size() == 1 {
+        return Ok(());
+    }
+    let fp = DataFingerprint::of(build.config(), data);
+    let mine = format!(
+        "{}\n{} points x {} values, sha256 {}",
+        build.config().to_toml(),
+        fp.points,
+        fp.dim,
+        fp.sha256
+    );
+    let mut root = mine.clone().into_bytes();
+    c.broadcast(&mut root, 0)
+        .map_err(|e| RunError::invalid(dir, e.to_string()))?;
+    let same = match root == mine.as_bytes() {
+        true => Ok(()),
+        false => Err(RunError::invalid(
+            dir,
+            "this rank's resolved config or data differ from rank 0's: every rank must be \
+             started with the same arguments and see the same data",
+        )),
+    };
+    settle(c, dir, same)
+}
+
+impl Build {
+    fn config(&self) -> &ValidConfig {
+        match self {
+            Self::Fresh(c) | Self::Restart(c) => c,
+            Self::Resume { new, .. } => new,
+        }
+    }
+}
+
+/// Every rank's `local` outcome agreed: this rank's own error, or one naming the ranks that
+/// failed (so none waits in a collective for a rank that gave up).
+fn settle<T>(c: &dyn Collective, dir: &Path, local: Result<T, RunError>) -> Result<T, RunError> {
+    if c.size() == 1 {
+        return local;
+    }
+    match crate::collective::agree(c, local.as_ref().map(|_| ()).map_err(|e| e.to_string())) {
+        Ok(()) => local,
+        Err(others) => Err(local
+            .err()
+            .unwrap_or_else(|| RunError::invalid(dir, others))),
+    }
+}
+
+/// A rank other than 0, after rank 0 prepared the directory: the same decision from the same
+/// files, and its own copy of the data.
+fn follow(plan: &RunPlan) -> Result<(Build, InMemoryDataset), RunError> {
+    let dir = &plan.run_dir;
+    let origin = dir.display().to_string();
+    let new = plan.config.clone().validated(&origin)?;
+    let data = load_data(&new)?;
+    let build = match (plan.resume, dir.join(CHECKPOINT_FILE).exists()) {
+        (true, true) => Build::Resume {
+            saved: Box::new(RunConfig::from_file(&dir.join(CONFIG_FILE))?.validated(&origin)?),
+            new: Box::new(new),
+        },
+        (true, false) => Build::Restart(new),
+        (false, _) => Build::Fresh(new),
+    };
+    Ok((build, data))
+}
+
+/// Rank 0's checks before building: on resume the config's resumable keys, the data's
+/// fingerprint and a roll-back (`--from-step`); for a new run an empty directory and the FID
+/// weights; the memory the cloud needs, and the directory's lock.
+fn prepare(plan: &RunPlan) -> Result<Prepared, RunError> {
+    let dir = &plan.run_dir;
+    let origin = dir.display().to_string();
     if plan.resume {
         let lock = RunLock::acquire(dir)?;
         // Compared validated, so a config that leaves `data.normalize` to its default matches the
@@ -112,49 +293,31 @@ pub(crate) fn start(plan: &RunPlan) -> Result<Started, RunError> {
                 true => crate::history::checkpoint_step(&dir.join(CHECKPOINT_FILE))?,
                 false => 0,
             };
-            if let Some(aside) = crate::history::roll_back(dir, step, latest)? {
-                say(format!(
+            if let Some(aside) = crate::history::roll_back(dir, step, latest)?
+                && plan.progress != Progress::Quiet
+            {
+                eprintln!(
                     "rolled {} back from step {latest} to step {step}; the later checkpoints, \
                      metrics and summary are kept in {}",
                     dir.display(),
                     aside.display()
-                ));
+                );
             }
         }
-        let trainer = if !dir.join(CHECKPOINT_FILE).exists() {
-            // Stopped before its first checkpoint (an interrupt, a kill, a NaN at step 1):
-            // nothing to continue from, so the run starts over.
-            let t = Trainer::new(new, data, Device::Cpu)?;
-            truncate_metrics(&dir.join(METRICS_FILE), 0)?;
-            say(format!(
-                "{} has no checkpoint (it stopped before its first): restarting it from step 0 \
-                 of {}",
-                dir.display(),
-                t.config().total_steps()
-            ));
-            t
-        } else {
-            let mut t = Trainer::new(saved, data, Device::Cpu)?;
-            if plan.accept_data_change {
-                t.adopt_checkpoint_normalizer(&dir.join(CHECKPOINT_FILE))?;
-            }
-            t.load_checkpoint(&dir.join(CHECKPOINT_FILE))?;
-            t.set_config(new)
-                .map_err(|e| RunError::invalid(dir, e.to_string()))?;
-            check_steps_ahead(&t, dir)?;
-            truncate_metrics(&dir.join(METRICS_FILE), t.step())?;
-            say(format!(
-                "resuming {} from step {} of {}",
-                dir.display(),
-                t.step(),
-                t.config().total_steps()
-            ));
-            t
+        // Stopped before its first checkpoint (an interrupt, a kill, a NaN at step 1): nothing
+        // to continue from, so the run starts over.
+        let build = match dir.join(CHECKPOINT_FILE).exists() {
+            true => Build::Resume {
+                saved: Box::new(saved),
+                new: Box::new(new),
+            },
+            false => Build::Restart(new),
         };
-        return Ok(Started {
-            trainer,
+        return Ok(Prepared {
+            build,
+            data,
             record,
-            lock,
+            lock: Some(lock),
             warnings,
         });
     }
@@ -187,13 +350,11 @@ pub(crate) fn start(plan: &RunPlan) -> Result<Started, RunError> {
         data: DataFingerprint::of(&cfg, &data),
         invocations: Vec::new(),
     };
-    let t = Trainer::new(cfg, data, Device::Cpu)?;
-    fs::create_dir_all(dir).map_err(|e| RunError::io(dir, e))?;
-    let lock = RunLock::acquire(dir)?;
-    Ok(Started {
-        trainer: t,
+    Ok(Prepared {
+        build: Build::Fresh(cfg),
+        data,
         record,
-        lock,
+        lock: None,
         warnings,
     })
 }

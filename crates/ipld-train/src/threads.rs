@@ -6,13 +6,20 @@
 //! step ran 19% faster with the variable set.
 
 /// Sets `RAYON_NUM_THREADS` to the count candle would choose (its `CANDLE_CPU_MASK`, preferred or
-/// physical cores) when the user has not set it, so candle reads it from the environment instead
+/// physical cores, shared among the MPI ranks on this machine) when the user has not set it, so candle reads it from the environment instead
 /// of from `/proc/cpuinfo`. Call it first thing in `main`, before any other thread exists.
 pub fn pin_thread_count() {
     if std::env::var_os("RAYON_NUM_THREADS").is_some() {
         return;
     }
-    let n = candle_core::utils::get_num_threads();
+    // MPI ranks on one machine share its cores (OpenMPI and MPICH say how many ranks there are
+    // per machine), and OpenMPI binds each of 2 or fewer ranks to one core.
+    let local_ranks = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let n = (candle_core::utils::get_num_threads() / local_ranks).max(1);
     // SAFETY: `main` calls this before spawning threads, so nothing reads the environment
     // concurrently.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };

@@ -142,6 +142,8 @@ fn old_layout_files_read_as_todays_presets() {
             "particles.noise_scale=paper".into(),
             "eval.mmd_bandwidths=[]".into(),
             "eval.classifier=false".into(),
+            // They predate `train.minibatches` too: they drew from the whole data.
+            "train.minibatches=whole-data".into(),
         ];
         // mnist5k's evaluation moved from DDIM eta 0 to eta 1 (2026-12-07).
         if name == "mnist5k" {

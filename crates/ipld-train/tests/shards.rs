@@ -39,10 +39,17 @@ fn a_run_does_not_depend_on_the_thread_count() {
 #[test]
 fn the_shard_count_changes_only_rounding() {
     // Same run with 1 and 2 shards: not the same bits (summation order), but the same training.
+    // Whole-data draws, so both see the same minibatches (per-shard draws, the presets' choice,
+    // draw each shard's part from its own slice: other minibatches for another shard count).
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("one"), tmp.path().join("two"));
-    let sa = run(plan(tiny("ipld", 1), &a, false)).unwrap();
-    let sb = run(plan(tiny("ipld", 2), &b, false)).unwrap();
+    let whole = |shards| {
+        tiny("ipld", shards)
+            .with_overrides(&["train.minibatches=whole-data".into()], "t")
+            .unwrap()
+    };
+    let sa = run(plan(whole(1), &a, false)).unwrap();
+    let sb = run(plan(whole(2), &b, false)).unwrap();
     let (la, lb) = (sa.final_loss.unwrap(), sb.final_loss.unwrap());
     let ckpt = |d: &std::path::Path| std::fs::read(d.join(ipld_train::rundir::CHECKPOINT_FILE));
     assert_ne!(

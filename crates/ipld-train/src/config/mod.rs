@@ -246,6 +246,20 @@ pub struct ParticlesConfig {
     pub noise_scale: NoiseScale,
 }
 
+/// How a step's minibatch is drawn (`train.minibatches`, issue 26).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MinibatchDraw {
+    /// Each epoch, one permutation of all M points, cut into |B|-point minibatches.
+    #[default]
+    WholeData,
+    /// The data split into `train.shards` contiguous slices; each epoch permutes every slice
+    /// on its own, and shard s's part of step t's minibatch is the next block of slice s. A
+    /// rank then needs only the particles of its shards' slices, and a result depends on the
+    /// shard count, never on how many ranks compute the shards.
+    PerShard,
+}
+
 /// Optimisation of theta and phi, and bookkeeping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -287,6 +301,12 @@ pub struct TrainConfig {
     /// whole minibatch; the CPU-sized presets use 2, one per core of the development VM.
     #[serde(default = "one_shard")]
     pub shards: usize,
+    /// How each step's minibatch is drawn from the data: `per-shard` (each shard's part from its
+    /// own contiguous slice of the data, which data-parallel ranks need: docs/distributed.md) or
+    /// `whole-data` (one permutation of all M points per epoch; the default when absent, as in
+    /// configs written before this key). With `shards = 1` the two are the same draw.
+    #[serde(default)]
+    pub minibatches: MinibatchDraw,
     /// Two-stage ablation (Table 4): the particles see only the decoder's likelihood; the
     /// diffusion loss trains theta on detached particles.
     pub two_stage: bool,

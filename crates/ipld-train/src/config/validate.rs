@@ -171,6 +171,17 @@ impl RunConfig {
                 return Err(key(k, "must be at least 1, got 0".into()));
             }
         }
+        if self.train.minibatches == super::MinibatchDraw::PerShard
+            && self.train.batch_size < self.train.shards
+        {
+            return Err(key(
+                "train.batch_size",
+                format!(
+                    "is {}, fewer than train.shards = {}: under train.minibatches = \"per-shard\" every shard draws at least one point",
+                    self.train.batch_size, self.train.shards
+                ),
+            ));
+        }
         if self.data.images.is_some() && self.data.normalization() != ipld_data::Normalize::None {
             return Err(key(
                 "data.normalize",

@@ -4,6 +4,11 @@
 //! before it load): `theta/`, `opt_theta/` (+ `opt_theta_steps`), `phi/`, `opt_phi/`
 //! (+ `opt_phi_steps`), `ema/`, then `particles/` (+ `particles_start`) or `encoder/`,
 //! `opt_encoder/` (+ `opt_encoder_steps`), and `step`, `joint_steps`, `seed`, `method`, `rng`.
+//!
+//! With more than one rank (issue 26) the particles leave the main file: each rank writes its
+//! slice to [`particle_shard_file`] and the main file, written by rank 0 after every shard file
+//! is in place, names them by `particle_shards` (the rank count) and its step; the main file's
+//! rename is what commits a checkpoint. Any rank count reads either layout, re-sharding.
 
 use std::path::Path;
 
@@ -26,7 +31,14 @@ impl Trainer {
         if let Some(ema) = &self.ema {
             ema.save("ema", &mut out)?;
         }
-        self.latents.save("particles", &mut out)?;
+        match self.sharded() {
+            false => self.latents.save("particles", &mut out)?,
+            true => {
+                out.meta("particle_shards", self.comm.size());
+                out.meta("particles_start", 0);
+                out.meta("opt_encoder_steps", 0);
+            }
+        }
         let norm = &self.normalizer;
         out.meta("data_normalize", norm.kind().name());
         if !norm.is_identity() {
@@ -44,7 +56,25 @@ impl Trainer {
         out.to_bytes()
     }
 
-    /// Restores the state saved in `path` (written by [`Trainer::checkpoint_bytes`]).
+    /// Whether the particles are saved in per-rank files (more than one rank, with particles).
+    pub fn sharded(&self) -> bool {
+        self.comm.size() > 1 && self.latents.cloud().is_some()
+    }
+
+    /// This rank's particle file for a sharded checkpoint ([`particle_shard_file`]): its slice
+    /// of the cloud, `particles/...` as in a one-process checkpoint with `particles_start` at
+    /// the slice's first point.
+    pub fn particle_shard_bytes(&self) -> Result<Vec<u8>, TrainError> {
+        let mut out = CheckpointWriter::new(self.step);
+        self.latents.save("particles", &mut out)?;
+        out.meta("particle_shard", self.comm.rank());
+        out.meta("particle_shards", self.comm.size());
+        out.meta("points", self.data.len());
+        out.to_bytes()
+    }
+
+    /// Restores the state saved in `path` (written by [`Trainer::checkpoint_bytes`], with the
+    /// particle files beside it when the run was sharded).
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<(), TrainError> {
         let ck = CheckpointReader::open(path, &self.device)?;
         self.check_method(&ck)?;
@@ -56,7 +86,24 @@ impl Trainer {
         if let Some(ema) = &mut self.ema {
             ema.load("ema", &ck)?;
         }
-        self.latents.load("particles", &ck)?;
+        match ck.meta_str("particle_shards") {
+            Some(_) if self.latents.cloud().is_some() => {
+                let (ranks, step) = (ck.meta_u64("particle_shards")? as usize, ck.step()?);
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let files = (0..ranks)
+                    .map(|r| {
+                        CheckpointReader::open(
+                            &particle_shard_file(dir, step, r, ranks),
+                            &Device::Cpu,
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let refs: Vec<&CheckpointReader> = files.iter().collect();
+                self.latents
+                    .load_rows("particles", &refs, self.data.len())?;
+            }
+            _ => self.latents.load("particles", &ck)?,
+        }
         self.step = ck.step()?;
         // Older checkpoints predate the prior refit: all their steps were joint steps.
         let joint = match ck.meta_str("joint_steps") {
@@ -69,8 +116,8 @@ impl Trainer {
             .replay_noise_variances(joint, &cfg.particles.update, |s| {
                 super::schedule::step_context(cfg, m, s)
             })?;
-        self.latents
-            .set_visits(&super::schedule::visit_counts(cfg, m, joint))?;
+        let visits = super::schedule::visit_counts(cfg, m, joint);
+        self.latents.set_visits(&visits[self.local_rows()])?;
         self.latents
             .set_caught_up(&super::schedule::caught_up(cfg, m, joint))?;
         Ok(())
@@ -168,4 +215,9 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// Rank `rank` of `ranks`' particle file of the checkpoint at `step` in the run directory `dir`.
+pub fn particle_shard_file(dir: &Path, step: u64, rank: usize, ranks: usize) -> std::path::PathBuf {
+    dir.join(format!("particles-{step:08}-{rank}-of-{ranks}.safetensors"))
 }

@@ -14,9 +14,8 @@ use ipld_particles::{
 };
 use rand_chacha::ChaCha8Rng;
 
-use super::loss::{MinibatchLoss, ShardLatents, encoder_draws, particle_stats};
+use super::loss::{MinibatchLoss, ShardLatents, encoder_draws};
 use super::network::{OptimizerChoice, Trained};
-use crate::checkpoint::{CheckpointReader, CheckpointWriter, Checkpointed};
 use crate::config::{ParticlesConfig, RunConfig};
 use crate::error::TrainError;
 use crate::nets::EncoderNet;
@@ -25,8 +24,8 @@ use crate::streams::Stream;
 /// A particle cloud, its lazy-noise state when `particles.lazy_noise` is set, and the two
 /// noise streams it draws from.
 pub(crate) struct Particles {
-    cloud: ParticleCloud,
-    lazy: Option<LazyNoise>,
+    pub(super) cloud: ParticleCloud,
+    pub(super) lazy: Option<LazyNoise>,
     /// The updates' noise (Stream::ParticleNoise).
     noise: NoiseStream,
     /// Lazy noise's catch-up draws (Stream::LazyNoise); MPGD's catch-up transitions draw from it
@@ -35,6 +34,8 @@ pub(crate) struct Particles {
     /// MPGD with `catch_up`: per point, the step its particles' dynamics have been applied
     /// through (the step after its last visit; 0 if never visited).
     caught_up: Option<Vec<u64>>,
+    /// Points M of the whole data (the cloud may hold a rank's slice of them).
+    pub(super) points: usize,
 }
 
 /// The latents of a method.
@@ -50,13 +51,17 @@ pub(crate) enum Latents {
     },
 }
 
-/// The mean norm and mean within-point spread of a step's latents.
-pub(crate) type LatentStats = (f64, f64);
-
 impl Latents {
-    /// Fresh latents for `m` points of dimension `dx`: particles z ~ N(0, I) (one per point
-    /// during a warm start, B.3), or a seeded encoder.
-    pub fn new(cfg: &RunConfig, m: usize, dx: usize, device: &Device) -> Result<Self, TrainError> {
+    /// Fresh latents for the data rows `rows` of `m` points of dimension `dx` (all rows in one
+    /// process; a rank's slice when sharded): particles z ~ N(0, I) (one per point during a warm
+    /// start, B.3), drawn as the whole cloud would draw them, or a seeded encoder.
+    pub fn new(
+        cfg: &RunConfig,
+        m: usize,
+        rows: std::ops::Range<usize>,
+        dx: usize,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
         let dz = cfg.data.latent_dim;
         let pc = &cfg.particles;
         if !cfg.method.uses_particles() {
@@ -77,7 +82,7 @@ impl Latents {
             });
         }
         let n0 = if pc.warm_start_steps > 0 { 1 } else { pc.count };
-        let mut cloud = ParticleCloud::gaussian(0, m, n0, dz, cfg.seed)?;
+        let mut cloud = ParticleCloud::gaussian(rows.start, rows.len(), n0, dz, cfg.seed)?;
         if pc.init_scale != 1.0 {
             cloud.scale_positions(pc.init_scale as f32);
         }
@@ -97,6 +102,7 @@ impl Latents {
             noise: Stream::ParticleNoise.noise(cfg.seed, pc.noise),
             catch_up: Stream::LazyNoise.noise(cfg.seed, pc.noise),
             caught_up,
+            points: m,
         }))
     }
 
@@ -113,6 +119,14 @@ impl Latents {
         match self {
             Self::Particles(p) => Some(&p.cloud),
             Self::Encoder { .. } => None,
+        }
+    }
+
+    /// The encoder's variables (DiffusionVAE).
+    pub fn encoder_vars(&self) -> Option<&candle_nn::VarMap> {
+        match self {
+            Self::Particles(_) => None,
+            Self::Encoder { encoder, .. } => Some(&encoder.vars),
         }
     }
 
@@ -166,12 +180,14 @@ impl Latents {
         Ok(())
     }
 
-    /// What the loss's shards read for the minibatch `batch` ([B N, d] rows): the particles'
-    /// values, or the encoder's inputs and its reparameterisation noise drawn from `rng` (after
-    /// the loss's own draws, as the random sequence requires).
+    /// What the loss's shards read for the minibatch `batch` ([B N, d] rows): the particles of
+    /// the positions `local` (this rank's), or the encoder's inputs and its reparameterisation
+    /// noise drawn from `rng` for the whole minibatch (after the loss's own draws, as the random
+    /// sequence requires).
     pub fn shard_source<'a>(
         &'a self,
         batch: &[usize],
+        local: std::ops::Range<usize>,
         data: &InMemoryDataset,
         rng: &mut ChaCha8Rng,
         dz: usize,
@@ -180,9 +196,12 @@ impl Latents {
         let rows = batch.len() * self.per_point();
         Ok(match self {
             Self::Particles(p) => {
-                let mut zb = Vec::with_capacity(rows * dz);
-                p.cloud.gather_into(batch, &mut zb)?;
-                ShardLatents::Particles(zb)
+                let mut zb = Vec::with_capacity(local.len() * self.per_point() * dz);
+                p.cloud.gather_into(&batch[local.clone()], &mut zb)?;
+                ShardLatents::Particles {
+                    z: zb,
+                    first: local.start * self.per_point(),
+                }
             }
             Self::Encoder { encoder, .. } => ShardLatents::Encoder {
                 encoder: &encoder.net,
@@ -193,8 +212,9 @@ impl Latents {
     }
 
     /// The step's update of the latents from the minibatch loss `mb`: the particle rule (lazily
-    /// when configured) on the particles' gradients, or an AdamW step of the encoder with
-    /// learning rate `lr_encoder`. Returns the minibatch's latent statistics after it.
+    /// when configured) on the particles' gradients of `batch` (this rank's points), or an AdamW
+    /// step of the encoder with learning rate `lr_encoder`. Returns those points' latents after
+    /// it ([points, N, d]).
     pub fn update(
         &mut self,
         mb: &MinibatchLoss,
@@ -202,7 +222,7 @@ impl Latents {
         ctx: &StepContext,
         rule: &UpdateConfig,
         lr_encoder: f64,
-    ) -> Result<LatentStats, TrainError> {
+    ) -> Result<Vec<f32>, TrainError> {
         let (b, n) = (batch.len(), self.per_point());
         match self {
             Self::Particles(p) => {
@@ -214,13 +234,11 @@ impl Latents {
                 }
                 let mut after = Vec::with_capacity(b * n * dz);
                 p.cloud.gather_into(batch, &mut after)?;
-                Ok(particle_stats(&after, b, n, dz))
+                Ok(after)
             }
             Self::Encoder { encoder, .. } => {
                 encoder.step(&mb.grads, lr_encoder)?;
-                let zs: Vec<f32> = Tensor::cat(&mb.z_values, 0)?.flatten_all()?.to_vec1()?;
-                let dz = zs.len() / (b * n);
-                Ok(particle_stats(&zs, b, n, dz))
+                Ok(Tensor::cat(&mb.z_values, 0)?.flatten_all()?.to_vec1()?)
             }
         }
     }
@@ -363,93 +381,4 @@ fn particle_grads(mb: &MinibatchLoss, step: u64) -> Result<Vec<f32>, TrainError>
         });
     }
     Ok(gz)
-}
-
-/// Particles: `<prefix>/z`, `<prefix>/momentum`, `<prefix>/second_moment` ([M, N, d]) and, with
-/// lazy noise, `<prefix>/missed_noise_steps` (\[M\]: steps of noise each row still lacks, at most
-/// a few epochs' worth, so exact in f32), with the metadata `<prefix>_start`. The encoder:
-/// `encoder/...`, `opt_encoder/...`, `opt_encoder_steps`. Both metadata entries are always
-/// written (0 for the other kind), as before the refactor.
-impl Checkpointed for Latents {
-    fn save(&self, prefix: &str, out: &mut CheckpointWriter) -> Result<(), TrainError> {
-        match self {
-            Self::Particles(p) => {
-                let [m, n, d] = p.cloud.shape();
-                for (name, buf) in [
-                    ("z", p.cloud.z()),
-                    ("momentum", p.cloud.momentum()),
-                    ("second_moment", p.cloud.second_moment()),
-                ] {
-                    out.tensor(
-                        format!("{prefix}/{name}"),
-                        Tensor::from_slice(buf, (m, n, d), &Device::Cpu)?,
-                    );
-                }
-                if let Some(lazy) = &p.lazy {
-                    let step = out.step();
-                    let missed: Vec<f32> =
-                        lazy.synced().iter().map(|&s| (step - s) as f32).collect();
-                    out.tensor(
-                        format!("{prefix}/missed_noise_steps"),
-                        Tensor::from_vec(missed, m, &Device::Cpu)?,
-                    );
-                }
-                out.meta(&format!("{prefix}_start"), p.cloud.start());
-                out.meta("opt_encoder_steps", 0);
-            }
-            Self::Encoder { encoder, .. } => {
-                encoder.save("encoder", out)?;
-                out.meta(&format!("{prefix}_start"), 0);
-            }
-        }
-        Ok(())
-    }
-
-    fn load(&mut self, prefix: &str, ck: &CheckpointReader) -> Result<(), TrainError> {
-        match self {
-            Self::Particles(p) => {
-                let part = |name: &str| -> Result<(Vec<usize>, Vec<f32>), TrainError> {
-                    let t = ck.tensor(&format!("{prefix}/{name}"), "")?;
-                    Ok((t.dims().to_vec(), t.flatten_all()?.to_vec1()?))
-                };
-                let (shape, z) = part("z")?;
-                let (_, momentum) = part("momentum")?;
-                let (_, second) = part("second_moment")?;
-                let (m, dz) = (p.cloud.rows(), p.cloud.dim());
-                if shape.len() != 3 || shape[0] != m || shape[2] != dz {
-                    return Err(ck.problem(format!(
-                        "particles have shape {shape:?}, expected [{m}, N, {dz}] for this data and config"
-                    )));
-                }
-                p.cloud = ParticleCloud::from_parts(
-                    ck.meta_u64(&format!("{prefix}_start"))? as usize,
-                    [shape[0], shape[1], shape[2]],
-                    &z,
-                    &momentum,
-                    &second,
-                )
-                .map_err(|e| ck.problem(e.to_string()))?;
-                if let Some(lazy) = &mut p.lazy {
-                    let step = ck.step()?;
-                    let key = format!("{prefix}/missed_noise_steps");
-                    let missed = ck.tensor(&key, " (particles.lazy_noise is set)")?;
-                    let missed: Vec<f32> = missed.flatten_all()?.to_vec1()?;
-                    if missed.len() != m
-                        || missed
-                            .iter()
-                            .any(|&v| !(v >= 0.0 && v.fract() == 0.0 && (v as u64) <= step))
-                    {
-                        return Err(ck.problem(format!(
-                            "`{key}` is not one step count in 0..=step per point"
-                        )));
-                    }
-                    let synced = missed.iter().map(|&v| step - v as u64).collect();
-                    *lazy = LazyNoise::from_synced(synced, 0, lazy.eps())
-                        .with_bias_correction(lazy.bias_correction());
-                }
-            }
-            Self::Encoder { encoder, .. } => encoder.load("encoder", ck)?,
-        }
-        Ok(())
-    }
 }

@@ -50,36 +50,42 @@ pub(crate) fn add_grads(
     Ok(sum)
 }
 
-/// Runs `shard` on `shards` contiguous ranges of a minibatch's `points` (fewer if there are fewer
-/// points) and returns the results in range order. On the CPU the shards run in parallel; with a
-/// shard per core, the kernels inside each stay on its thread. The loss (64) is a mean over the
-/// minibatch, so its gradient is the sum of the shards' gradients: sharding changes only the
-/// order of float sums, and a result depends on the shard count, never on the thread count.
+/// `shards` contiguous ranges of a minibatch's `points` (fewer if there are fewer points).
+pub(crate) fn even_ranges(shards: usize, points: usize) -> Vec<std::ops::Range<usize>> {
+    let shards = shards.clamp(1, points.max(1));
+    (0..shards)
+        .map(|s| s * points / shards..(s + 1) * points / shards)
+        .collect()
+}
+
+/// Runs `shard` on each of `ranges` (of a minibatch's points) and returns the results in range
+/// order. On the CPU the shards run in parallel; with a shard per core, the kernels inside each
+/// stay on its thread. The loss (64) is a mean over the minibatch, so its gradient is the sum of
+/// the shards' gradients: sharding changes only the order of float sums, and a result depends
+/// on the shard count, never on the thread count.
 pub(crate) fn run_shards<T: Send>(
     device: &Device,
-    shards: usize,
-    points: usize,
+    ranges: Vec<std::ops::Range<usize>>,
     shard: impl Fn(std::ops::Range<usize>) -> Result<T, TrainError> + Sync,
 ) -> Result<Vec<T>, TrainError> {
-    let shards = shards.clamp(1, points.max(1));
-    let range = |s: usize| s * points / shards..(s + 1) * points / shards;
-    if shards == 1 || !device.is_cpu() {
-        return (0..shards).map(|s| shard(range(s))).collect();
+    if ranges.len() == 1 || !device.is_cpu() {
+        return ranges.into_iter().map(&shard).collect();
     }
-    let per_core = shards >= candle_core::utils::get_num_threads();
-    (0..shards)
+    let per_core = ranges.len() >= candle_core::utils::get_num_threads();
+    ranges
         .into_par_iter()
-        .map(|s| match per_core {
-            true => ipld_models::on_this_thread(|| shard(range(s))),
-            false => shard(range(s)),
+        .map(|r| match per_core {
+            true => ipld_models::on_this_thread(|| shard(r)),
+            false => shard(r),
         })
         .collect()
 }
 
 /// The latents a shard's loss is computed from.
 pub(crate) enum ShardLatents<'a> {
-    /// The minibatch's particles, [B N, d] row-major.
-    Particles(Vec<f32>),
+    /// The particles of this rank's part of the minibatch, [rows, d] row-major, starting at
+    /// the minibatch's latent row `first`.
+    Particles { z: Vec<f32>, first: usize },
     /// DiffusionVAE: the encoder, the minibatch's points [B, d_x] and the reparameterisation
     /// noise [B N, d].
     Encoder {
@@ -150,8 +156,8 @@ impl ShardInputs<'_> {
             (take(self.k)?, take(self.noise)?)
         };
         let (z, particle_var, entropy) = match self.source {
-            ShardLatents::Particles(zb) => {
-                let rows_z = &zb[r0 * dz..(r0 + len) * dz];
+            ShardLatents::Particles { z: zb, first } => {
+                let rows_z = &zb[(r0 - first) * dz..(r0 - first + len) * dz];
                 let var = Var::from_slice(rows_z, (len, dz), x.device())?;
                 (var.as_tensor().clone(), Some(var), None)
             }
@@ -252,13 +258,14 @@ pub(crate) fn encoder_draws(
     Ok((LinearGaussianEncoder::sample(&mu, &logvar, e)?, logvar))
 }
 
-/// Mean particle norm and mean within-point spread of a [b, n, d] buffer.
-pub(crate) fn particle_stats(z: &[f32], b: usize, n: usize, d: usize) -> (f64, f64) {
+/// Sums of particle norms (over the b n rows) and of within-point standard deviations (over
+/// the b points and d coordinates) of a [b, n, d] buffer: divided by b n and b d they are the
+/// mean norm and mean spread. Shards' sums add up, so ranks can combine them.
+pub(crate) fn particle_sums(z: &[f32], n: usize, d: usize) -> (f64, f64) {
     let norm = z
         .chunks_exact(d)
         .map(|p| p.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt())
-        .sum::<f64>()
-        / (b * n) as f64;
+        .sum::<f64>();
     if n < 2 {
         return (norm, 0.0);
     }
@@ -270,5 +277,11 @@ pub(crate) fn particle_stats(z: &[f32], b: usize, n: usize, d: usize) -> (f64, f
             spread += (xs.map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
         }
     }
-    (norm, spread / (b * d) as f64)
+    (norm, spread)
+}
+
+/// Mean particle norm and mean within-point spread of a [b, n, d] buffer.
+pub(crate) fn particle_stats(z: &[f32], b: usize, n: usize, d: usize) -> (f64, f64) {
+    let (norm, spread) = particle_sums(z, n, d);
+    (norm / (b * n) as f64, spread / (b * d) as f64)
 }

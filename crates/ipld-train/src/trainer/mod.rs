@@ -20,29 +20,37 @@
 
 mod checkpoint;
 mod ema;
+mod exchange;
+mod joint;
 mod latents;
+mod latents_io;
 mod loss;
 mod network;
 mod published;
+mod ranks;
 mod refit;
 mod schedule;
 #[cfg(test)]
 mod tests;
 
-use candle_core::{Device, Tensor, Var};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
 use ipld_data::{Dataset, InMemoryDataset, Normalizer};
-use ipld_diffusion::{DiffusionLoss, NoiseSchedule, gaussian, sample_timesteps, timestep_tensor};
+use ipld_diffusion::{DiffusionLoss, NoiseSchedule};
 use ipld_particles::{ParticleCloud, StepContext};
 
+use crate::collective::{Collective, single_process};
 use crate::config::{RunConfig, ValidConfig};
 use crate::error::TrainError;
 use crate::nets::{DecoderNet, PriorNet};
 use crate::streams::Stream;
+pub use checkpoint::particle_shard_file;
 use ema::EmaPrior;
 use latents::Latents;
-use loss::{MinibatchLoss, ShardInputs, add_grads, run_shards, scaled};
+use loss::scaled;
 use network::{OptimizerChoice, Trained};
-use schedule::{batching, epoch_permutation, step_context};
+use schedule::{ShardLayout, batching, step_context};
 
 /// What one step measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -110,6 +118,8 @@ pub struct Trainer {
     decoder: Trained<DecoderNet>,
     latents: Latents,
     step: u64,
+    /// The ranks this state trains with (one process: [`crate::collective::SingleProcess`]).
+    comm: Arc<dyn Collective>,
 }
 
 impl Trainer {
@@ -120,6 +130,19 @@ impl Trainer {
         data: InMemoryDataset,
         device: Device,
     ) -> Result<Self, TrainError> {
+        Self::new_on(cfg, data, device, single_process())
+    }
+
+    /// A fresh state as one of `comm`'s ranks (issue 26): it holds the particles of its shards'
+    /// slices of the data only, computes its shards of each minibatch, and takes rank 0's initial
+    /// weights. Every rank must be given the same config and data.
+    pub fn new_on(
+        cfg: ValidConfig,
+        data: InMemoryDataset,
+        device: Device,
+        comm: Arc<dyn Collective>,
+    ) -> Result<Self, TrainError> {
+        Self::check_ranks(&cfg, comm.size())?;
         let normalizer = Normalizer::fit(cfg.data.normalization(), &data);
         let data = normalizer.normalized(data)?;
         let (m, dx, dz) = (data.len(), data.dim(), cfg.data.latent_dim);
@@ -153,8 +176,9 @@ impl Trainer {
             (Some(ec), Some(p)) => Some(EmaPrior::new(ec, &p.vars)?),
             _ => None,
         };
-        let latents = Latents::new(&cfg, m, dx, &device)?;
-        Ok(Self {
+        let rows = ShardLayout::new(&cfg, m).rank_rows(comm.rank(), comm.size());
+        let latents = Latents::new(&cfg, m, rows, dx, &device)?;
+        let mut t = Self {
             cfg,
             device,
             data,
@@ -166,7 +190,16 @@ impl Trainer {
             decoder,
             latents,
             step: 0,
-        })
+            comm,
+        };
+        if t.comm.size() > 1 {
+            exchange::broadcast_vars(&*t.comm, &t.network_vars())?;
+            // The EMA starts from the weights every rank now shares.
+            if let (Some(ec), Some(p)) = (t.cfg.train.ema, &t.prior) {
+                t.ema = Some(EmaPrior::new(ec, &p.vars)?);
+            }
+        }
+        Ok(t)
     }
 
     /// The run's configuration.
@@ -191,6 +224,7 @@ impl Trainer {
     pub fn synced_cloud(&self) -> Result<Option<ParticleCloud>, TrainError> {
         self.latents.synced_cloud(self.joint_steps())
     }
+
     /// The particle cloud as stored (None for DiffusionVAE); with lazy noise, particles not in
     /// the last minibatch may lag behind (see [`Trainer::synced_cloud`]).
     pub fn cloud(&self) -> Option<&ParticleCloud> {
@@ -266,11 +300,10 @@ impl Trainer {
         batching(&self.cfg, self.data.len())
     }
 
-    /// The minibatch of step `t`: a slice of epoch `t / steps_per_epoch`'s permutation.
+    /// The minibatch of step `t` (all ranks'): a block of epoch `t / steps_per_epoch`'s
+    /// permutation, or with per-shard draws one block of each shard's slice's.
     pub fn batch_indices(&self, t: u64) -> Vec<usize> {
-        let (b, per_epoch) = self.batching();
-        let (epoch, pos) = (t / per_epoch, (t % per_epoch) as usize);
-        epoch_permutation(self.cfg.seed, self.data.len(), epoch)[pos * b..(pos + 1) * b].to_vec()
+        self.layout().minibatch(t)
     }
 
     /// The particle update's context at step `t` (what [`Trainer::train_step`] passes).
@@ -302,164 +335,15 @@ impl Trainer {
         Ok(())
     }
 
-    /// Takes one training step of the configured method (a prior-refit step once the joint
-    /// steps are done and `train.prior_refit` is set).
-    pub fn train_step(&mut self) -> Result<StepMetrics, TrainError> {
-        if let Some(r) = self.cfg.train.prior_refit
-            && self.step >= self.cfg.train.steps
-        {
-            return self.prior_refit_step(r);
-        }
-        if self.cfg.method.is_published() {
-            return self.published_step();
-        }
-        let t = self.step;
-        let batch = self.batch_indices(t);
-        self.latents.prepare(t, &batch, &self.cfg.particles)?;
-        let (b, per_epoch) = self.batching();
-        let epoch = t / per_epoch;
-        let phi_scale = self.phi_decay(epoch);
-        let rows = b * self.particles_per_point();
-
-        let reference = match self.cfg.diffusion.loss.is_stf() {
-            true => {
-                let r = self.stf_reference(&batch, t, t)?;
-                Some(self.prior_space(&r)?)
-            }
-            false => None,
-        };
-        let mb = self.minibatch_loss(t, &batch, self.cfg.train.shards, reference.as_ref())?;
-
-        let ctx = self.step_context(t);
-        let lr_encoder = self.cfg.train.optimizer_encoder.lr * phi_scale;
-        let stats =
-            self.latents
-                .update(&mb, &batch, &ctx, &self.cfg.particles.update, lr_encoder)?;
-        let (lr_theta, lr_phi) = (
-            self.cfg.train.optimizer_theta.lr,
-            self.cfg.train.optimizer_phi.lr * phi_scale,
-        );
-        self.trained_prior()?.step(&mb.grads, lr_theta)?;
-        self.decoder.step(&mb.grads, lr_phi)?;
-        self.update_ema(t)?;
-        self.step += 1;
-
-        Ok(StepMetrics {
-            step: t,
-            loss: mb.loss,
-            diffusion_loss: mb.diffusion_sum / rows as f64,
-            nll: mb.nll_sum / rows as f64,
-            gamma: mb.gamma,
-            particle_step_size: ctx.step_size,
-            particle_norm: stats.0,
-            particle_spread: stats.1,
-            lr_theta,
-            lr_phi,
-            prior_refit: false,
-        })
-    }
-
-    /// B.2: the decoder's (and encoder's) learning rate decays exponentially per epoch; this is
-    /// its factor at `epoch` (PGD's and MPGD's h_phi decays the same way).
-    fn phi_decay(&self, epoch: u64) -> f64 {
-        self.cfg
-            .train
-            .lr_decay_phi
-            .powi(epoch.min(i32::MAX as u64) as i32)
-    }
-
-    /// L-hat of eq. (64) on the minibatch `batch` at step `t` and its gradients, computed in
-    /// `shards` data-parallel shards ([`run_shards`]); with an STF reference batch (prior space),
-    /// theta's gradient is that of the stable target field's loss.
-    fn minibatch_loss(
-        &self,
-        t: u64,
-        batch: &[usize],
-        shards: usize,
-        stf_reference: Option<&Tensor>,
-    ) -> Result<MinibatchLoss, TrainError> {
-        let b = batch.len();
-        let (n, dz) = (self.particles_per_point(), self.cfg.data.latent_dim);
-        let rows = b * n;
-        // Each data row repeated N times, aligned with the [B, N, d] particle layout.
+    /// The points of `batch`, each repeated N times ([B N, d_x]), aligned with the [B, N, d]
+    /// particle layout.
+    fn repeated_points(&self, batch: &[usize]) -> Result<Tensor, TrainError> {
+        let n = self.particles_per_point();
         let repeat: Vec<usize> = batch
             .iter()
             .flat_map(|&m| std::iter::repeat_n(m, n))
             .collect();
-        let x = self.data.gather(&repeat, &self.device)?;
-        let mut rng = Stream::Loss.rng(self.cfg.seed, t);
-        // R draws of (k, eps) per latent for the diffusion loss's Monte Carlo estimate.
-        let r_draws = self.cfg.train.diffusion_samples;
-        let k = timestep_tensor(
-            &sample_timesteps(&mut rng, r_draws * rows, self.schedule.steps()),
-            self.schedule.steps(),
-            &self.device,
-        )?;
-        let noise = gaussian(
-            &mut rng,
-            (r_draws * rows, dz),
-            candle_core::DType::F32,
-            &self.device,
-        )?;
-        let gamma = self.cfg.train.kl.gamma(t);
-        // Every draw is made here for the whole minibatch, so the shards below change only the
-        // order of float sums, never a random number.
-        let source = self
-            .latents
-            .shard_source(batch, &self.data, &mut rng, dz, &self.device)?;
-        let eps = self.eps_model().ok_or_else(|| {
-            TrainError::Invalid("the diffusion loss needs a prior network".into())
-        })?;
-        let theta: Vec<Var> = match (&self.prior, stf_reference) {
-            (Some(p), Some(_)) => p.vars.all_vars(),
-            _ => Vec::new(),
-        };
-        let inputs = ShardInputs {
-            eps,
-            stf: stf_reference.map(|r| (r, theta.as_slice())),
-            decoder: &self.decoder.net,
-            loss: &self.loss,
-            latent_scale: self.cfg.diffusion.latent_scale,
-            two_stage: self.cfg.train.two_stage,
-            sigma: self.cfg.decoder_sigma(),
-            gamma,
-            points: b,
-            n,
-            dz,
-            r_draws,
-            x: &x,
-            k: &k,
-            noise: &noise,
-            source: &source,
-        };
-        let outs = run_shards(&self.device, shards, b, |p| inputs.run(p))?;
-        // Shards in order, so the sums do not depend on which thread finished first.
-        let loss_v: f64 = outs.iter().map(|o| o.loss).sum();
-        let diffusion_sum: f64 = outs.iter().map(|o| o.diffusion_sum).sum();
-        let nll_sum: f64 = outs.iter().map(|o| o.nll_sum).sum();
-        if !loss_v.is_finite() {
-            return Err(TrainError::NonFinite {
-                step: t,
-                what: "the loss".into(),
-            });
-        }
-        let mut grads = Vec::with_capacity(outs.len());
-        let mut z_grads = Vec::with_capacity(outs.len());
-        let mut z_values = Vec::with_capacity(outs.len());
-        for o in outs {
-            grads.push(o.grads);
-            z_grads.push(o.z_grad);
-            z_values.push(o.z);
-        }
-        Ok(MinibatchLoss {
-            loss: loss_v,
-            diffusion_sum,
-            nll_sum,
-            grads: add_grads(grads)?,
-            z_grads,
-            z_values,
-            gamma,
-        })
+        Ok(self.data.gather(&repeat, &self.device)?)
     }
 
     /// Latents as the prior sees them: z / `diffusion.latent_scale`.

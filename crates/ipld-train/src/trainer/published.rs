@@ -12,11 +12,10 @@
 //! rules' convention; phi's update scales its gradient by |B| to the codes' minibatch sum.
 
 use candle_core::{DType, Var};
-use ipld_data::Dataset;
 use ipld_models::{Decoder, gaussian_nll};
 use ipld_particles::UpdateConfig;
 
-use super::loss::{MinibatchLoss, ShardOut, add_grads, run_shards};
+use super::loss::{MinibatchLoss, ShardOut, add_grads, even_ranges, particle_stats, run_shards};
 use super::{StepMetrics, Trainer};
 use crate::error::TrainError;
 
@@ -48,15 +47,21 @@ impl Trainer {
         }
         self.phi()?.advance(h_phi)?;
         let mb = self.published_loss(t, &batch, self.cfg.train.shards)?;
-        let stats = if momentum {
+        let after = if momentum {
             self.phi()?.step(&mb.grads, h_phi, b as f64)?;
             let at_new = self.published_loss(t, &batch, self.cfg.train.shards)?;
             self.latents.update(&at_new, &batch, &ctx, &rule, 0.0)?
         } else {
-            let stats = self.latents.update(&mb, &batch, &ctx, &rule, 0.0)?;
+            let after = self.latents.update(&mb, &batch, &ctx, &rule, 0.0)?;
             self.phi()?.step(&mb.grads, h_phi, b as f64)?;
-            stats
+            after
         };
+        let stats = particle_stats(
+            &after,
+            b,
+            self.particles_per_point(),
+            self.cfg.data.latent_dim,
+        );
         self.latents.mark_moved(&batch, t);
         self.step += 1;
         let rows = (b * self.particles_per_point()) as f64;
@@ -96,11 +101,7 @@ impl Trainer {
             self.cfg.data.latent_dim,
         );
         let rows = b * n;
-        let repeat: Vec<usize> = batch
-            .iter()
-            .flat_map(|&m| std::iter::repeat_n(m, n))
-            .collect();
-        let x = self.data.gather(&repeat, &self.device)?;
+        let x = self.repeated_points(batch)?;
         let cloud = self
             .latents
             .cloud()
@@ -130,7 +131,7 @@ impl Trainer {
                 z_grad,
             })
         };
-        let outs = run_shards(&self.device, shards, b, shard)?;
+        let outs = run_shards(&self.device, even_ranges(shards, b), shard)?;
         let loss: f64 = outs.iter().map(|o| o.loss).sum();
         if !loss.is_finite() {
             return Err(TrainError::NonFinite {

@@ -7,7 +7,7 @@ use candle_core::backprop::GradStore;
 use ipld_data::Dataset;
 use ipld_diffusion::{gaussian, sample_timesteps, timestep_tensor};
 
-use super::loss::{add_grads, particle_stats, run_shards};
+use super::loss::{add_grads, even_ranges, particle_stats, run_shards};
 use super::{StepMetrics, Trainer};
 use crate::config::PriorRefitConfig;
 use crate::error::TrainError;
@@ -74,7 +74,11 @@ impl Trainer {
             let value = reported.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             Ok((value, trained.affine(gamma, 0.0)?.backward()?))
         };
-        let outs = run_shards(&self.device, self.cfg.train.shards, b, refit_shard)?;
+        let outs = run_shards(
+            &self.device,
+            even_ranges(self.cfg.train.shards, b),
+            refit_shard,
+        )?;
         let loss_v: f64 = outs.iter().map(|o| o.0).sum();
         if !loss_v.is_finite() {
             return Err(TrainError::NonFinite {
