@@ -92,6 +92,15 @@ fn case(bin: &Path, ranks: usize, threads: usize, n: usize, steps: u64) -> anyho
     if rates.is_empty() {
         bail!("no metrics lines after the first in {}", out.display());
     }
+    Ok(Case {
+        steps_per_second: rates.iter().sum::<f64>() / rates.len() as f64,
+        peak_rss_mib: peaks(&stderr),
+    })
+}
+
+/// Each rank's peak RSS in MiB, in rank order, from the lines `ipld-train` logs at the end of
+/// training ("rank R of S: particles of ... peak RSS X MiB").
+fn peaks(stderr: &str) -> Vec<f64> {
     let mut peaks: Vec<(usize, f64)> = stderr
         .lines()
         .filter_map(|l| {
@@ -102,10 +111,7 @@ fn case(bin: &Path, ranks: usize, threads: usize, n: usize, steps: u64) -> anyho
         })
         .collect();
     peaks.sort_by_key(|p| p.0);
-    Ok(Case {
-        steps_per_second: rates.iter().sum::<f64>() / rates.len() as f64,
-        peak_rss_mib: peaks.into_iter().map(|p| p.1).collect(),
-    })
+    peaks.into_iter().map(|p| p.1).collect()
 }
 
 /// The scaling rows as JSON, printing each as it is measured.
@@ -146,4 +152,21 @@ pub fn run(root: &Path) -> anyhow::Result<Value> {
         );
     }
     Ok(Value::Object(rows))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn peaks_are_read_per_rank_in_rank_order() {
+        // Two ranks' lines as `ipld-train` logs them (in whatever order they arrive), among
+        // other log lines.
+        let log = "2026-12-07T11:12:00Z  INFO training step=10 total=40 loss=1\n\
+                   2026-12-07T11:12:01Z  INFO rank 1 of 2: particles of 5000 points (29.3 MiB \
+                   with their moments), peak RSS 675.3 MiB\n\
+                   2026-12-07T11:12:01Z  INFO rank 0 of 2: particles of 5000 points (29.3 MiB \
+                   with their moments), peak RSS 675.1 MiB\n\
+                   error: something else about rank 3\n";
+        assert_eq!(super::peaks(log), [675.1, 675.3]);
+        assert!(super::peaks("no memory lines\n").is_empty());
+    }
 }

@@ -48,11 +48,15 @@ fn save_sharded(trainer: &Trainer, dir: &Path) -> Result<(), RunError> {
         .map_err(|e| e.to_string());
     agree(comm, wrote)
         .map_err(|e| RunError::invalid(dir, format!("writing the checkpoint: {e}")))?;
+    let keep_k = trainer.config().train.keep_checkpoints;
     let committed = match rank {
         0 => trainer
             .checkpoint_bytes()
             .map_err(RunError::from)
-            .and_then(|b| write_atomically(&dir.join(CHECKPOINT_FILE), &b).map_err(RunError::from))
+            .and_then(|b| {
+                write_atomically(&dir.join(CHECKPOINT_FILE), &b)?;
+                keep(dir, step, &b, keep_k)
+            })
             .and_then(|_| crate::csv::write_csv(dir))
             .map_err(|e| e.to_string()),
         _ => Ok(()),
@@ -64,6 +68,41 @@ fn save_sharded(trainer: &Trainer, dir: &Path) -> Result<(), RunError> {
             .map(|r| crate::trainer::particle_shard_file(dir, step, r, ranks))
             .collect();
         remove_particle_files(dir, &keep)?;
+    }
+    Ok(())
+}
+
+/// The particle files of the sharded checkpoint of `step` in `folder` (none for a one-process
+/// checkpoint).
+fn particle_files(folder: &Path, step: u64) -> Result<Vec<PathBuf>, RunError> {
+    if !folder.is_dir() {
+        return Ok(Vec::new());
+    }
+    let prefix = format!("particles-{step:08}-");
+    let mut out = Vec::new();
+    for e in fs::read_dir(folder)
+        .map_err(|e| RunError::io(folder, e))?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name.ends_with(".safetensors") {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Hard-links `from` to `to` (replacing it), or copies it where the file system cannot link.
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), RunError> {
+    let tmp = to.with_extension(format!("link{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let linked = fs::hard_link(from, &tmp)
+        .and_then(|_| fs::rename(&tmp, to))
+        .is_ok();
+    if !linked {
+        let _ = fs::remove_file(&tmp);
+        copy_atomically(from, to)?;
     }
     Ok(())
 }
@@ -125,6 +164,10 @@ pub fn keep(dir: &Path, step: u64, bytes: &[u8], keep: usize) -> Result<(), RunE
     }
     let h = dir.join(HISTORY_DIR);
     fs::create_dir_all(&h).map_err(|e| RunError::io(&h, e))?;
+    // A sharded checkpoint's particle files go first: the step file names them.
+    for f in particle_files(dir, step)? {
+        link_or_copy(&f, &h.join(f.file_name().expect("a file")))?;
+    }
     let target = step_file(dir, step);
     let tmp = h.join(format!(".step-{step:08}.tmp{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
@@ -139,6 +182,9 @@ pub fn keep(dir: &Path, step: u64, bytes: &[u8], keep: usize) -> Result<(), RunE
     for &old in &steps[..steps.len().saturating_sub(keep)] {
         let p = step_file(dir, old);
         fs::remove_file(&p).map_err(|e| RunError::io(&p, e))?;
+        for f in particle_files(&h, old)? {
+            fs::remove_file(&f).map_err(|e| RunError::io(&f, e))?;
+        }
     }
     Ok(())
 }
@@ -205,13 +251,20 @@ pub fn roll_back(dir: &Path, step: u64, latest: u64) -> Result<Option<PathBuf>, 
         ));
     }
     let from = step_file(dir, step);
+    let h = dir.join(HISTORY_DIR);
+    // The step's particle files (a sharded run) go back beside the main file before it.
+    let restore = || -> Result<(), RunError> {
+        for f in particle_files(&h, step)? {
+            copy_atomically(&f, &dir.join(f.file_name().expect("a file")))?;
+        }
+        copy_atomically(&from, &dir.join(CHECKPOINT_FILE))
+    };
     if step >= latest {
         if !dir.join(CHECKPOINT_FILE).exists() {
-            copy_atomically(&from, &dir.join(CHECKPOINT_FILE))?;
+            restore()?;
         }
         return Ok(None);
     }
-    let h = dir.join(HISTORY_DIR);
     let mut aside = h.join(format!("rolled-back-from-{latest}"));
     let mut i = 2;
     while aside.exists() {
@@ -226,14 +279,22 @@ pub fn roll_back(dir: &Path, step: u64, latest: u64) -> Result<Option<PathBuf>, 
         }
         Ok(())
     };
+    let move_particles = |folder: &Path, s: u64| -> Result<(), RunError> {
+        for f in particle_files(folder, s)? {
+            move_to(&f, &f.file_name().expect("a file").to_string_lossy())?;
+        }
+        Ok(())
+    };
     for &s in steps.iter().filter(|&&s| s > step) {
         move_to(&step_file(dir, s), &format!("step-{s:08}.safetensors"))?;
+        move_particles(&h, s)?;
     }
     // The latest checkpoint is kept too when it was not a step file (keep_checkpoints = 0 then).
     let latest_name = format!("step-{latest:08}.safetensors");
     if !aside.join(&latest_name).exists() {
         move_to(&dir.join(CHECKPOINT_FILE), &latest_name)?;
     }
+    move_particles(dir, latest)?;
     // The metrics are copied, not moved: the resume keeps the lines up to `step`.
     let metrics = dir.join(METRICS_FILE);
     if metrics.exists() {
@@ -241,6 +302,6 @@ pub fn roll_back(dir: &Path, step: u64, latest: u64) -> Result<Option<PathBuf>, 
         fs::copy(&metrics, &to).map_err(|e| RunError::io(&to, e))?;
     }
     move_to(&dir.join(SUMMARY_FILE), SUMMARY_FILE)?;
-    copy_atomically(&from, &dir.join(CHECKPOINT_FILE))?;
+    restore()?;
     Ok(Some(aside))
 }

@@ -4,104 +4,14 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 
-use common::plan;
+use common::{image_config as config, plan, write_image_csv as write_csv};
 use ipld_data::Dataset;
 use ipld_train::config::{DecoderConfig, PriorConfig};
 use ipld_train::rundir::{CHECKPOINT_FILE, METRICS_FILE, SAMPLES_PNG};
 use ipld_train::{Progress, RunConfig, run};
 use safetensors::SafeTensors;
-
-/// 24 grey 8 x 8 "digits": a bright bar whose position and orientation depend on the index.
-fn write_csv(path: &Path) {
-    let mut f = std::fs::File::create(path).unwrap();
-    for i in 0..24 {
-        let mut row = Vec::new();
-        for y in 0..8 {
-            for x in 0..8 {
-                let on = if i % 2 == 0 { x == i % 8 } else { y == i % 8 };
-                row.push(if on {
-                    "250".to_string()
-                } else {
-                    format!("{}", (x * 3 + y) % 20)
-                });
-            }
-        }
-        row.push((i % 10).to_string());
-        writeln!(f, "{}", row.join(",")).unwrap();
-    }
-}
-
-fn config(csv: &Path, steps: u64, extra: &[&str]) -> RunConfig {
-    let text = format!(
-        r#"
-method = "ipld"
-seed = 3
-[data]
-synthetic = "gmm"
-path = ""
-points = 0
-ambient_dim = 0
-seed = 0
-latent_dim = 8
-images = {{ format = "csv", path = "{}", height = 8, width = 8, max_value = 255 }}
-[model.prior]
-type = "dit"
-channels = 2
-size = 2
-patch = 1
-hidden = 8
-depth = 1
-heads = 2
-mlp_ratio = 2
-frequency_dim = 8
-[model.decoder]
-type = "conv"
-latent_channels = 2
-latent_size = 2
-out_channels = 1
-base_channels = 4
-channel_mult = [1, 2, 2]
-res_blocks = 0
-groups = 2
-sigma = 0.5
-[diffusion]
-loss = "simple"
-[diffusion.schedule]
-steps = 50
-kind = {{ type = "linear", beta_start = 1e-4, beta_end = 0.02 }}
-[particles]
-count = 2
-warm_start_steps = 6
-step_size = {{ initial = 0.05, decay_per_epoch = 0.995 }}
-update = {{ type = "adaptive-langevin", momentum = 0.9, second_moment = 0.999, eps = 1e-8, batch_noise_scale = true }}
-[train]
-steps = {steps}
-batch_size = 8
-kl = {{ coefficient = 0.01, warmup_steps = 10 }}
-optimizer_theta = {{ lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01 }}
-optimizer_phi = {{ lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01 }}
-optimizer_encoder = {{ lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01 }}
-lr_decay_phi = 0.9
-ema = {{ decay = 0.9, start_step = 4 }}
-two_stage = false
-log_every = 4
-checkpoint_every = 100
-[eval]
-samples = 16
-reference_points = 24
-sampler = {{ type = "ddim", steps = 10, eta = 0.0 }}
-mmd = {{ gamma = 0.01, block = 64 }}
-fid = false
-"#,
-        csv.display()
-    );
-    let cfg = RunConfig::from_toml(&text, "test config").unwrap();
-    let sets: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    cfg.with_overrides(&sets, "test config").unwrap()
-}
 
 fn checkpoint(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let bytes = std::fs::read(dir.join(CHECKPOINT_FILE)).unwrap();

@@ -40,6 +40,18 @@ fn mpi_binary() -> PathBuf {
     target.join("debug").join("ipld-train")
 }
 
+/// The MPI binary, or None (saying why) where `mpirun` is not installed.
+fn mpi_binary_or_skip() -> Option<PathBuf> {
+    if !mpirun_available() {
+        eprintln!(
+            "SKIPPED: mpirun is not installed (Debian: apt-get install openmpi-bin \
+             libopenmpi-dev libclang-dev clang pkg-config); nothing about MPI was checked"
+        );
+        return None;
+    }
+    Some(mpi_binary())
+}
+
 fn mpirun_available() -> bool {
     Command::new("mpirun")
         .arg("--version")
@@ -164,14 +176,9 @@ fn assert_same_run(a: &Path, b: &Path, step: u64, what: &str) {
 
 #[test]
 fn two_ranks_train_what_one_process_trains_and_resume_across_rank_counts() {
-    if !mpirun_available() {
-        eprintln!(
-            "SKIPPED: mpirun is not installed (Debian: apt-get install openmpi-bin \
-             libopenmpi-dev libclang-dev clang pkg-config); nothing about MPI was checked"
-        );
+    let Some(bin) = mpi_binary_or_skip() else {
         return;
-    }
-    let bin = mpi_binary();
+    };
     let tmp = tempfile::tempdir().unwrap();
     let path = |name: &str| tmp.path().join(name);
     let s = |p: &PathBuf| p.display().to_string();
@@ -232,11 +239,9 @@ fn two_ranks_train_what_one_process_trains_and_resume_across_rank_counts() {
 
 #[test]
 fn what_two_ranks_cannot_train_is_refused_by_name() {
-    if !mpirun_available() {
-        eprintln!("SKIPPED: mpirun is not installed; nothing about MPI was checked");
+    let Some(bin) = mpi_binary_or_skip() else {
         return;
-    }
-    let bin = mpi_binary();
+    };
     let tmp = tempfile::tempdir().unwrap();
     for (set, key) in [
         ("train.shards=3", "train.shards"),
@@ -274,42 +279,120 @@ fn what_two_ranks_cannot_train_is_refused_by_name() {
 }
 
 #[test]
-fn diffusion_vae_lazy_noise_and_a_warm_start_match_one_process_too() {
-    if !mpirun_available() {
-        eprintln!("SKIPPED: mpirun is not installed; nothing about MPI was checked");
+fn diffusion_vae_lazy_noise_a_warm_start_the_refit_and_stf_match_one_process_too() {
+    let Some(bin) = mpi_binary_or_skip() else {
         return;
-    }
-    let bin = mpi_binary();
+    };
     let tmp = tempfile::tempdir().unwrap();
-    for set in [
-        "method=diffusion-vae",
-        "particles.lazy_noise=true",
-        "particles.warm_start_steps=20",
-    ] {
+    let refit = "train.prior_refit={ steps = 20, batch_size = 64, lr = 1e-3 }";
+    let cases: [(&[&str], u64); 6] = [
+        (&["method=diffusion-vae"], 60),
+        (&["particles.lazy_noise=true"], 60),
+        (&["particles.warm_start_steps=20"], 60),
+        // 60 joint steps, then 20 prior-refit steps (per-shard refit batches).
+        (&[refit], 80),
+        (&["method=diffusion-vae", refit], 80),
+        // The STF reference batch gathers other points' particles from the ranks that hold
+        // them (lazy noise: the owners sync them first, as one process does).
+        (
+            &["diffusion.loss=stf", "particles.lazy_noise=true", refit],
+            80,
+        ),
+    ];
+    for (i, (sets, last)) in cases.into_iter().enumerate() {
         let (one, two) = (
-            tmp.path().join(format!("{set}-1")),
-            tmp.path().join(format!("{set}-2")),
+            tmp.path().join(format!("{i}-1")),
+            tmp.path().join(format!("{i}-2")),
         );
         let run = |dir: &Path, ranks: usize| {
             let d = dir.display().to_string();
             let mut a = args(&d, "train.steps=60", false);
-            a.extend(["--set", set]);
+            sets.iter().for_each(|s| a.extend(["--set", s]));
             train(&bin, ranks, &a)
         };
         let (l1, l2) = (run(&one, 1), run(&two, 2));
+        let what = format!("{sets:?}");
+        assert_eq!(summary_value(&l1, "steps"), last as f64, "{what}");
         assert_eq!(
             summary_value(&l1, "mmd"),
             summary_value(&l2, "mmd"),
-            "{set}"
+            "{what}"
         );
-        assert_eq!(network_tensors(&one), network_tensors(&two), "{set}");
+        assert_eq!(network_tensors(&one), network_tensors(&two), "{what}");
         assert_eq!(
             metrics_without_clock(&one),
             metrics_without_clock(&two),
-            "{set}"
+            "{what}"
         );
-        if set != "method=diffusion-vae" {
-            assert_eq!(particles(&one, 60).0, particles(&two, 60).0, "{set}");
+        if !sets.contains(&"method=diffusion-vae") {
+            assert_eq!(particles(&one, last).0, particles(&two, last).0, "{what}");
         }
+    }
+}
+
+#[test]
+fn a_two_rank_run_keeps_its_history_and_rolls_back_exactly() {
+    let Some(bin) = mpi_binary_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (kept, reference) = (tmp.path().join("kept"), tmp.path().join("reference"));
+    let keep = ["--set", "train.keep_checkpoints=2"];
+    for (dir, ranks) in [(&kept, 2), (&reference, 1)] {
+        let d = dir.display().to_string();
+        let mut a = args(&d, "train.steps=100", false);
+        a.extend(keep);
+        train(&bin, ranks, &a);
+    }
+    // Checkpoints at steps 50 and 100, each with its two particle files.
+    let history = kept.join(ipld_train::history::HISTORY_DIR);
+    for step in [50, 100] {
+        for r in 0..2 {
+            let f = ipld_train::trainer::particle_shard_file(&history, step, r, 2);
+            assert!(f.exists(), "{} is missing", f.display());
+        }
+    }
+    // Roll back to step 50 and train to 100 again, on 2 ranks: the run it was.
+    let d = kept.display().to_string();
+    let mut a = args(&d, "train.steps=100", true);
+    a.extend(["--from-step", "50"]);
+    train(&bin, 2, &a);
+    assert_same_run(&reference, &kept, 100, "rolled back to 50 on 2 ranks");
+}
+
+#[test]
+fn an_image_run_draws_the_same_pictures_on_two_ranks() {
+    let Some(bin) = mpi_binary_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("digits.csv");
+    common::write_image_csv(&csv);
+    // The particle pictures (clouds/ at epochs 0 and 2, interpolation.png) gather their points
+    // from the rank that holds them.
+    let sets = [
+        "train.shards=2",
+        "train.minibatches=per-shard",
+        "eval.cloud_epochs=[0, 2]",
+    ];
+    let cfg = common::image_config(&csv, 24, &sets);
+    let toml = tmp.path().join("config.toml");
+    std::fs::write(&toml, cfg.to_toml()).unwrap();
+    // The same directory name on both sides: picture titles name it.
+    let (one, two) = (tmp.path().join("a/run"), tmp.path().join("b/run"));
+    for (dir, ranks) in [(&one, 1), (&two, 2)] {
+        let (c, d) = (toml.display().to_string(), dir.display().to_string());
+        train(&bin, ranks, &["--config", &c, "--out", &d]);
+    }
+    assert_same_run(&one, &two, 24, "image run");
+    let pictures = [
+        "samples.png",
+        "interpolation.png",
+        "clouds/epoch-0000.png",
+        "clouds/epoch-0002.png",
+    ];
+    for p in pictures {
+        let read = |d: &Path| std::fs::read(d.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert!(read(&one) == read(&two), "{p} differs");
     }
 }

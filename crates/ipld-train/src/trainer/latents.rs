@@ -302,11 +302,14 @@ impl Latents {
         Ok(())
     }
 
-    /// The prior refit's latents of `batch` ([B N, d], detached): the particles brought up to the
-    /// last joint step `joint`, or N encoder draws with noise from `rng`.
+    /// The prior refit's latents of the points at positions `local` of `batch` ([local N, d],
+    /// detached): the particles brought up to the last joint step `joint`, or N encoder draws
+    /// with noise drawn from `rng` for the whole batch (so every rank draws the same numbers).
+    #[allow(clippy::too_many_arguments)]
     pub fn frozen(
         &mut self,
         batch: &[usize],
+        local: std::ops::Range<usize>,
         joint: u64,
         data: &InMemoryDataset,
         rng: &mut ChaCha8Rng,
@@ -314,20 +317,22 @@ impl Latents {
         device: &Device,
     ) -> Result<Tensor, TrainError> {
         let n = self.per_point();
-        let rows = batch.len() * n;
+        let mine = &batch[local.clone()];
+        let rows = mine.len() * n;
         match self {
             Self::Particles(p) => {
                 // Lazy noise: bring the rows up to the last joint step (a no-op once synced).
                 if let Some(lazy) = &mut p.lazy {
-                    lazy.sync(&mut p.cloud, batch, joint, &p.catch_up)?;
+                    lazy.sync(&mut p.cloud, mine, joint, &p.catch_up)?;
                 }
                 let mut zb = Vec::with_capacity(rows * dz);
-                p.cloud.gather_into(batch, &mut zb)?;
+                p.cloud.gather_into(mine, &mut zb)?;
                 Ok(Tensor::from_vec(zb, (rows, dz), device)?)
             }
             Self::Encoder { encoder, .. } => {
-                let x = data.gather(batch, device)?;
-                let e = gaussian(rng, (rows, dz), DType::F32, device)?;
+                let x = data.gather(mine, device)?;
+                let e = gaussian(rng, (batch.len() * n, dz), DType::F32, device)?;
+                let e = e.narrow(0, local.start * n, rows)?;
                 Ok(encoder_draws(&encoder.net, &x, n, &e)?.0.detach())
             }
         }

@@ -142,7 +142,7 @@ impl Trainer {
         device: Device,
         comm: Arc<dyn Collective>,
     ) -> Result<Self, TrainError> {
-        Self::check_ranks(&cfg, comm.size())?;
+        Self::check_ranks(&cfg, comm.size(), data.len())?;
         let normalizer = Normalizer::fit(cfg.data.normalization(), &data);
         let data = normalizer.normalized(data)?;
         let (m, dx, dz) = (data.len(), data.dim(), cfg.data.latent_dim);

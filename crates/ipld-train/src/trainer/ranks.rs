@@ -59,19 +59,30 @@ impl Trainer {
             return Ok(None);
         };
         let n = cloud.particles();
+        let owned = self.owned(points);
         let mut z = Vec::new();
-        if self.comm.size() == 1 {
-            cloud.gather_into(points, &mut z)?;
-            return Ok(Some((z, n)));
-        }
+        cloud.gather_into(&owned, &mut z)?;
+        Ok(Some((self.by_owner(points, z, n)?, n)))
+    }
+
+    /// The entries of `points` whose particles this rank holds, in order.
+    fn owned(&self, points: &[usize]) -> Vec<usize> {
         let mine = self.local_rows();
-        let owned: Vec<usize> = points
+        points
             .iter()
             .copied()
             .filter(|m| mine.contains(m))
-            .collect();
-        cloud.gather_into(&owned, &mut z)?;
-        let bytes: Vec<u8> = z.iter().flat_map(|v| v.to_le_bytes()).collect();
+            .collect()
+    }
+
+    /// Every rank's `mine` (the rows of its [`Trainer::owned`] points, `n` latents each)
+    /// gathered and put in the order of `points`.
+    fn by_owner(&self, points: &[usize], mine: Vec<f32>, n: usize) -> Result<Vec<f32>, TrainError> {
+        let ranks = self.comm.size();
+        if ranks == 1 {
+            return Ok(mine);
+        }
+        let bytes: Vec<u8> = mine.iter().flat_map(|v| v.to_le_bytes()).collect();
         let all = self.comm.all_gather(&bytes).map_err(exchange::collective)?;
         let parts: Vec<Vec<f32>> = all
             .iter()
@@ -83,11 +94,11 @@ impl Trainer {
             .collect();
         let layout = self.layout();
         let w = n * self.cfg.data.latent_dim;
-        let mut next = vec![0usize; parts.len()];
+        let mut next = vec![0usize; ranks];
         let mut out = Vec::with_capacity(points.len() * w);
         for &m in points {
-            let r = (0..parts.len())
-                .find(|&r| layout.rank_rows(r, parts.len()).contains(&m))
+            let r = (0..ranks)
+                .find(|&r| layout.rank_rows(r, ranks).contains(&m))
                 .ok_or_else(|| TrainError::Invalid(format!("point {m} is on no rank")))?;
             let at = next[r];
             out.extend_from_slice(
@@ -97,7 +108,43 @@ impl Trainer {
             );
             next[r] += 1;
         }
-        Ok(Some((out, n)))
+        Ok(out)
+    }
+
+    /// The latents of `points` brought up to step `upto` ([points N, d]), as
+    /// [`Latents::frozen`](super::latents::Latents::frozen) gives them in one process: each
+    /// rank syncs (lazy noise) and reads the particles it holds, and the ranks exchange them;
+    /// an encoder's draws (from `rng`) are made on every rank.
+    pub(super) fn frozen_everywhere(
+        &mut self,
+        points: &[usize],
+        upto: u64,
+        rng: &mut rand_chacha::ChaCha8Rng,
+    ) -> Result<candle_core::Tensor, TrainError> {
+        let dz = self.cfg.data.latent_dim;
+        if self.comm.size() == 1 || self.latents.cloud().is_none() {
+            let all = 0..points.len();
+            return self
+                .latents
+                .frozen(points, all, upto, &self.data, rng, dz, &self.device);
+        }
+        let owned = self.owned(points);
+        let n = self.particles_per_point();
+        let z = self.latents.frozen(
+            &owned,
+            0..owned.len(),
+            upto,
+            &self.data,
+            rng,
+            dz,
+            &self.device,
+        )?;
+        let z = self.by_owner(points, z.flatten_all()?.to_vec1()?, n)?;
+        Ok(candle_core::Tensor::from_vec(
+            z,
+            (points.len() * n, dz),
+            &self.device,
+        )?)
     }
 
     /// The minibatch positions whose points this rank computes.
@@ -127,7 +174,11 @@ impl Trainer {
 
     /// What more than one rank can train (issue 26): the per-shard draw, whole shards per rank, and
     /// the steps whose every part is sharded (IPLD's and DiffusionVAE's joint steps).
-    pub(super) fn check_ranks(cfg: &RunConfig, ranks: usize) -> Result<(), TrainError> {
+    pub(super) fn check_ranks(
+        cfg: &RunConfig,
+        ranks: usize,
+        points: usize,
+    ) -> Result<(), TrainError> {
         if ranks == 1 {
             return Ok(());
         }
@@ -154,17 +205,19 @@ impl Trainer {
                 cfg.method.name()
             ));
         }
-        if t.prior_refit.is_some() {
-            return refuse("train.prior_refit is not yet sharded over ranks: run the refit as one process (resume the run without mpirun)".into());
+        if let Some(r) = t.prior_refit
+            && r.batch_size < t.shards
+        {
+            return refuse(format!(
+                "train.prior_refit.batch_size = {} is below train.shards = {}: every shard draws at least one point",
+                r.batch_size, t.shards
+            ));
         }
-        if cfg.diffusion.loss.is_stf() {
-            return refuse("diffusion.loss = \"stf\" is not yet sharded over ranks (its reference batch spans all ranks' particles)".into());
-        }
-        if t.keep_checkpoints > 0 {
-            return refuse(
-                "train.keep_checkpoints is not yet kept for sharded particle files: set it to 0"
-                    .into(),
-            );
+        if points < t.shards {
+            return refuse(format!(
+                "the data have {points} points, fewer than train.shards = {}",
+                t.shards
+            ));
         }
         Ok(())
     }

@@ -1,17 +1,22 @@
 //! The optional prior refit after the joint steps (`train.prior_refit`, not in the paper):
 //! prior-only steps of the diffusion loss of eq. (64) on random points' latents, frozen at the
-//! end of the joint phase; AdamW on theta (its state carries over) and the EMA.
+//! end of the joint phase; AdamW on theta (its state carries over) and the EMA. Under
+//! `train.minibatches = "per-shard"` each shard draws its part of the refit batch from its own
+//! slice of the data, so the refit runs over MPI ranks too (issue 26), with the same result.
+
+use std::ops::Range;
 
 use candle_core::DType;
 use candle_core::backprop::GradStore;
 use ipld_data::Dataset;
 use ipld_diffusion::{gaussian, sample_timesteps, timestep_tensor};
 
-use super::loss::{add_grads, even_ranges, particle_stats, run_shards};
+use super::exchange::{ShardShare, combine, sum_shards};
+use super::loss::{even_ranges, particle_sums, run_shards};
 use super::{StepMetrics, Trainer};
-use crate::config::PriorRefitConfig;
+use crate::config::{MinibatchDraw, PriorRefitConfig};
 use crate::error::TrainError;
-use crate::streams::Stream;
+use crate::streams::{Stream, mix_seed};
 
 impl Trainer {
     /// One prior-only step on `r.batch_size` points drawn without replacement, each with all its
@@ -24,13 +29,20 @@ impl Trainer {
         let joint = self.cfg.train.steps;
         let b = r.batch_size.min(self.data.len());
         let mut rng = Stream::Refit.rng(self.cfg.seed, t);
-        let mut batch = rand::seq::index::sample(&mut rng, self.data.len(), b).into_vec();
-        batch.sort_unstable();
+        let (batch, ranges) = self.refit_batch(b, t, &mut rng);
+        let local = ranges[0].start..ranges[ranges.len() - 1].end;
         let (n, dz) = (self.particles_per_point(), self.cfg.data.latent_dim);
         let rows = b * n;
-        let z = self
-            .latents
-            .frozen(&batch, joint, &self.data, &mut rng, dz, &self.device)?;
+        // This rank's points' latents ([local rows, d]).
+        let z = self.latents.frozen(
+            &batch,
+            local.clone(),
+            joint,
+            &self.data,
+            &mut rng,
+            dz,
+            &self.device,
+        )?;
         let k = timestep_tensor(
             &sample_timesteps(&mut rng, rows, self.schedule.steps()),
             self.schedule.steps(),
@@ -52,10 +64,10 @@ impl Trainer {
         let eps = self
             .eps_model()
             .ok_or_else(|| TrainError::Invalid("a prior refit needs a prior network".into()))?;
-        let refit_shard = |p: std::ops::Range<usize>| -> Result<(f64, GradStore), TrainError> {
+        let refit_shard = |p: Range<usize>| -> Result<(f64, GradStore), TrainError> {
             let (r0, len) = (p.start * n, p.len() * n);
             let (z_s, noise_s, k_s) = (
-                z_prior.narrow(0, r0, len)?,
+                z_prior.narrow(0, r0 - local.start * n, len)?,
                 noise.narrow(0, r0, len)?,
                 k.narrow(0, r0, len)?,
             );
@@ -74,25 +86,41 @@ impl Trainer {
             let value = reported.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             Ok((value, trained.affine(gamma, 0.0)?.backward()?))
         };
-        let outs = run_shards(
-            &self.device,
-            even_ranges(self.cfg.train.shards, b),
-            refit_shard,
-        )?;
-        let loss_v: f64 = outs.iter().map(|o| o.0).sum();
+        let outs = run_shards(&self.device, ranges.clone(), refit_shard)?;
+        let shares = outs
+            .into_iter()
+            .map(|(loss, grads)| ShardShare {
+                loss,
+                diffusion_sum: loss,
+                nll_sum: 0.0,
+                finite_z: true,
+                grads,
+            })
+            .collect();
+        // Shards in order, over the ranks (`exchange`).
+        let all = combine(&*self.comm, &self.network_vars(), shares)?;
+        let loss_v = all.loss;
         if !loss_v.is_finite() {
             return Err(TrainError::NonFinite {
                 step: t,
                 what: "the prior-refit loss".into(),
             });
         }
-        let grads = add_grads(outs.into_iter().map(|(_, g)| g))?;
         let lr = r.lr_at(t - joint);
-        self.trained_prior()?.step(&grads, lr)?;
+        self.trained_prior()?.step(&all.grads, lr)?;
         self.update_ema(t)?;
         self.step += 1;
         let zs: Vec<f32> = z.flatten_all()?.to_vec1()?;
-        let stats = particle_stats(&zs, b, n, dz);
+        let w = n * dz;
+        let sums: Vec<(f64, f64)> = ranges
+            .iter()
+            .map(|p| {
+                let rows = (p.start - local.start) * w..(p.end - local.start) * w;
+                particle_sums(&zs[rows], n, dz)
+            })
+            .collect();
+        let (norm, spread) = sum_shards(&*self.comm, &sums)?;
+        let stats = (norm / rows as f64, spread / (b * dz) as f64);
         Ok(StepMetrics {
             step: t,
             loss: loss_v,
@@ -108,10 +136,52 @@ impl Trainer {
         })
     }
 
+    /// The refit batch of step `t` (`b` points) and the shards this rank computes (ranges of
+    /// batch positions). Whole-data draws: `b` points of all M from `rng`, sorted, in
+    /// `train.shards` even shards. Per-shard draws: shard s's part from its own slice (shard 0
+    /// from `rng`, so one shard draws as the whole data does), each part sorted.
+    fn refit_batch(
+        &self,
+        b: usize,
+        t: u64,
+        rng: &mut rand_chacha::ChaCha8Rng,
+    ) -> (Vec<usize>, Vec<Range<usize>>) {
+        let sample = |rng: &mut rand_chacha::ChaCha8Rng, from: Range<usize>, k: usize| {
+            let mut v: Vec<usize> = rand::seq::index::sample(rng, from.len(), k)
+                .into_iter()
+                .map(|i| from.start + i)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        if self.cfg.train.minibatches == MinibatchDraw::WholeData {
+            let batch = sample(rng, 0..self.data.len(), b);
+            return (batch, even_ranges(self.cfg.train.shards, b));
+        }
+        let layout = self.layout().with_batch(b);
+        let mut batch = Vec::with_capacity(b);
+        for s in 0..layout.shards {
+            let k = layout.part(s).len();
+            match s {
+                0 => batch.extend(sample(rng, layout.slice(0), k)),
+                _ => {
+                    let seed = mix_seed(self.cfg.seed, Stream::Refit.id(), s as u64);
+                    batch.extend(sample(&mut Stream::Refit.rng(seed, t), layout.slice(s), k));
+                }
+            }
+        }
+        let (rank, ranks) = (self.comm.rank(), self.comm.size());
+        let ranges = layout
+            .rank_shards(rank, ranks)
+            .map(|s| layout.part(s))
+            .collect();
+        (batch, ranges)
+    }
+
     /// The stable target field's reference batch at step `t` ([R N, d], detached, latent
     /// space): the latents of `batch` followed by those of `diffusion.stf_reference - |batch|`
     /// other points drawn without replacement (stream `StfReference`), brought up to step
-    /// `upto`. Its first rows are the minibatch's own, so each row's z_0 is in it (thesis
+    /// `upto`, from whichever ranks hold them (every rank gets the whole reference). Its first rows are the minibatch's own, so each row's z_0 is in it (thesis
     /// Algorithm 1 draws the minibatch from the reference batch).
     pub(super) fn stf_reference(
         &mut self,
@@ -130,16 +200,11 @@ impl Trainer {
             .take(want - batch.len())
             .collect();
         extra.sort_unstable();
-        let dz = self.cfg.data.latent_dim;
-        let own = self
-            .latents
-            .frozen(batch, upto, &self.data, &mut rng, dz, &self.device)?;
+        let own = self.frozen_everywhere(batch, upto, &mut rng)?;
         if extra.is_empty() {
             return Ok(own);
         }
-        let others = self
-            .latents
-            .frozen(&extra, upto, &self.data, &mut rng, dz, &self.device)?;
+        let others = self.frozen_everywhere(&extra, upto, &mut rng)?;
         Ok(candle_core::Tensor::cat(&[own, others], 0)?)
     }
 }

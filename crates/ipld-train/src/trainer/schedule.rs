@@ -30,6 +30,8 @@ pub(crate) struct ShardLayout {
     pub m: usize,
     /// Minibatch size b = min(|B|, M).
     pub b: usize,
+    /// `train.shards` as configured (before the clamp to b).
+    requested: usize,
     draw: MinibatchDraw,
     seed: u64,
 }
@@ -39,10 +41,21 @@ impl ShardLayout {
         let b = cfg.train.batch_size.min(m).max(1);
         Self {
             shards: cfg.train.shards.clamp(1, b),
+            requested: cfg.train.shards,
             m,
             b,
             draw: cfg.train.minibatches,
             seed: cfg.seed,
+        }
+    }
+
+    /// The same layout for minibatches of `b` points (the prior refit's).
+    pub fn with_batch(self, b: usize) -> Self {
+        let b = b.min(self.m).max(1);
+        Self {
+            shards: self.requested.clamp(1, b),
+            b,
+            ..self
         }
     }
 
