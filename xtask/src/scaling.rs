@@ -122,7 +122,7 @@ pub fn run(root: &Path) -> anyhow::Result<Value> {
     }
     let bin = build(root)?;
     let mut rows = serde_json::Map::new();
-    for (n, steps) in [(16usize, 400u64), (256, 40)] {
+    for (n, steps) in [(16usize, 400u64), (256, 80)] {
         let one2 = case(&bin, 1, 2, n, steps)?;
         let two1 = case(&bin, 2, 1, n, steps)?;
         let one1 = case(&bin, 1, 1, n, steps)?;
