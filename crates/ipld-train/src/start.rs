@@ -125,18 +125,23 @@ pub(crate) fn start(plan: &RunPlan, comm: Arc<dyn Collective>) -> Result<Started
         Some(p) => {
             // The other ranks' `follow` is agreed on here.
             settle(&*comm, dir, Ok(()))?;
-            (p.build, p.data, p.record, p.lock, p.warnings)
+            (p.build, p.data, Some(p.record), p.lock, p.warnings)
         }
         None => {
             let (build, data) = settle(&*comm, dir, follow(plan))?;
-            let record = RunRecord {
-                data: DataFingerprint::of(build.config(), &data),
-                invocations: Vec::new(),
-            };
-            (build, data, record, None, Vec::new())
+            (build, data, None, None, Vec::new())
         }
     };
-    same_as_rank_0(&*comm, dir, &build, &data)?;
+    let fingerprint = same_as_rank_0(&*comm, dir, &build, &data)?;
+    // Only rank 0 writes the record; the other ranks' fills the slot with their fingerprint.
+    let record = match (record, fingerprint) {
+        (Some(r), _) => r,
+        (None, Some(data)) => RunRecord {
+            data,
+            invocations: Vec::new(),
+        },
+        (None, None) => return Err(RunError::invalid(dir, "a rank other than 0 in one process")),
+    };
     let built = match build {
         Build::Fresh(cfg) => Trainer::new_on(cfg, data, Device::Cpu, comm.clone()),
         Build::Restart(cfg) => {
@@ -192,15 +197,16 @@ pub(crate) fn start(plan: &RunPlan, comm: Arc<dyn Collective>) -> Result<Started
 }
 
 /// With several ranks: every rank's resolved config and data must be rank 0's (the same seed,
-/// keys and values), or every rank stops, naming the ones that differ.
+/// keys and values), or every rank stops, naming the ones that differ. Returns this rank's data
+/// fingerprint (None for a single process, whose record already holds it).
 fn same_as_rank_0(
     c: &dyn Collective,
     dir: &Path,
     build: &Build,
     data: &InMemoryDataset,
-) -> Result<(), RunError> {
+) -> Result<Option<DataFingerprint>, RunError> {
     if c.size() == 1 {
-        return Ok(());
+        return Ok(None);
     }
     let fp = DataFingerprint::of(build.config(), data);
     let mine = format!(
@@ -221,7 +227,7 @@ fn same_as_rank_0(
              started with the same arguments and see the same data",
         )),
     };
-    settle(c, dir, same)
+    settle(c, dir, same).map(|()| Some(fp))
 }
 
 impl Build {

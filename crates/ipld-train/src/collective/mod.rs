@@ -48,8 +48,7 @@ pub trait Collective: Send + Sync {
     /// (a gradient buffer of a few million floats costs R times its size to gather, small next
     /// to a step).
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), CollectiveError> {
-        let bytes: Vec<u8> = buf.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let all = self.all_gather(&bytes)?;
+        let all = self.all_gather(&f32_bytes(buf))?;
         let lens: Vec<usize> = all.iter().map(|b| b.len() / 4).collect();
         if let Some(reason) = unequal_lengths(&lens) {
             return Err(CollectiveError {
@@ -59,12 +58,7 @@ pub trait Collective: Send + Sync {
                 reason,
             });
         }
-        let flat: Vec<f32> = all
-            .concat()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
-        sum_in_rank_order(buf, &flat);
+        sum_in_rank_order(buf, &bytes_f32(&all.concat()));
         Ok(())
     }
     /// Replaces `bytes` on every rank by rank `root`'s (lengths may differ before the call).
@@ -136,6 +130,19 @@ fn sum_in_rank_order(buf: &mut [f32], all: &[f32]) {
 /// The single-process collective, shared.
 pub fn single_process() -> Arc<dyn Collective> {
     Arc::new(SingleProcess)
+}
+
+/// `values` as little-endian bytes, the form f32 buffers cross ranks in.
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The f32 values of little-endian `bytes` (a trailing partial value is dropped).
+pub fn bytes_f32(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect()
 }
 
 /// Every rank's `values`, in rank order, through [`Collective::all_gather`].

@@ -8,7 +8,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use crate::collective::{Collective, all_gather_f64};
+use crate::collective::{Collective, all_gather_f64, bytes_f32, f32_bytes};
 use crate::error::TrainError;
 
 /// One shard's share of the loss: its loss terms, whether its particle gradient is finite (so
@@ -68,7 +68,7 @@ fn encode(f: &Flat, vars: &[Var], out: &mut Vec<u8>) {
     f.grads.iter().for_each(|g| out.push(u8::from(g.is_some())));
     for (g, v) in f.grads.iter().zip(vars) {
         match g {
-            Some(g) => g.iter().for_each(|x| out.extend(x.to_le_bytes())),
+            Some(g) => out.extend(f32_bytes(g)),
             None => out.extend(std::iter::repeat_n(0u8, 4 * v.elem_count())),
         }
     }
@@ -87,10 +87,7 @@ fn decode(bytes: &[u8], vars: &[Var]) -> Flat {
         .enumerate()
         .map(|(i, v)| {
             let n = v.elem_count();
-            let g = bytes[at..at + 4 * n]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
-                .collect();
+            let g = bytes_f32(&bytes[at..at + 4 * n]);
             at += 4 * n;
             (bytes[32 + i] == 1).then_some(g)
         })
@@ -109,9 +106,6 @@ fn gather(
         .iter()
         .map(|s| flatten(s, vars))
         .collect::<Result<Vec<_>, _>>()?;
-    if comm.size() == 1 {
-        return Ok(mine);
-    }
     let mut bytes = Vec::with_capacity(mine.len() * record_len(vars));
     mine.iter().for_each(|f| encode(f, vars, &mut bytes));
     let len = record_len(vars);
@@ -130,14 +124,26 @@ fn gather(
     Ok(out)
 }
 
-/// Combines the shards' shares of all ranks: loss terms and the gradients of `vars` summed in
-/// shard order (a variable's sum starts from the first shard that reached it, as candle's
-/// `GradStore::extend` does).
+/// Combines the shards' shares of all ranks: loss terms and the gradients of the networks'
+/// variables (`vars`, asked for only when there are other ranks) summed in shard order. A
+/// variable's sum starts from the first shard that reached it, as candle's `GradStore::extend`
+/// does, so one process adds its shards' stores directly, with the same bits and no copies.
 pub(crate) fn combine(
     comm: &dyn Collective,
-    vars: &[Var],
+    vars: impl FnOnce() -> Vec<Var>,
     local: Vec<ShardShare>,
 ) -> Result<Combined, TrainError> {
+    if comm.size() == 1 {
+        return Ok(Combined {
+            loss: local.iter().map(|s| s.loss).sum(),
+            diffusion_sum: local.iter().map(|s| s.diffusion_sum).sum(),
+            nll_sum: local.iter().map(|s| s.nll_sum).sum(),
+            finite_z: local.iter().all(|s| s.finite_z),
+            grads: super::loss::add_grads(local.into_iter().map(|s| s.grads))?,
+        });
+    }
+    let vars = vars();
+    let vars = vars.as_slice();
     let all = gather(comm, vars, &local)?;
     let loss = all.iter().map(|f| f.head[0]).sum();
     let diffusion_sum = all.iter().map(|f| f.head[1]).sum();
@@ -198,8 +204,7 @@ pub(crate) fn broadcast_vars(comm: &dyn Collective, vars: &[Var]) -> Result<(), 
     }
     let mut bytes = Vec::new();
     for v in vars {
-        let x = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        x.iter().for_each(|x| bytes.extend(x.to_le_bytes()));
+        bytes.extend(f32_bytes(&v.as_tensor().flatten_all()?.to_vec1::<f32>()?));
     }
     comm.broadcast(&mut bytes, 0).map_err(collective)?;
     let mut at = 0;
@@ -210,10 +215,7 @@ pub(crate) fn broadcast_vars(comm: &dyn Collective, vars: &[Var]) -> Result<(), 
                 "rank 0's networks are smaller than this rank's: the ranks' configs differ".into(),
             ));
         }
-        let x: Vec<f32> = bytes[at..at + 4 * n]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
-            .collect();
+        let x = bytes_f32(&bytes[at..at + 4 * n]);
         v.set(&Tensor::from_vec(x, v.shape(), v.device())?)?;
         at += 4 * n;
     }

@@ -180,7 +180,7 @@ impl Trainer {
         }
         // Shards in order, so the sums depend neither on which thread finished first nor on
         // how many ranks computed them.
-        let all = combine(&*self.comm, &self.network_vars(), shares)?;
+        let all = combine(&*self.comm, || self.network_vars(), shares)?;
         if !all.loss.is_finite() {
             return Err(TrainError::NonFinite {
                 step: t,

@@ -82,15 +82,13 @@ impl Trainer {
         if ranks == 1 {
             return Ok(mine);
         }
-        let bytes: Vec<u8> = mine.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let all = self.comm.all_gather(&bytes).map_err(exchange::collective)?;
+        let all = self
+            .comm
+            .all_gather(&crate::collective::f32_bytes(&mine))
+            .map_err(exchange::collective)?;
         let parts: Vec<Vec<f32>> = all
             .iter()
-            .map(|b| {
-                b.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
-                    .collect()
-            })
+            .map(|b| crate::collective::bytes_f32(b))
             .collect();
         let layout = self.layout();
         let w = n * self.cfg.data.latent_dim;

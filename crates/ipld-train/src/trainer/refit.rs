@@ -98,7 +98,7 @@ impl Trainer {
             })
             .collect();
         // Shards in order, over the ranks (`exchange`).
-        let all = combine(&*self.comm, &self.network_vars(), shares)?;
+        let all = combine(&*self.comm, || self.network_vars(), shares)?;
         let loss_v = all.loss;
         if !loss_v.is_finite() {
             return Err(TrainError::NonFinite {
