@@ -210,6 +210,9 @@ pub struct Dit {
 }
 
 impl Dit {
+    /// The VarBuilder path (under the network's own prefix) of the layer producing eps.
+    pub const OUTPUT_LAYER: &'static str = "final.linear";
+
     /// Builds the network under `vb` (call [`Dit::init`] afterwards for DiT's initialisation).
     pub fn new(cfg: &DitConfig, vb: VarBuilder) -> Result<Self, ModelError> {
         cfg.validate()?;

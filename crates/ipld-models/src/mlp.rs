@@ -62,6 +62,11 @@ pub struct MlpEps {
 }
 
 impl MlpEps {
+    /// The VarBuilder path (under the network's own prefix) of the layer producing eps.
+    pub fn output_layer(&self) -> String {
+        format!("l{}", self.layers.len() - 1)
+    }
+
     /// Builds the network for latents of dimension `dim`; weights are named `l0`, `l1`, ...
     /// under `vb` (PyTorch's default uniform initialisation, via candle_nn::linear).
     pub fn new(cfg: &MlpEpsConfig, dim: usize, vb: VarBuilder) -> Result<Self, ModelError> {

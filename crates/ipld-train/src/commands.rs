@@ -7,7 +7,9 @@ use ipld_data::{Dataset, ImageSet, InMemoryDataset, save_matrix};
 use ipld_diffusion::{GuidanceConfig, SamplerConfig};
 
 use crate::error::RunError;
-use crate::eval::{Latents, decode_particles, generate_with_progress, mmd, quality, reference};
+use crate::eval::{
+    Latents, decode_gaussian, decode_particles, generate_with_progress, mmd, quality, reference,
+};
 use crate::fid::fid_of_samples;
 use crate::progress::Progress;
 use crate::rundir::{enclosing_run, open_run};
@@ -237,6 +239,8 @@ pub fn eval_run(
         Latents::Particles => {
             decode_particles(&trainer, n).map_err(|e| RunError::invalid(dir, e.to_string()))?
         }
+        Latents::Gaussian => decode_gaussian(&trainer, n, seed.unwrap_or(cfg.seed))
+            .map_err(|e| RunError::invalid(dir, e.to_string()))?,
     };
     let n = s.data.len() / trainer.data().dim();
     let reference = reference(&trainer)?;
@@ -260,10 +264,7 @@ pub fn eval_run(
         "particles": trainer.particles_per_point(),
         "steps": trainer.step(),
         "seed": seed.unwrap_or(cfg.seed),
-        "latents": match latents {
-            Latents::Prior => "prior",
-            Latents::Particles => "particles",
-        },
+        "latents": latents.name(),
         "sampler": serde_json::to_value(sampler).unwrap_or_default(),
         "guidance": serde_json::to_value(guidance).unwrap_or_default(),
         "sample_seconds": s.seconds,

@@ -63,13 +63,13 @@ pub fn generate_guided(
         Some(prior) => {
             let guided = match guidance {
                 Some(g) if g.strength > 0.0 => {
-                    Some(ParticleGuidance::new(&*prior, trainer.schedule(), *g)?)
+                    Some(ParticleGuidance::new(&prior, trainer.schedule(), *g)?)
                 }
                 _ => None,
             };
             let model: &dyn ipld_diffusion::EpsModel = match &guided {
                 Some(g) => g,
-                None => &*prior,
+                None => &prior,
             };
             let u = sampler
                 .sampler()
@@ -100,18 +100,27 @@ pub enum Latents {
     /// The first particle of training points evenly spaced over the data: their
     /// reconstructions, a ceiling on what a perfect prior could reach (rFID for images).
     Particles,
+    /// Draws of N(mu, Sigma) fitted to every particle: what the cloud's second moments alone
+    /// give, the floor a learned prior has to beat.
+    Gaussian,
+}
+
+impl Latents {
+    /// The name `eval` reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Prior => "prior",
+            Self::Particles => "particles",
+            Self::Gaussian => "gaussian",
+        }
+    }
 }
 
 /// Decodes the first particle of `n` training points spread evenly over the data (all of them
 /// when `n` is larger): what a prior that matched the particles exactly would give at best.
 pub fn decode_particles(trainer: &Trainer, n: usize) -> Result<Samples, TrainError> {
     let start = std::time::Instant::now();
-    let Some(cloud) = trainer.synced_cloud()? else {
-        return Err(TrainError::Invalid(format!(
-            "{} keeps no particles to decode",
-            trainer.config().method.name()
-        )));
-    };
+    let cloud = cloud_of(trainer)?;
     let m = trainer.data().len();
     let n = n.min(m);
     let points: Vec<usize> = (0..n).map(|i| i * m / n).collect();
@@ -122,7 +131,53 @@ pub fn decode_particles(trainer: &Trainer, n: usize) -> Result<Samples, TrainErr
         .chunks_exact(per * dz)
         .flat_map(|p| p[..dz].iter().copied())
         .collect();
-    let zt = Tensor::from_vec(z.clone(), (n, dz), trainer.device())?;
+    decode(trainer, z, start)
+}
+
+/// Decodes `n` draws (stream `Sample` at `seed`) of N(mu, Sigma) fitted to every particle of
+/// every point: z = mu + U diag(sqrt(lambda)) e with Sigma = U diag(lambda) U^T.
+pub fn decode_gaussian(trainer: &Trainer, n: usize, seed: u64) -> Result<Samples, TrainError> {
+    let start = std::time::Instant::now();
+    let cloud = cloud_of(trainer)?;
+    let dz = trainer.config().data.latent_dim;
+    let fit = ipld_diffusion::GaussianFit::of_rows(cloud.z(), dz)?;
+    let mut rng = Stream::Sample.rng(seed, n as u64);
+    let e: Vec<Vec<f64>> =
+        gaussian(&mut rng, (n, dz), DType::F64, &candle_core::Device::Cpu)?.to_vec2()?;
+    let z: Vec<f32> = e
+        .iter()
+        .flat_map(|e| {
+            let fit = &fit;
+            (0..dz).map(move |r| {
+                let row = &fit.eigenvectors[r * dz..(r + 1) * dz];
+                let x: f64 = (0..dz)
+                    .map(|c| row[c] * fit.eigenvalues[c].sqrt() * e[c])
+                    .sum();
+                (fit.mean[r] + x) as f32
+            })
+        })
+        .collect();
+    decode(trainer, z, start)
+}
+
+/// The synced particle cloud, or an error naming the method that keeps none.
+fn cloud_of(trainer: &Trainer) -> Result<ipld_particles::ParticleCloud, TrainError> {
+    trainer.synced_cloud()?.ok_or_else(|| {
+        TrainError::Invalid(format!(
+            "{} keeps no particles to decode",
+            trainer.config().method.name()
+        ))
+    })
+}
+
+/// Decodes latents `z` ([n, d_z] row-major) into samples in the data's units.
+fn decode(
+    trainer: &Trainer,
+    z: Vec<f32>,
+    start: std::time::Instant,
+) -> Result<Samples, TrainError> {
+    let dz = trainer.config().data.latent_dim;
+    let zt = Tensor::from_vec(z.clone(), (z.len() / dz, dz), trainer.device())?;
     let mut data: Vec<f32> = trainer
         .decoder()
         .decode(&zt)?

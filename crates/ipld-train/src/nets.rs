@@ -44,6 +44,14 @@ impl PriorNet {
             }
         })
     }
+
+    /// The path under `eps.` of the layer producing eps (zeroed when a Gaussian base starts).
+    pub fn output_layer(&self) -> String {
+        match self {
+            Self::Mlp(m) => m.output_layer(),
+            Self::Dit(_) => Dit::OUTPUT_LAYER.to_string(),
+        }
+    }
 }
 
 impl EpsModel for PriorNet {

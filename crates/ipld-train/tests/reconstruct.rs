@@ -1,6 +1,6 @@
 //! Issue 22: `ipld-train eval --latents particles` decodes the first particle of evenly spaced
 //! training points (their reconstructions, the ceiling a perfect prior could reach), and `eval`
-//! takes another sampler than the run's.
+//! takes another sampler than the run's; `--latents gaussian` decodes draws of the cloud's Gaussian.
 
 mod common;
 
@@ -115,4 +115,89 @@ fn particle_reconstructions_are_the_decoded_first_particles() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `--latents gaussian` decodes draws of N(mu, Sigma) fitted to every particle: their mean and
+/// covariance match the cloud's within 4 standard errors, the decoded data are the decoder's
+/// output, the draws are a function of the seed, and the command says which latents it decoded.
+#[test]
+fn gaussian_latents_have_the_clouds_moments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    ipld_train::run(plan(tiny(20), &dir, false)).unwrap();
+    let trainer = ipld_train::rundir::open_run(&dir, &[]).unwrap();
+    let dz = trainer.config().data.latent_dim;
+    let cloud = trainer.synced_cloud().unwrap().unwrap();
+    let rows = cloud.z().len() / dz;
+    let moments = |z: &[f32], n: usize| -> (Vec<f64>, Vec<f64>) {
+        let mean: Vec<f64> = (0..dz)
+            .map(|j| (0..n).map(|r| z[r * dz + j] as f64).sum::<f64>() / n as f64)
+            .collect();
+        let cov = (0..dz * dz)
+            .map(|jl| {
+                let (j, l) = (jl / dz, jl % dz);
+                (0..n)
+                    .map(|r| (z[r * dz + j] as f64 - mean[j]) * (z[r * dz + l] as f64 - mean[l]))
+                    .sum::<f64>()
+                    / (n - 1) as f64
+            })
+            .collect();
+        (mean, cov)
+    };
+    let (mu, sigma) = moments(cloud.z(), rows);
+    let n = 20_000;
+    let s = ipld_train::eval::decode_gaussian(&trainer, n, 3).unwrap();
+    let (m, c) = moments(&s.latent, n);
+    for j in 0..dz {
+        let se = (sigma[j * dz + j] / n as f64).sqrt();
+        assert!(
+            (m[j] - mu[j]).abs() < 4.0 * se,
+            "mean {j}: {} against {}",
+            m[j],
+            mu[j]
+        );
+        for l in 0..dz {
+            let (jj, ll, jl) = (sigma[j * dz + j], sigma[l * dz + l], sigma[j * dz + l]);
+            let se = ((jj * ll + jl * jl) / n as f64).sqrt();
+            assert!(
+                (c[j * dz + l] - jl).abs() < 4.0 * se,
+                "cov ({j}, {l}): {} against {jl}",
+                c[j * dz + l]
+            );
+        }
+    }
+    let z = Tensor::from_vec(s.latent.clone(), (n, dz), trainer.device()).unwrap();
+    let mut x: Vec<f32> = trainer
+        .decoder()
+        .decode(&z)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    trainer.normalizer().invert(&mut x);
+    assert_eq!(s.data, x);
+    let again = ipld_train::eval::decode_gaussian(&trainer, n, 3).unwrap();
+    assert_eq!(s.latent, again.latent, "same seed, same draws");
+    let other = ipld_train::eval::decode_gaussian(&trainer, n, 4).unwrap();
+    assert_ne!(s.latent, other.latent, "another seed, other draws");
+
+    let out = bin(
+        &[
+            "eval",
+            "--run",
+            "g",
+            "--latents",
+            "gaussian",
+            "--samples",
+            "100",
+            "--quiet",
+        ],
+        tmp.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = last_json(&out);
+    assert_eq!(v["latents"], "gaussian");
+    assert_eq!(v["samples"], 100);
+    assert!(v["mmd"].as_f64().unwrap().is_finite());
 }

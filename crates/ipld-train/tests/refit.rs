@@ -53,7 +53,7 @@ fn cloud_loss(dir: &Path) -> f64 {
     .unwrap();
     let eps = gaussian(&mut rng, (rows, d), DType::F32, &Device::Cpu).unwrap();
     let loss = DiffusionLoss::new(t.schedule(), LossWeighting::Simple, &Device::Cpu).unwrap();
-    loss.per_sample(t.eps_model().unwrap(), &z, &eps, &k)
+    loss.per_sample(&t.eps_model().unwrap(), &z, &eps, &k)
         .unwrap()
         .total
         .mean_all()

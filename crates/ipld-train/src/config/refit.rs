@@ -21,6 +21,12 @@ pub struct PriorRefitConfig {
     /// ([`PriorRefitConfig::lr_at`]); absent = `lr` throughout (configs before this key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_lr: Option<f64>,
+    /// Fit N(mu, Sigma) (full covariance) to the frozen cloud when the refit begins and train
+    /// the network as the residual over that Gaussian's exact eps (`ipld_diffusion::GaussianBase`;
+    /// its output layer restarts at zero, so the refit starts from the Gaussian). Particle
+    /// methods only; absent = false (configs before this key).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gaussian_base: bool,
 }
 
 impl PriorRefitConfig {

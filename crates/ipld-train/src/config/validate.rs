@@ -246,6 +246,15 @@ impl RunConfig {
                     format!("must lie in [0, lr = {}], got {f}", r.lr),
                 ));
             }
+            if r.gaussian_base && !self.method.uses_particles() {
+                return Err(key(
+                    "train.prior_refit.gaussian_base",
+                    format!(
+                        "the Gaussian base is fitted to the particle cloud, which `{}` does not keep",
+                        self.method.name()
+                    ),
+                ));
+            }
         }
         if !(self.train.lr_decay_phi > 0.0 && self.train.lr_decay_phi <= 1.0) {
             return Err(key(

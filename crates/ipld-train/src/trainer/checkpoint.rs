@@ -31,6 +31,7 @@ impl Trainer {
         if let Some(ema) = &self.ema {
             ema.save("ema", &mut out)?;
         }
+        self.save_base(&mut out)?;
         match self.sharded() {
             false => self.latents.save("particles", &mut out)?,
             true => {
@@ -111,6 +112,7 @@ impl Trainer {
             None => self.step,
         };
         self.check_joint_steps(joint).map_err(|e| ck.problem(e))?;
+        self.load_base(&ck, joint)?;
         let (cfg, m) = (&self.cfg, self.data.len());
         self.latents
             .replay_noise_variances(joint, &cfg.particles.update, |s| {

@@ -39,6 +39,21 @@ impl EmaPrior {
         Ok(self.ema.update(t, &params(theta))?)
     }
 
+    /// Sets the averages of the parameters named `prefix...` to zero (a Gaussian base's start).
+    pub fn zero(&mut self, prefix: &str) -> Result<(), TrainError> {
+        let shadow = self
+            .names
+            .iter()
+            .zip(self.ema.shadow())
+            .map(|(n, t)| match n.starts_with(prefix) {
+                true => t.zeros_like(),
+                false => Ok(t.clone()),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        self.ema = Ema::from_shadow(*self.ema.config(), shadow)?;
+        Ok(())
+    }
+
     /// A fresh prior network (`cfg`, latents of dimension `dz`) holding the averaged weights;
     /// the training state is not touched.
     pub fn network(

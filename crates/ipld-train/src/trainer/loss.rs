@@ -10,7 +10,7 @@ use ipld_models::{Decoder, LinearGaussianEncoder, gaussian_nll};
 use rayon::prelude::*;
 
 use crate::error::TrainError;
-use crate::nets::{DecoderNet, EncoderNet, PriorNet};
+use crate::nets::{DecoderNet, EncoderNet};
 
 /// `t` times `factor`, untouched at factor 1 so the paper's latent scale keeps its bits.
 pub(crate) fn scaled(t: &Tensor, factor: f64) -> candle_core::Result<Tensor> {
@@ -98,7 +98,7 @@ pub(crate) enum ShardLatents<'a> {
 /// Everything a step's loss needs, for the whole minibatch; [`ShardInputs::run`] takes one
 /// shard's rows of it.
 pub(crate) struct ShardInputs<'a> {
-    pub eps: &'a PriorNet,
+    pub eps: super::base::PriorEps<'a>,
     /// Under `diffusion.loss = "stf"`: the reference batch (prior space) and theta's variables,
     /// whose gradient becomes the stable target field's.
     pub stf: Option<(&'a Tensor, &'a [Var])>,
@@ -187,13 +187,13 @@ impl ShardInputs<'_> {
         // and the decoder follow, and the correction that turns theta's gradient into STF's.
         let (total, theta_correction) = match self.stf {
             None => (
-                draws_mean(self.loss.per_sample(self.eps, &zr, &noise, &k)?.total)?,
+                draws_mean(self.loss.per_sample(&self.eps, &zr, &noise, &k)?.total)?,
                 None,
             ),
             Some((reference, _)) => {
                 let t = self
                     .loss
-                    .per_sample_stf(self.eps, &zr, &noise, &k, reference)?;
+                    .per_sample_stf(&self.eps, &zr, &noise, &k, reference)?;
                 (
                     draws_mean(t.dsm.total)?,
                     Some(draws_mean(t.theta_correction)?),

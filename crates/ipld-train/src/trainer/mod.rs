@@ -18,6 +18,7 @@
 //! (seed, stream, step) ([`crate::streams`]), so resuming needs no generator state beyond the
 //! step and reproduces an uninterrupted run exactly.
 
+mod base;
 mod checkpoint;
 mod ema;
 mod exchange;
@@ -37,7 +38,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use ipld_data::{Dataset, InMemoryDataset, Normalizer};
-use ipld_diffusion::{DiffusionLoss, NoiseSchedule};
+use ipld_diffusion::{DiffusionLoss, EpsModel, GaussianBase, NoiseSchedule, ResidualEps};
 use ipld_particles::{ParticleCloud, StepContext};
 
 use crate::collective::{Collective, single_process};
@@ -45,6 +46,7 @@ use crate::config::{RunConfig, ValidConfig};
 use crate::error::TrainError;
 use crate::nets::{DecoderNet, PriorNet};
 use crate::streams::Stream;
+pub use base::PriorEps;
 pub use checkpoint::particle_shard_file;
 use ema::EmaPrior;
 use latents::Latents;
@@ -81,20 +83,49 @@ pub struct StepMetrics {
     pub prior_refit: bool,
 }
 
-/// The epsilon-network samples are drawn with: the trained one, or a network holding the EMA.
-pub enum SamplingPrior<'a> {
-    /// The trained network.
+/// The epsilon-model samples are drawn with: the trained network or a network holding the EMA
+/// of theta, plus the refit's Gaussian base when there is one.
+pub struct SamplingPrior<'a> {
+    net: SamplingNet<'a>,
+    base: Option<&'a GaussianBase>,
+}
+
+/// The network of a [`SamplingPrior`].
+enum SamplingNet<'a> {
     Trained(&'a PriorNet),
-    /// A network built from the EMA of theta.
     Ema(Box<PriorNet>),
 }
 
-impl std::ops::Deref for SamplingPrior<'_> {
-    type Target = PriorNet;
-    fn deref(&self) -> &PriorNet {
-        match self {
-            Self::Trained(n) => n,
-            Self::Ema(n) => n,
+impl SamplingPrior<'_> {
+    /// The network (without the base).
+    pub fn net(&self) -> &PriorNet {
+        match &self.net {
+            SamplingNet::Trained(n) => n,
+            SamplingNet::Ema(n) => n,
+        }
+    }
+}
+
+impl EpsModel for SamplingPrior<'_> {
+    fn predict_eps(&self, z_k: &Tensor, k: &Tensor) -> candle_core::Result<Tensor> {
+        match self.base {
+            Some(base) => ResidualEps {
+                base,
+                residual: self.net(),
+            }
+            .predict_eps(z_k, k),
+            None => self.net().predict_eps(z_k, k),
+        }
+    }
+
+    fn predict_eps_uniform(&self, z_k: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+        match self.base {
+            Some(base) => ResidualEps {
+                base,
+                residual: self.net(),
+            }
+            .predict_eps_uniform(z_k, k),
+            None => self.net().predict_eps_uniform(z_k, k),
         }
     }
 }
@@ -117,6 +148,9 @@ pub struct Trainer {
     /// The decoder, phi and its update (AdamW; PGD's or MPGD's own for those).
     decoder: Trained<DecoderNet>,
     latents: Latents,
+    /// The Gaussian the prior's network learns the residual of, fitted when the refit begins
+    /// (`train.prior_refit.gaussian_base`; module `base`).
+    base: Option<GaussianBase>,
     step: u64,
     /// The ranks this state trains with (one process: [`crate::collective::SingleProcess`]).
     comm: Arc<dyn Collective>,
@@ -189,6 +223,7 @@ impl Trainer {
             ema,
             decoder,
             latents,
+            base: None,
             step: 0,
             comm,
         };
@@ -252,9 +287,13 @@ impl Trainer {
     pub fn data(&self) -> &InMemoryDataset {
         &self.data
     }
-    /// The epsilon-network being trained (None for the published PGD and MPGD).
-    pub fn eps_model(&self) -> Option<&PriorNet> {
-        self.prior.as_ref().map(|p| &p.net)
+    /// The prior's eps being trained: theta's network, plus the refit's Gaussian base once
+    /// fitted (None for the published PGD and MPGD).
+    pub fn eps_model(&self) -> Option<PriorEps<'_>> {
+        self.prior.as_ref().map(|p| PriorEps {
+            net: &p.net,
+            base: self.base.as_ref(),
+        })
     }
     /// The epsilon-network samples are drawn with: the EMA of theta when `train.ema` is set (a
     /// network built for it; the training state is not touched), else the trained network.
@@ -263,13 +302,17 @@ impl Trainer {
         let Some(prior) = &self.prior else {
             return Ok(None);
         };
-        Ok(Some(match &self.ema {
-            None => SamplingPrior::Trained(&prior.net),
-            Some(ema) => SamplingPrior::Ema(Box::new(ema.network(
+        let net = match &self.ema {
+            None => SamplingNet::Trained(&prior.net),
+            Some(ema) => SamplingNet::Ema(Box::new(ema.network(
                 &self.cfg.model.prior,
                 self.cfg.data.latent_dim,
                 &self.device,
             )?)),
+        };
+        Ok(Some(SamplingPrior {
+            net,
+            base: self.base.as_ref(),
         }))
     }
 
@@ -316,7 +359,12 @@ impl Trainer {
     pub fn set_config(&mut self, cfg: ValidConfig) -> Result<(), TrainError> {
         let joint = self.joint_steps();
         let old = std::mem::replace(&mut self.cfg, cfg);
-        if let Err(e) = self.check_joint_steps(joint) {
+        let wanted = self.cfg.train.prior_refit.is_some_and(|r| r.gaussian_base);
+        let base = match joint < self.step && wanted != self.base.is_some() {
+            true => Err(Self::base_change(wanted)),
+            false => Ok(()),
+        };
+        if let Err(e) = self.check_joint_steps(joint).and(base) {
             self.cfg = old;
             return Err(TrainError::Invalid(e));
         }

@@ -27,6 +27,14 @@ impl Trainer {
     ) -> Result<StepMetrics, TrainError> {
         let t = self.step;
         let joint = self.cfg.train.steps;
+        if self.base_due() {
+            let loss = self.fit_gaussian_base()?;
+            tracing::info!(
+                step = t,
+                gaussian_loss = loss,
+                "prior refit: the network now learns the residual over N(mu, Sigma) fitted to the cloud"
+            );
+        }
         let b = r.batch_size.min(self.data.len());
         let mut rng = Stream::Refit.rng(self.cfg.seed, t);
         let (batch, ranges) = self.refit_batch(b, t, &mut rng);
@@ -75,11 +83,11 @@ impl Trainer {
             // The reported loss is the simple one under either objective, so runs compare.
             let (reported, trained) = match &reference {
                 None => {
-                    let l = mean(&self.loss.per_sample(eps, &z_s, &noise_s, &k_s)?.total)?;
+                    let l = mean(&self.loss.per_sample(&eps, &z_s, &noise_s, &k_s)?.total)?;
                     (l.clone(), l)
                 }
                 Some(r) => {
-                    let t = self.loss.per_sample_stf(eps, &z_s, &noise_s, &k_s, r)?;
+                    let t = self.loss.per_sample_stf(&eps, &z_s, &noise_s, &k_s, r)?;
                     (mean(&t.dsm.total)?, mean(&t.stf.total)?)
                 }
             };

@@ -166,7 +166,7 @@ fn stf_changes_only_thetas_gradient_to_the_stf_loss_gradient() {
     let eps = tr.eps_model().unwrap();
     let terms = tr
         .loss
-        .per_sample_stf(eps, &z0, &noise, &k, &reference)
+        .per_sample_stf(&eps, &z0, &noise, &k, &reference)
         .unwrap();
     let want = terms
         .stf
