@@ -9,6 +9,43 @@ use common::{bin, last_json, method_sets, plan, stderr, tiny};
 use ipld_data::Dataset;
 use ipld_models::Decoder;
 
+/// The decoder's output for latents `z`, in the data's units.
+fn decoded(trainer: &ipld_train::Trainer, z: &Tensor) -> Vec<f32> {
+    let mut x: Vec<f32> = trainer
+        .decoder()
+        .decode(z)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    trainer.normalizer().invert(&mut x);
+    x
+}
+
+/// `eval --latents L --samples 100` on run `run` under `cwd` succeeds and reports what it
+/// decoded, the count and a finite MMD².
+fn eval_reports(cwd: &std::path::Path, run: &str, latents: &str) {
+    let out = bin(
+        &[
+            "eval",
+            "--run",
+            run,
+            "--latents",
+            latents,
+            "--samples",
+            "100",
+            "--quiet",
+        ],
+        cwd,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = last_json(&out);
+    assert_eq!(v["latents"], latents);
+    assert_eq!(v["samples"], 100);
+    assert!(v["mmd"].as_f64().unwrap().is_finite());
+}
+
 #[test]
 fn particle_reconstructions_are_the_decoded_first_particles() {
     let tmp = tempfile::tempdir().unwrap();
@@ -34,40 +71,14 @@ fn particle_reconstructions_are_the_decoded_first_particles() {
         );
     }
     let z = Tensor::from_vec(s.latent.clone(), (7, dz), trainer.device()).unwrap();
-    let mut x: Vec<f32> = trainer
-        .decoder()
-        .decode(&z)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    trainer.normalizer().invert(&mut x);
-    assert_eq!(s.data, x);
+    assert_eq!(s.data, decoded(&trainer, &z));
     assert_eq!(trainer.data().dim(), dx);
     // More points than the data: every point once.
     let s = ipld_train::eval::decode_particles(&trainer, 10_000).unwrap();
     assert_eq!(s.data.len(), m * dx);
 
     // The command reports which latents it decoded.
-    let out = bin(
-        &[
-            "eval",
-            "--run",
-            "r",
-            "--latents",
-            "particles",
-            "--samples",
-            "100",
-            "--quiet",
-        ],
-        tmp.path(),
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v = last_json(&out);
-    assert_eq!(v["latents"], "particles");
-    assert_eq!(v["samples"], 100);
-    assert!(v["mmd"].as_f64().unwrap().is_finite());
+    eval_reports(tmp.path(), "r", "particles");
 
     // Another sampler than the run's (DDIM-20 in `tiny`), reported with the result.
     let out = bin(
@@ -167,37 +178,11 @@ fn gaussian_latents_have_the_clouds_moments() {
         }
     }
     let z = Tensor::from_vec(s.latent.clone(), (n, dz), trainer.device()).unwrap();
-    let mut x: Vec<f32> = trainer
-        .decoder()
-        .decode(&z)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    trainer.normalizer().invert(&mut x);
-    assert_eq!(s.data, x);
+    assert_eq!(s.data, decoded(&trainer, &z));
     let again = ipld_train::eval::decode_gaussian(&trainer, n, 3).unwrap();
     assert_eq!(s.latent, again.latent, "same seed, same draws");
     let other = ipld_train::eval::decode_gaussian(&trainer, n, 4).unwrap();
     assert_ne!(s.latent, other.latent, "another seed, other draws");
 
-    let out = bin(
-        &[
-            "eval",
-            "--run",
-            "g",
-            "--latents",
-            "gaussian",
-            "--samples",
-            "100",
-            "--quiet",
-        ],
-        tmp.path(),
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v = last_json(&out);
-    assert_eq!(v["latents"], "gaussian");
-    assert_eq!(v["samples"], 100);
-    assert!(v["mmd"].as_f64().unwrap().is_finite());
+    eval_reports(tmp.path(), "g", "gaussian");
 }

@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use ipld_data::{Dataset, InMemoryDataset, Normalizer};
-use ipld_diffusion::{DiffusionLoss, EpsModel, GaussianBase, NoiseSchedule, ResidualEps};
+use ipld_diffusion::{DiffusionLoss, EpsModel, GaussianBase, NoiseSchedule};
 use ipld_particles::{ParticleCloud, StepContext};
 
 use crate::collective::{Collective, single_process};
@@ -104,29 +104,23 @@ impl SamplingPrior<'_> {
             SamplingNet::Ema(n) => n,
         }
     }
+
+    /// The network with the base, as the losses see theirs.
+    fn eps(&self) -> PriorEps<'_> {
+        PriorEps {
+            net: self.net(),
+            base: self.base,
+        }
+    }
 }
 
 impl EpsModel for SamplingPrior<'_> {
     fn predict_eps(&self, z_k: &Tensor, k: &Tensor) -> candle_core::Result<Tensor> {
-        match self.base {
-            Some(base) => ResidualEps {
-                base,
-                residual: self.net(),
-            }
-            .predict_eps(z_k, k),
-            None => self.net().predict_eps(z_k, k),
-        }
+        self.eps().predict_eps(z_k, k)
     }
 
     fn predict_eps_uniform(&self, z_k: &Tensor, k: usize) -> candle_core::Result<Tensor> {
-        match self.base {
-            Some(base) => ResidualEps {
-                base,
-                residual: self.net(),
-            }
-            .predict_eps_uniform(z_k, k),
-            None => self.net().predict_eps_uniform(z_k, k),
-        }
+        self.eps().predict_eps_uniform(z_k, k)
     }
 }
 
