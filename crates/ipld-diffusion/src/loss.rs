@@ -6,7 +6,8 @@
 //! The k = 1 case of both is (1/2) ||z_0 - mu_theta,1(z_1)||^2 (eq. 35, identity variance). With
 //! z_1 = sqrt(alpha_1) z_0 + sqrt(beta_1) eps and abar_1 = alpha_1 this equals
 //! beta_1 / (2 alpha_1) ||eps - eps_theta||^2 exactly, so every case is a weight times the same
-//! squared error; the weights are tabulated once in f64.
+//! squared error; the weights are tabulated once in f64. Beside the paper's two weightings,
+//! Min-SNR-gamma (Hang et al. 2023) reweights the same squared errors toward the noisier steps.
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ use crate::forward::{gather_coef, q_sample};
 use crate::{DiffusionError, EpsModel, NoiseSchedule, ScheduleTensors};
 
 /// Which weighting of the per-timestep terms to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LossWeighting {
     /// Eq. (41): weight 1 on ||eps - eps_theta||^2 for k >= 2 (Ho et al.'s L_simple).
@@ -23,6 +24,16 @@ pub enum LossWeighting {
     Simple,
     /// Eq. (40): weight beta_k / (2 alpha_k (1 - abar_k)) for k >= 2 (the ELBO's weighting).
     LikelihoodWeighted,
+    /// Min-SNR-gamma (Hang et al. 2023, for eps-prediction): weight min(SNR_k, gamma) / SNR_k
+    /// for k >= 2, SNR_k = abar_k / (1 - abar_k) of the schedule. Eq. (41)'s weight 1 where the
+    /// schedule's SNR is at most gamma (the noisier steps), less where the latents are barely
+    /// noised. Each step's minimiser is unchanged (the same eps_theta minimises every weighting);
+    /// only how a finite network and budget share their effort between steps moves.
+    MinSnr {
+        /// The SNR cap, in the schedule's units: the data's per-coordinate variance times SNR_k
+        /// is the SNR of the latents themselves.
+        gamma: f64,
+    },
 }
 
 /// The weight on ||eps - eps_theta||^2 at 1-based timestep k.
@@ -34,6 +45,11 @@ pub fn loss_weight(schedule: &NoiseSchedule, weighting: LossWeighting, k: usize)
     match weighting {
         LossWeighting::Simple => 1.0,
         LossWeighting::LikelihoodWeighted => b / (2.0 * a * (1.0 - schedule.alpha_bar(k))),
+        LossWeighting::MinSnr { gamma } => {
+            let ab = schedule.alpha_bar(k);
+            let snr = ab / (1.0 - ab);
+            snr.min(gamma) / snr
+        }
     }
 }
 
@@ -140,8 +156,33 @@ impl DiffusionLoss {
         k: &Tensor,
     ) -> Result<LossTerms, DiffusionError> {
         let (_, pred) = self.predict(model, z0, eps, k)?;
-        let w = gather_coef(&self.weights, k, z0)?.flatten_all()?;
         let sq = (eps - pred)?.sqr()?.flatten_from(1)?.sum(1)?;
+        self.score(&sq, z0, k)
+    }
+
+    /// One forward pass scored under this loss's weighting and under `other`'s (built on the
+    /// same schedule): e.g. the simple loss to report and a reweighted one to train on.
+    pub fn per_sample_pair<M: EpsModel + ?Sized>(
+        &self,
+        other: &DiffusionLoss,
+        model: &M,
+        z0: &Tensor,
+        eps: &Tensor,
+        k: &Tensor,
+    ) -> Result<(LossTerms, LossTerms), DiffusionError> {
+        if other.alpha_bars != self.alpha_bars {
+            return Err(DiffusionError::Input(
+                "the two losses of a pair must share one schedule".into(),
+            ));
+        }
+        let (_, pred) = self.predict(model, z0, eps, k)?;
+        let sq = (eps - pred)?.sqr()?.flatten_from(1)?.sum(1)?;
+        Ok((self.score(&sq, z0, k)?, other.score(&sq, z0, k)?))
+    }
+
+    /// The loss terms from each row's squared error ||eps - eps_theta||^2 (\[B\]).
+    fn score(&self, sq: &Tensor, z0: &Tensor, k: &Tensor) -> Result<LossTerms, DiffusionError> {
+        let w = gather_coef(&self.weights, k, z0)?.flatten_all()?;
         let denoise = (sq * w)?;
         let prior = (z0.sqr()?.flatten_from(1)?.sum(1)? * self.prior_weight)?;
         Ok(LossTerms {
@@ -221,7 +262,11 @@ mod tests {
         let k = timestep_tensor(&ks, 1000, &dev).unwrap();
         let model = Scaled(Tensor::new(c as f32, &dev).unwrap());
         let abar_k = s.alpha_bar_final();
-        for weighting in [LossWeighting::Simple, LossWeighting::LikelihoodWeighted] {
+        for weighting in [
+            LossWeighting::Simple,
+            LossWeighting::LikelihoodWeighted,
+            LossWeighting::MinSnr { gamma: 5.0 },
+        ] {
             let loss = DiffusionLoss::new(&s, weighting, &dev).unwrap();
             let got: Vec<f32> = loss
                 .per_sample(&model, &z0, &eps, &k)
@@ -254,6 +299,10 @@ mod tests {
                         LossWeighting::LikelihoodWeighted => {
                             s.beta(kk) / (2.0 * s.alpha(kk) * (1.0 - ab))
                         }
+                        LossWeighting::MinSnr { gamma } => {
+                            let snr = ab / (1.0 - ab);
+                            snr.min(gamma) / snr
+                        }
                     };
                     w * se + prior
                 };
@@ -265,6 +314,77 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn min_snr_weights_match_an_independent_computation() {
+        // Reference (numpy, float64; the paper's linear betas as `schedule::linear_betas`):
+        //   K = 1000; k = np.arange(1, K + 1); b = (1 - k / K) * 1e-4 + (k / K) * 0.02
+        //   ab = np.cumprod(1 - b); snr = ab[k-1] / (1 - ab[k-1]); w = min(snr, gamma) / snr
+        let s = ScheduleConfig::default().build().unwrap();
+        let cases = [
+            (5.0, 2, 0.0012987534544022749),
+            (5.0, 100, 0.5845873169022093),
+            (5.0, 200, 1.0),
+            (0.25, 100, 0.029229365845110468),
+            (0.25, 200, 0.13070510451060588),
+            (0.25, 300, 0.3838637174649459),
+            (0.25, 500, 1.0),
+        ];
+        for (gamma, k, want) in cases {
+            let got = loss_weight(&s, LossWeighting::MinSnr { gamma }, k);
+            assert!(
+                (got - want).abs() < 1e-9 * want,
+                "gamma {gamma}, k {k}: {got} vs {want}"
+            );
+        }
+        // k = 1 keeps eq. (35)'s exact weight under every weighting.
+        let w1 = loss_weight(&s, LossWeighting::Simple, 1);
+        assert_eq!(loss_weight(&s, LossWeighting::MinSnr { gamma: 5.0 }, 1), w1);
+    }
+
+    #[test]
+    fn a_pair_scores_one_pass_as_two_losses_would() {
+        let dev = Device::Cpu;
+        let s = ScheduleConfig::default().build().unwrap();
+        let simple = DiffusionLoss::new(&s, LossWeighting::Simple, &dev).unwrap();
+        let min_snr = DiffusionLoss::new(&s, LossWeighting::MinSnr { gamma: 0.5 }, &dev).unwrap();
+        let z0 = Tensor::new(&[[0.3f32, -1.2], [2.0, 0.5], [-0.7, 0.1]], &dev).unwrap();
+        let eps = Tensor::new(&[[1.0f32, -0.5], [0.2, 0.3], [-1.1, 0.8]], &dev).unwrap();
+        let k = timestep_tensor(&[1, 150, 700], 1000, &dev).unwrap();
+        let model = Scaled(Tensor::new(0.4f32, &dev).unwrap());
+        let (a, b) = simple
+            .per_sample_pair(&min_snr, &model, &z0, &eps, &k)
+            .unwrap();
+        for (pair, alone) in [(a, &simple), (b, &min_snr)] {
+            let want: Vec<f32> = alone
+                .per_sample(&model, &z0, &eps, &k)
+                .unwrap()
+                .total
+                .to_vec1()
+                .unwrap();
+            assert_eq!(pair.total.to_vec1::<f32>().unwrap(), want);
+        }
+        // The weights differ where the schedule's SNR exceeds gamma (k = 150) and not at k = 700.
+        let (a, b) = simple
+            .per_sample_pair(&min_snr, &model, &z0, &eps, &k)
+            .unwrap();
+        let (da, db) = (
+            a.denoise.to_vec1::<f32>().unwrap(),
+            b.denoise.to_vec1::<f32>().unwrap(),
+        );
+        assert!(db[1] < 0.5 * da[1], "{da:?} {db:?}");
+        assert_eq!(da[2], db[2]);
+        // Losses on different schedules cannot be paired.
+        let other = ScheduleConfig {
+            steps: 500,
+            ..ScheduleConfig::default()
+        }
+        .build()
+        .unwrap();
+        let o = DiffusionLoss::new(&other, LossWeighting::Simple, &dev).unwrap();
+        let k2 = timestep_tensor(&[1, 2, 3], 500, &dev).unwrap();
+        assert!(simple.per_sample_pair(&o, &model, &z0, &eps, &k2).is_err());
     }
 
     #[test]

@@ -333,3 +333,93 @@ fn refit_gradient_keeps_the_joint_phase_scale() {
         );
     }
 }
+
+/// `train.prior_refit.min_snr_gamma`: the refit trains on the Min-SNR-gamma weighting and logs
+/// eq. (41)'s loss. An unbounded cap weights every step 1 (bit for bit the simple refit); a small
+/// cap logs the same first loss (same weights, same draws) but takes a smaller, different step.
+#[test]
+fn min_snr_refit_reweights_theta_and_logs_the_simple_loss() {
+    let refit_with = |gamma: Option<&str>| -> (f64, Vec<u8>, Vec<f64>) {
+        let table = match gamma {
+            None => "train.prior_refit={steps=1, batch_size=100, lr=1e-3}".to_string(),
+            Some(g) => {
+                format!("train.prior_refit={{steps=1, batch_size=100, lr=1e-3, min_snr_gamma={g}}}")
+            }
+        };
+        let cfg = with(common::tiny(20), &[table]);
+        let beta1 = cfg.train.optimizer_theta.beta1;
+        let data = ipld_train::data::load_data(&cfg).unwrap();
+        let mut t =
+            ipld_train::Trainer::new(cfg.validated("test").unwrap(), data, Device::Cpu).unwrap();
+        for _ in 0..20 {
+            t.train_step().unwrap();
+        }
+        let before = t.checkpoint_bytes().unwrap();
+        let m = t.train_step().unwrap();
+        assert!(m.prior_refit);
+        let after = t.checkpoint_bytes().unwrap();
+        let g = theta_gradient(&before, &after, beta1);
+        (m.loss, after, g)
+    };
+    let (loss, simple, g_simple) = refit_with(None);
+    let (loss_inf, unbounded, _) = refit_with(Some("1e300"));
+    assert_eq!(loss_inf, loss);
+    // The checkpoints' metadata carries the config, so compare their tensors.
+    let tensors = common::tensors_of;
+    assert!(
+        tensors(&simple) == tensors(&unbounded),
+        "an unbounded cap must be the simple refit"
+    );
+    let (loss_small, capped, g_capped) = refit_with(Some("0.01"));
+    assert_eq!(
+        loss_small, loss,
+        "the logged loss is eq. (41)'s under any cap"
+    );
+    assert!(tensors(&capped) != tensors(&simple));
+    // SNR_k > 0.01 for k below about 670 of 1,000: most steps' weights shrink.
+    let norm = |g: &[f64]| g.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let (a, b) = (norm(&g_simple), norm(&g_capped));
+    assert!(
+        b < 0.8 * a,
+        "gradient norm {b:.3e} (capped) vs {a:.3e} (simple)"
+    );
+}
+
+#[test]
+fn bad_min_snr_settings_are_named() {
+    for (sets, needle) in [
+        (
+            vec!["train.prior_refit={steps=5, batch_size=10, lr=1e-3, min_snr_gamma=0.0}"],
+            "must be a finite number > 0",
+        ),
+        (
+            vec!["train.prior_refit={steps=5, batch_size=10, lr=1e-3, min_snr_gamma=-2.0}"],
+            "must be a finite number > 0",
+        ),
+        (
+            vec![
+                "diffusion.loss=\"stf\"",
+                "train.prior_refit={steps=5, batch_size=10, lr=1e-3, min_snr_gamma=5.0}",
+            ],
+            "diffusion.loss is `stf`",
+        ),
+        (
+            vec![
+                "diffusion.loss=\"likelihood-weighted\"",
+                "train.prior_refit={steps=5, batch_size=10, lr=1e-3, min_snr_gamma=5.0}",
+            ],
+            "diffusion.loss is `likelihood-weighted`",
+        ),
+    ] {
+        let sets: Vec<String> = sets.into_iter().map(String::from).collect();
+        let e = common::tiny(5)
+            .with_overrides(&sets, "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("train.prior_refit.min_snr_gamma"),
+            "{sets:?}: {e}"
+        );
+        assert!(e.contains(needle), "{sets:?}: {e}");
+    }
+}

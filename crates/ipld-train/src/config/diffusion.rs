@@ -58,6 +58,15 @@ impl DiffusionObjective {
         }
     }
 
+    /// The name a config spells it with.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Simple => "simple",
+            Self::LikelihoodWeighted => "likelihood-weighted",
+            Self::Stf => "stf",
+        }
+    }
+
     /// Whether theta regresses on the stable target field.
     pub fn is_stf(self) -> bool {
         self == Self::Stf

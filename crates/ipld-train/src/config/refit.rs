@@ -27,6 +27,13 @@ pub struct PriorRefitConfig {
     /// methods only; absent = false (configs before this key).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gaussian_base: bool,
+    /// Train the refit on the Min-SNR-gamma weighting (`ipld_diffusion::LossWeighting::MinSnr`,
+    /// Hang et al. 2023): each step's squared error weighted by min(SNR_k, gamma) / SNR_k, with
+    /// SNR_k = abar_k / (1 - abar_k) of the schedule, so the barely-noised steps count less. The
+    /// logged loss stays eq. (41)'s, so runs compare. Needs `diffusion.loss = "simple"`; absent =
+    /// the diffusion loss's own weighting (configs before this key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_snr_gamma: Option<f64>,
 }
 
 impl PriorRefitConfig {

@@ -7,7 +7,9 @@ use std::ops::Deref;
 
 use ipld_particles::ParticleUpdate;
 
-use crate::config::{ConfigError, DecoderConfig, Method, PriorConfig, RunConfig};
+use crate::config::{
+    ConfigError, DecoderConfig, DiffusionObjective, Method, PriorConfig, RunConfig,
+};
 
 /// A [`RunConfig`] that passed [`RunConfig::validate`]: what `Trainer::new` takes, so a trainer
 /// never runs on a configuration nobody checked. Read it through `Deref`.
@@ -245,6 +247,23 @@ impl RunConfig {
                     "train.prior_refit.final_lr",
                     format!("must lie in [0, lr = {}], got {f}", r.lr),
                 ));
+            }
+            if let Some(g) = r.min_snr_gamma {
+                if !(g > 0.0 && g.is_finite()) {
+                    return Err(key(
+                        "train.prior_refit.min_snr_gamma",
+                        format!("must be a finite number > 0, got {g}"),
+                    ));
+                }
+                if self.diffusion.loss != DiffusionObjective::Simple {
+                    return Err(key(
+                        "train.prior_refit.min_snr_gamma",
+                        format!(
+                            "reweights eq. (41)'s simple loss; diffusion.loss is `{}`",
+                            self.diffusion.loss.name()
+                        ),
+                    ));
+                }
             }
             if r.gaussian_base && !self.method.uses_particles() {
                 return Err(key(

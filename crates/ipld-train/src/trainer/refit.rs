@@ -3,13 +3,14 @@
 //! end of the joint phase; AdamW on theta (its state carries over) and the EMA. Under
 //! `train.minibatches = "per-shard"` each shard draws its part of the refit batch from its own
 //! slice of the data, so the refit runs over MPI ranks too (issue 26), with the same result.
+//! `min_snr_gamma` trains it on the Min-SNR-gamma weighting of the same squared errors.
 
 use std::ops::Range;
 
 use candle_core::DType;
 use candle_core::backprop::GradStore;
 use ipld_data::Dataset;
-use ipld_diffusion::{gaussian, sample_timesteps, timestep_tensor};
+use ipld_diffusion::{DiffusionLoss, LossWeighting, gaussian, sample_timesteps, timestep_tensor};
 
 use super::exchange::{ShardShare, combine, sum_shards};
 use super::loss::{even_ranges, particle_sums, run_shards};
@@ -69,6 +70,18 @@ impl Trainer {
         // loss (eq. 64): AdamW's moments carry over, and an unscaled loss (1/gamma = 20 times
         // larger at c_KL = 0.05) made its first few hundred steps several times too long.
         let gamma = self.cfg.train.kl.gamma(joint);
+        // Tabulated per step (1,000 weights, nothing next to the network's pass) so that a
+        // resume may change the cap.
+        let reweighted = r
+            .min_snr_gamma
+            .map(|g| {
+                DiffusionLoss::new(
+                    &self.schedule,
+                    LossWeighting::MinSnr { gamma: g },
+                    &self.device,
+                )
+            })
+            .transpose()?;
         let eps = self
             .eps_model()
             .ok_or_else(|| TrainError::Invalid("a prior refit needs a prior network".into()))?;
@@ -81,12 +94,17 @@ impl Trainer {
             );
             let mean = |t: &candle_core::Tensor| t.sum_all()?.affine(1.0 / rows as f64, 0.0);
             // The reported loss is the simple one under either objective, so runs compare.
-            let (reported, trained) = match &reference {
-                None => {
+            let (reported, trained) = match (&reference, &reweighted) {
+                (None, None) => {
                     let l = mean(&self.loss.per_sample(&eps, &z_s, &noise_s, &k_s)?.total)?;
                     (l.clone(), l)
                 }
-                Some(r) => {
+                (None, Some(w)) => {
+                    let (simple, weighted) =
+                        self.loss.per_sample_pair(w, &eps, &z_s, &noise_s, &k_s)?;
+                    (mean(&simple.total)?, mean(&weighted.total)?)
+                }
+                (Some(r), _) => {
                     let t = self.loss.per_sample_stf(&eps, &z_s, &noise_s, &k_s, r)?;
                     (mean(&t.dsm.total)?, mean(&t.stf.total)?)
                 }

@@ -33,8 +33,12 @@ pub fn assert_same_checkpoints(a: &Path, b: &Path, what: &str) {
 
 /// Every tensor of a checkpoint file: name -> (shape, little-endian bytes).
 pub fn tensors(path: &Path) -> HashMap<String, (Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
+    tensors_of(&std::fs::read(path).unwrap())
+}
+
+/// [`tensors`] of a checkpoint held in memory (its metadata, e.g. the config, left out).
+pub fn tensors_of(bytes: &[u8]) -> HashMap<String, (Vec<usize>, Vec<u8>)> {
+    let st = SafeTensors::deserialize(bytes).unwrap();
     st.tensors()
         .into_iter()
         .map(|(n, v)| (n.to_string(), (v.shape().to_vec(), v.data().to_vec())))
