@@ -3,6 +3,8 @@
 //! small sets. Each point is `ipld-train eval` on the run with one sampler; the metric is FID for
 //! image runs with `eval.fid`, else the gmm mode precision or circles' ring fraction, else MMD².
 //! Writes `samplers.csv`, `guidance.csv` (gmm/circles runs) and `quality-vs-nfe.png` into --out.
+//! Rows already in --out for the same run, checkpoint step and sample count (`sweep.json`) are
+//! kept rather than re-evaluated, so a `--quick` sweep can be completed later by its costly rows.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -72,18 +74,84 @@ fn sweep(quick: bool, scale: f64) -> Vec<(&'static str, String, SamplerConfig)> 
     v
 }
 
+/// The headline metrics: name and whether lower is better.
+const METRICS: [(&str, bool); 4] = [
+    ("FID", true),
+    ("precision (within 3 sd of a mode)", false),
+    ("ring fraction", false),
+    ("MMD²", true),
+];
+
+const CSV_HEADER: &str =
+    "family,setting,nfe,metric,value,mmd,modes_covered,confident,seconds,dataset\n";
+
 /// The run's headline metric in an eval result, its name, and whether lower is better.
 fn metric(e: &serde_json::Value) -> (f64, &'static str, bool) {
-    if let Some(f) = e["fid"].as_f64() {
-        return (f, "FID", true);
+    let found = [
+        e["fid"].as_f64(),
+        e["modes"]["precision"].as_f64(),
+        e["rings"]["ring_fraction"].as_f64(),
+    ];
+    match found.iter().position(Option::is_some) {
+        Some(i) => (found[i].unwrap_or(f64::NAN), METRICS[i].0, METRICS[i].1),
+        None => (
+            e["mmd"].as_f64().unwrap_or(f64::NAN),
+            METRICS[3].0,
+            METRICS[3].1,
+        ),
     }
-    if let Some(p) = e["modes"]["precision"].as_f64() {
-        return (p, "precision (within 3 sd of a mode)", false);
+}
+
+/// One row of an earlier sweep's `samplers.csv`.
+struct Row {
+    family: String,
+    setting: String,
+    metric: String,
+    value: f64,
+    dataset: String,
+    line: String,
+}
+
+/// The rows of an earlier sweep in `out` of the same run, step and sample count (`sweep.json`
+/// equal to `identity`); none when there is no such sweep.
+fn earlier_rows(out: &Path, identity: &serde_json::Value) -> anyhow::Result<Vec<Row>> {
+    let (meta, csv) = (out.join("sweep.json"), out.join("samplers.csv"));
+    let (Ok(m), Ok(c)) = (
+        std::fs::read_to_string(&meta),
+        std::fs::read_to_string(&csv),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let same: serde_json::Value =
+        serde_json::from_str(&m).with_context(|| format!("reading {}", meta.display()))?;
+    if same != *identity || !c.starts_with(CSV_HEADER) {
+        return Ok(Vec::new());
     }
-    if let Some(r) = e["rings"]["ring_fraction"].as_f64() {
-        return (r, "ring fraction", false);
-    }
-    (e["mmd"].as_f64().unwrap_or(f64::NAN), "MMD²", true)
+    c.lines()
+        .skip(1)
+        .enumerate()
+        .map(|(i, line)| {
+            // The dataset's name is the last field, so it may hold commas.
+            let f: Vec<&str> = line.splitn(10, ',').collect();
+            anyhow::ensure!(
+                f.len() == 10,
+                "{} line {}: expected 10 fields, got {}",
+                csv.display(),
+                i + 2,
+                f.len()
+            );
+            Ok(Row {
+                family: f[0].to_string(),
+                setting: f[1].to_string(),
+                metric: f[3].to_string(),
+                value: f[4].parse().with_context(|| {
+                    format!("{} line {}: value `{}`", csv.display(), i + 2, f[4])
+                })?,
+                dataset: f[9].to_string(),
+                line: line.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Runs the sweep on `run` and writes the CSVs and the plot into `out`.
@@ -99,15 +167,40 @@ pub fn run(run: &Path, samples: usize, quick: bool, out: &Path) -> anyhow::Resul
     eprintln!(
         "prior-space latent rms {rms:.3}: the scaled Restart interval is {scale:.2} times the thesis's"
     );
+    let identity = serde_json::json!({
+        "run": std::fs::canonicalize(run)?.display().to_string(),
+        "step": trainer.step(),
+        "samples": samples,
+    });
     drop(trainer);
-    let mut csv =
-        String::from("family,setting,nfe,metric,value,mmd,modes_covered,confident,seconds\n");
+    let done = earlier_rows(out, &identity)?;
+    ipld_data::write_atomically(
+        &out.join("sweep.json"),
+        serde_json::to_string_pretty(&identity)?.as_bytes(),
+    )?;
+    let mut csv = String::from(CSV_HEADER);
     let mut points: Vec<(&'static str, f64, f64)> = Vec::new();
     let mut name = "";
     let mut lower_better = true;
     let mut dataset = String::new();
     for (family, setting, sampler) in sweep(quick, scale) {
         let nfe = sampler.sampler().evaluations(&schedule);
+        if let Some(row) = done
+            .iter()
+            .find(|r| r.family == family && r.setting == setting)
+        {
+            (name, lower_better) = METRICS
+                .iter()
+                .find(|m| m.0 == row.metric)
+                .map(|m| (m.0, m.1))
+                .unwrap_or((METRICS[0].0, METRICS[0].1));
+            dataset.clone_from(&row.dataset);
+            eprintln!("{family} {setting}: kept from {}", out.display());
+            points.push((family, nfe as f64, row.value));
+            csv.push_str(&row.line);
+            csv.push('\n');
+            continue;
+        }
         let e = ipld_train::eval_run(
             run,
             &EvalRequest {
@@ -127,11 +220,12 @@ pub fn run(run: &Path, samples: usize, quick: bool, out: &Path) -> anyhow::Resul
         let show = |x: &serde_json::Value| x.as_f64().map_or(String::new(), |f| format!("{f}"));
         writeln!(
             csv,
-            "{family},{setting},{nfe},{n},{v},{},{},{},{}",
+            "{family},{setting},{nfe},{n},{v},{},{},{},{},{}",
             show(&e["mmd"]),
             show(&e["modes"]["modes_covered"]),
             show(&e["recognisability"]["confident_fraction"]),
             show(&e["sample_seconds"]),
+            e["dataset"].as_str().unwrap_or_default(),
         )?;
         eprintln!("{family} {setting}: NFE {nfe}, {n} {v:.4}");
         points.push((family, nfe as f64, v));
@@ -258,6 +352,8 @@ fn plot(
     chart
         .configure_mesh()
         .x_desc("network evaluations (log scale)")
+        .x_labels(12)
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc(metric)
         .draw()
         .map_err(|e| err(&e))?;
@@ -287,10 +383,84 @@ fn plot(
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, identity: &serde_json::Value, rows: &[&str]) {
+        std::fs::write(dir.join("sweep.json"), identity.to_string()).unwrap();
+        let mut csv = String::from(CSV_HEADER);
+        for r in rows {
+            csv.push_str(r);
+            csv.push('\n');
+        }
+        std::fs::write(dir.join("samplers.csv"), csv).unwrap();
+    }
+
+    #[test]
+    fn earlier_rows_are_kept_only_for_the_same_run_step_and_samples() {
+        let tmp = tempfile::tempdir().unwrap();
+        let id = serde_json::json!({"run": "/r", "step": 4200, "samples": 500});
+        let row = "ddim eta 1,steps 10,10,FID,60.35,0.01,,0.4,20.7,my,data";
+        write(tmp.path(), &id, &[row]);
+        let rows = earlier_rows(tmp.path(), &id).unwrap();
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(
+            (r.family.as_str(), r.setting.as_str()),
+            ("ddim eta 1", "steps 10")
+        );
+        assert_eq!((r.metric.as_str(), r.value), ("FID", 60.35));
+        assert_eq!(r.dataset, "my,data");
+        assert_eq!(r.line, row);
+        // Another step, sample count or run: nothing is kept.
+        for other in [
+            serde_json::json!({"run": "/r", "step": 4201, "samples": 500}),
+            serde_json::json!({"run": "/r", "step": 4200, "samples": 2000}),
+            serde_json::json!({"run": "/s", "step": 4200, "samples": 500}),
+        ] {
+            assert!(earlier_rows(tmp.path(), &other).unwrap().is_empty());
+        }
+        // No earlier sweep: nothing.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(earlier_rows(empty.path(), &id).unwrap().is_empty());
+        // A damaged row is an error naming the file and line.
+        write(
+            tmp.path(),
+            &id,
+            &[row, "heun,levels 6,11,FID,oops,,,,,mnist"],
+        );
+        let e = earlier_rows(tmp.path(), &id).err().unwrap().to_string();
+        assert!(
+            e.contains("samplers.csv line 3") && e.contains("oops"),
+            "{e}"
+        );
+        write(tmp.path(), &id, &["heun,levels 6,11"]);
+        let e = earlier_rows(tmp.path(), &id).err().unwrap().to_string();
+        assert!(
+            e.contains("line 2") && e.contains("expected 10 fields"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_headline_metric_is_fid_then_modes_then_rings_then_mmd() {
+        let e = serde_json::json!({"fid": 61.5, "mmd": 0.003});
+        assert_eq!(metric(&e), (61.5, "FID", true));
+        let e = serde_json::json!({"modes": {"precision": 0.8}, "mmd": 0.003});
+        assert_eq!(metric(&e), (0.8, METRICS[1].0, false));
+        let e = serde_json::json!({"rings": {"ring_fraction": 0.9}, "mmd": 0.003});
+        assert_eq!(metric(&e), (0.9, "ring fraction", false));
+        let e = serde_json::json!({"mmd": 0.003});
+        assert_eq!(metric(&e), (0.003, "MMD²", true));
+    }
 }
