@@ -155,9 +155,7 @@ impl DiffusionLoss {
         eps: &Tensor,
         k: &Tensor,
     ) -> Result<LossTerms, DiffusionError> {
-        let (_, pred) = self.predict(model, z0, eps, k)?;
-        let sq = (eps - pred)?.sqr()?.flatten_from(1)?.sum(1)?;
-        self.score(&sq, z0, k)
+        self.score(&self.squared_error(model, z0, eps, k)?, z0, k)
     }
 
     /// One forward pass scored under this loss's weighting and under `other`'s (built on the
@@ -175,12 +173,23 @@ impl DiffusionLoss {
                 "the two losses of a pair must share one schedule".into(),
             ));
         }
-        let (_, pred) = self.predict(model, z0, eps, k)?;
-        let sq = (eps - pred)?.sqr()?.flatten_from(1)?.sum(1)?;
+        let sq = self.squared_error(model, z0, eps, k)?;
         Ok((self.score(&sq, z0, k)?, other.score(&sq, z0, k)?))
     }
 
-    /// The loss terms from each row's squared error ||eps - eps_theta||^2 (\[B\]).
+    /// Each row's ||eps - eps_theta,k(z_k)||^2 (\[B\]).
+    fn squared_error<M: EpsModel + ?Sized>(
+        &self,
+        model: &M,
+        z0: &Tensor,
+        eps: &Tensor,
+        k: &Tensor,
+    ) -> Result<Tensor, DiffusionError> {
+        let (_, pred) = self.predict(model, z0, eps, k)?;
+        Ok((eps - pred)?.sqr()?.flatten_from(1)?.sum(1)?)
+    }
+
+    /// The loss terms from each row's squared error (`squared_error`).
     fn score(&self, sq: &Tensor, z0: &Tensor, k: &Tensor) -> Result<LossTerms, DiffusionError> {
         let w = gather_coef(&self.weights, k, z0)?.flatten_all()?;
         let denoise = (sq * w)?;
@@ -356,7 +365,7 @@ mod tests {
         let (a, b) = simple
             .per_sample_pair(&min_snr, &model, &z0, &eps, &k)
             .unwrap();
-        for (pair, alone) in [(a, &simple), (b, &min_snr)] {
+        for (pair, alone) in [(&a, &simple), (&b, &min_snr)] {
             let want: Vec<f32> = alone
                 .per_sample(&model, &z0, &eps, &k)
                 .unwrap()
@@ -366,9 +375,6 @@ mod tests {
             assert_eq!(pair.total.to_vec1::<f32>().unwrap(), want);
         }
         // The weights differ where the schedule's SNR exceeds gamma (k = 150) and not at k = 700.
-        let (a, b) = simple
-            .per_sample_pair(&min_snr, &model, &z0, &eps, &k)
-            .unwrap();
         let (da, db) = (
             a.denoise.to_vec1::<f32>().unwrap(),
             b.denoise.to_vec1::<f32>().unwrap(),
