@@ -17,6 +17,7 @@ mod architecture;
 mod bench;
 #[cfg(feature = "cuda")]
 mod cuda_check;
+mod curves;
 mod fetch;
 mod fid_sanity;
 mod figure1;
@@ -131,6 +132,20 @@ enum Experiment {
         sigmas: Vec<f64>,
         /// Output directory (the committed one is docs/results/fid-sanity).
         #[arg(long, default_value = "target/experiments/fid-sanity")]
+        out: PathBuf,
+    },
+    /// Training curves of several runs side by side: the headline metric of their evaluations
+    /// during training (eval.every) against steps and against training seconds, e.g. the simple
+    /// loss against STF at equal wall time (docs/sampling.md): curves.csv, curves.png.
+    Curves {
+        /// A run directory (repeat for each run).
+        #[arg(long = "run", value_name = "DIR", required = true)]
+        runs: Vec<PathBuf>,
+        /// The runs' legend labels, one per --run in order (default: the directories' names).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Output directory.
+        #[arg(long, default_value = "target/experiments/curves")]
         out: PathBuf,
     },
     /// Quality against network evaluations for every sampler on one trained run (FID for image
@@ -303,6 +318,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                     out,
                 },
         } => samplers::run(&run, samples, quick, &out)?,
+        Command::Experiment {
+            which: Experiment::Curves { runs, labels, out },
+        } => curves::run(&runs, &labels, &out)?,
         Command::Experiment {
             which:
                 Experiment::FidSanity {

@@ -86,7 +86,7 @@ const CSV_HEADER: &str =
     "family,setting,nfe,metric,value,mmd,modes_covered,confident,seconds,dataset\n";
 
 /// The run's headline metric in an eval result, its name, and whether lower is better.
-fn metric(e: &serde_json::Value) -> (f64, &'static str, bool) {
+pub(crate) fn metric(e: &serde_json::Value) -> (f64, &'static str, bool) {
     let found = [
         e["fid"].as_f64(),
         e["modes"]["precision"].as_f64(),
@@ -365,31 +365,60 @@ fn plot(
         }
     }
     for (i, f) in families.iter().enumerate() {
-        let c = colors[i % colors.len()];
         let mut v: Vec<(f64, f64)> = points
             .iter()
             .filter(|p| p.0 == *f && p.2.is_finite())
             .map(|p| (p.1, p.2))
             .collect();
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
-        chart
-            .draw_series(LineSeries::new(v.clone(), c.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(*f)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3)));
-        chart
-            .draw_series(v.iter().map(|&p| Circle::new(p, 3, c.filled())))
-            .map_err(|e| err(&e))?;
+        labelled_line(&mut chart, &v, colors[i % colors.len()], f)?;
     }
+    legend_box(&mut chart, SeriesLabelPosition::UpperRight)?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Draws `v` as a labelled line with a dot at each point, in `colour`.
+pub(crate) fn labelled_line<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    v: &[(f64, f64)],
+    colour: RGBColor,
+    label: &str,
+) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {label}: {e}");
+    chart
+        .draw_series(LineSeries::new(v.to_vec(), colour.stroke_width(2)))
+        .map_err(|e| err(&e))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(3)));
+    chart
+        .draw_series(v.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+        .map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Draws the series' legend in a bordered box at `position`.
+pub(crate) fn legend_box<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+        .map_err(|e| anyhow::anyhow!("drawing the legend: {e}"))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 mod conv;
 mod conv_decoder;
+mod conv_eps;
 mod decoder;
 mod dense;
 mod dit;
@@ -14,6 +15,7 @@ mod mlp;
 
 pub use conv::{conv2d, conv2d_im2col};
 pub use conv_decoder::{Conv, ConvDecoder, ConvDecoderConfig, ConvEncoder};
+pub use conv_eps::{ConvEps, ConvEpsConfig};
 pub use decoder::{Decoder, LinearDecoder, LinearDecoderConfig, gaussian_nll};
 pub use dense::{Activation, dense, dense_reference, on_this_thread};
 pub use dit::{Dit, DitConfig, sincos_2d};

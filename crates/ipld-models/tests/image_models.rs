@@ -6,8 +6,8 @@ use candle_nn::{VarBuilder, VarMap};
 use ipld_diffusion::EpsModel;
 use ipld_gradcheck::{FdConfig, assert_gradients_flow, check_finite_differences};
 use ipld_models::{
-    ConvDecoder, ConvDecoderConfig, ConvEncoder, Decoder, Dit, DitConfig, InitRule, gaussian_nll,
-    seeded_init_with, sincos_2d,
+    ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEps, ConvEpsConfig, Decoder, Dit, DitConfig,
+    InitRule, gaussian_nll, seeded_init_with, sincos_2d,
 };
 
 fn named(vars: &VarMap) -> Vec<(String, Var)> {
@@ -399,4 +399,91 @@ fn lean_convolution_rejects_mismatched_shapes() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("bias shape"), "{e}");
+}
+
+fn tiny_conv_eps() -> ConvEpsConfig {
+    ConvEpsConfig {
+        channels: 2,
+        size: 3,
+        width: 4,
+        blocks: 2,
+        groups: 2,
+        frequency_dim: 6,
+    }
+}
+
+#[test]
+fn conv_eps_gradients_flow_and_match_finite_differences() {
+    let dev = Device::Cpu;
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F64, &dev);
+    let cfg = tiny_conv_eps();
+    let net = ConvEps::new(&cfg, vb).unwrap();
+    // The zero-initialised convolutions would give exactly-zero gradients to everything behind
+    // them, so the gradient test starts from a dense random point.
+    seeded_init_with(&vars, 3, |_, _| InitRule::Normal(0.5)).unwrap();
+    let d = cfg.latent_dim();
+    let z = Var::from_tensor(&seq(3 * d, 1.0, &dev).reshape((3, d)).unwrap()).unwrap();
+    let target = seq(3 * d, 0.5, &dev).reshape((3, d)).unwrap();
+    let k = Tensor::new(&[1u32, 40, 999], &dev).unwrap();
+    let mut all = named(&vars);
+    let n = all.len();
+    all.push(("z".into(), z));
+    let f = |v: &[Tensor]| -> candle_core::Result<Tensor> {
+        (net.predict_eps(&v[n], &k)? - &target)?.sqr()?.mean_all()
+    };
+    let refs: Vec<(&str, Var)> = all.iter().map(|(s, v)| (s.as_str(), v.clone())).collect();
+    // Per block: 2 norms, 2 convs and the modulation linear (weight and bias each); plus the
+    // 2 timestep linears, conv_in, norm_out and conv_out.
+    assert_eq!(n, 2 * (2 * 5 + 5));
+    assert_gradients_flow(&f, &refs).unwrap();
+    let report = check_finite_differences(
+        &f,
+        &refs,
+        &FdConfig {
+            max_entries_per_var: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(report.checked > 170, "{}", report.checked);
+}
+
+#[test]
+fn conv_eps_starts_at_zero_keeps_shapes_and_shares_one_timestep() {
+    let dev = Device::Cpu;
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, &dev);
+    let cfg = tiny_conv_eps();
+    let net = ConvEps::new(&cfg, vb).unwrap();
+    ConvEps::init(&vars, 0).unwrap();
+    let z = seq(2 * 18, 1.0, &dev)
+        .to_dtype(DType::F32)
+        .unwrap()
+        .reshape((2, 2, 3, 3))
+        .unwrap();
+    let out = net.predict_eps_uniform(&z, 500).unwrap();
+    assert_eq!(out.dims(), &[2, 2, 3, 3]);
+    // conv_out starts at zero, so the initial prediction is exactly 0.
+    let v: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(v.iter().all(|x| *x == 0.0));
+    // From a dense point: flat input gives the flat output, and one shared timestep equals the
+    // per-row path with that timestep repeated.
+    seeded_init_with(&vars, 1, |_, _| InitRule::Normal(0.3)).unwrap();
+    let flat = z.reshape((2, 18)).unwrap();
+    let shared = net.predict_eps_uniform(&flat, 37).unwrap();
+    assert_eq!(shared.dims(), &[2, 18]);
+    let rows = net
+        .predict_eps(&flat, &Tensor::new(&[37u32, 37], &dev).unwrap())
+        .unwrap();
+    assert!(max_abs(&(shared - &rows).unwrap()) < 1e-6);
+    assert!(max_abs(&rows) > 1e-3);
+    // Bad shapes are refused when the network is built.
+    let bad = ConvEpsConfig { groups: 3, ..cfg };
+    let e = ConvEps::new(
+        &bad,
+        VarBuilder::from_varmap(&VarMap::new(), DType::F32, &dev),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("groups"), "{e}");
 }

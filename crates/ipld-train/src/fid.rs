@@ -262,16 +262,14 @@ pub fn fid_of_samples(
     let net = InceptionV3::load(&weights, &Device::Cpu).map_err(|e| RunError::eval(&weights, e))?;
     let n_ref = cfg.eval.reference_points.min(trainer.data().len());
     let src = resolve_image_path(src);
-    let key = format!(
-        "{}-{}-{n_ref}-seed{}-{:016x}",
-        cfg.data.name(),
-        shape
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("x"),
-        cfg.seed,
-        fnv1a(src.path().display().to_string().as_bytes())
+    // The same training points as the MMD reference (a seeded subset when fewer).
+    let idx = reference_indices(trainer);
+    let key = reference_stats_key(
+        &cfg.data.name(),
+        &shape,
+        src.path(),
+        cfg.data.max_points,
+        &idx,
     );
     let cache = ipld_data::default_data_dir()
         .join("fid-stats")
@@ -279,8 +277,6 @@ pub fn fid_of_samples(
     let real = match GaussianStats::load(&cache) {
         Ok(s) if s.count == n_ref => s,
         _ => {
-            // The same training points as the MMD reference (a seeded subset when fewer).
-            let idx = reference_indices(trainer);
             let data = load_images(&src, cfg.data.max_points)?.select(&idx)?;
             let s = image_stats(&net, &data, n_ref, 50, progress, "FID reference")?;
             if let Some(parent) = cache.parent() {
@@ -294,9 +290,71 @@ pub fn fid_of_samples(
     frechet_distance(&real, &fake).map_err(|e| RunError::eval(dir, e))
 }
 
+/// The cache name of a reference set's statistics. It hashes the file, `data.max_points` and the
+/// chosen indices: runs on other subsets of one file (another `max_points`, seed or
+/// `eval.reference_points`) must not share statistics.
+fn reference_stats_key(
+    name: &str,
+    shape: &[usize],
+    path: &Path,
+    max_points: usize,
+    idx: &[usize],
+) -> String {
+    let mut id = path.display().to_string().into_bytes();
+    id.extend_from_slice(&(max_points as u64).to_le_bytes());
+    for &i in idx {
+        id.extend_from_slice(&(i as u64).to_le_bytes());
+    }
+    let shape: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!(
+        "{name}-{}-{}-{:016x}",
+        shape.join("x"),
+        idx.len(),
+        fnv1a(&id)
+    )
+}
+
 /// FNV-1a, 64 bit: a stable short hash for cache file names.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_stats_key_separates_subsets_of_one_file() {
+        let path = Path::new("/data/mnist5k/mnist_5k.csv.gz");
+        let shape = [1, 28, 28];
+        let every_fifth: Vec<usize> = (0..1000).map(|i| i * 5).collect();
+        let seeded: Vec<usize> = (0..1000).map(|i| i * 5 + 1).collect();
+        let base = reference_stats_key("mnist_5k", &shape, path, 1000, &every_fifth);
+        assert_eq!(
+            base,
+            reference_stats_key("mnist_5k", &shape, path, 1000, &every_fifth)
+        );
+        assert!(base.starts_with("mnist_5k-1x28x28-1000-"), "{base}");
+        // Another `max_points` with the same positions, other positions, another file.
+        assert_ne!(
+            base,
+            reference_stats_key("mnist_5k", &shape, path, 5000, &every_fifth)
+        );
+        assert_ne!(
+            base,
+            reference_stats_key("mnist_5k", &shape, path, 1000, &seeded)
+        );
+        assert_ne!(
+            base,
+            reference_stats_key(
+                "mnist_5k",
+                &shape,
+                Path::new("/other.csv"),
+                1000,
+                &every_fifth
+            )
+        );
+    }
 }

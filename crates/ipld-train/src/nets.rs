@@ -1,5 +1,5 @@
 //! The networks a run is made of, chosen by the config: the prior's epsilon-network (the MLP of
-//! Appendix B.1 or the DiT of B.2), the decoder g_phi (linear, or the LDM convolutional decoder of
+//! Appendix B.1, the DiT of B.2, or residual convolutions at the latent's resolution), the decoder g_phi (linear, or the LDM convolutional decoder of
 //! Table 2) and DiffusionVAE's encoder (linear, or the mirrored convolutional encoder). Each enum
 //! forwards to the concrete network, so the trainer and samplers see one type per role.
 
@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use candle_nn::{VarBuilder, VarMap};
 use ipld_diffusion::EpsModel;
 use ipld_models::{
-    ConvDecoder, ConvEncoder, Decoder, Dit, LinearDecoder, LinearGaussianEncoder, MlpEps,
+    ConvDecoder, ConvEncoder, ConvEps, Decoder, Dit, LinearDecoder, LinearGaussianEncoder, MlpEps,
     ModelError,
 };
 
@@ -19,6 +19,8 @@ pub enum PriorNet {
     Mlp(MlpEps),
     /// DiT with adaLN-Zero (B.2).
     Dit(Dit),
+    /// Residual convolutions at the latent's resolution.
+    Conv(ConvEps),
 }
 
 impl PriorNet {
@@ -37,6 +39,11 @@ impl PriorNet {
                 Dit::init(vars, seed)?;
                 Self::Dit(net)
             }
+            PriorConfig::Conv(c) => {
+                let net = ConvEps::new(c, vb)?;
+                ConvEps::init(vars, seed)?;
+                Self::Conv(net)
+            }
             PriorConfig::Mlp(m) => {
                 let net = MlpEps::new(m, dz, vb)?;
                 ipld_models::seeded_init(vars, seed)?;
@@ -50,6 +57,7 @@ impl PriorNet {
         match self {
             Self::Mlp(m) => m.output_layer(),
             Self::Dit(_) => Dit::OUTPUT_LAYER.to_string(),
+            Self::Conv(_) => ConvEps::OUTPUT_LAYER.to_string(),
         }
     }
 }
@@ -59,6 +67,7 @@ impl EpsModel for PriorNet {
         match self {
             Self::Mlp(m) => m.predict_eps(z_k, k),
             Self::Dit(m) => m.predict_eps(z_k, k),
+            Self::Conv(m) => m.predict_eps(z_k, k),
         }
     }
 
@@ -66,6 +75,7 @@ impl EpsModel for PriorNet {
         match self {
             Self::Mlp(m) => m.predict_eps_uniform(z_k, k),
             Self::Dit(m) => m.predict_eps_uniform(z_k, k),
+            Self::Conv(m) => m.predict_eps_uniform(z_k, k),
         }
     }
 }

@@ -43,7 +43,8 @@ pub struct RunSummary {
     pub steps_this_invocation: u64,
     /// Seed.
     pub seed: u64,
-    /// Wall-clock seconds of this invocation's training loop.
+    /// Wall-clock seconds of this invocation's training loop, without the evaluations during
+    /// training (`eval.every`) and the cloud pictures (`eval.cloud_epochs`).
     pub train_seconds: f64,
     /// This invocation's training steps per second.
     pub steps_per_second: f64,
@@ -132,12 +133,16 @@ pub fn run_on(plan: RunPlan, comm: Arc<dyn Collective>) -> Result<Option<RunSumm
         record.finish(trainer.step(), outcome);
         record.write(&dir)?;
     }
-    let Trained { last, first_loss } = trained?;
+    let Trained {
+        last,
+        first_loss,
+        paused,
+    } = trained?;
     if let Some(w) = loss_explosion(&dir.join(METRICS_FILE), first_loss) {
         tracing::warn!("{w}");
         warnings.push(w);
     }
-    let train_seconds = start.elapsed().as_secs_f64();
+    let train_seconds = start.elapsed().saturating_sub(paused).as_secs_f64();
     let steps_now = trainer.step() - first;
     report_memory(&trainer, plan.progress);
 
@@ -319,6 +324,8 @@ fn train(trainer: &mut Trainer, dir: &Path, progress: Progress) -> Result<Traine
     let start = Instant::now();
     let before = logged_train_seconds(&metrics_path);
     let mut previous = (first, 0.0);
+    // Time spent on evaluations and cloud pictures, left out of the logged training seconds.
+    let mut paused = std::time::Duration::ZERO;
     let mut last: Option<StepMetrics> = None;
     let mut first_loss = None;
     let per_epoch = trainer.batching().1;
@@ -330,7 +337,9 @@ fn train(trainer: &mut Trainer, dir: &Path, progress: Progress) -> Result<Traine
     let _deferred = interrupt::TrainingGuard::new();
     while trainer.step() < total {
         if snapshot_due(trainer.step()) {
+            let t = Instant::now();
             pictures::cloud_snapshot(trainer, trainer.step() / per_epoch, dir, root)?;
+            paused += t.elapsed();
         }
         let m = match trainer.train_step() {
             Ok(m) => m,
@@ -353,7 +362,7 @@ fn train(trainer: &mut Trainer, dir: &Path, progress: Progress) -> Result<Traine
         };
         let done = m.step + 1;
         if done.is_multiple_of(cfg.train.log_every) || done == total {
-            let seconds = start.elapsed().as_secs_f64();
+            let seconds = start.elapsed().saturating_sub(paused).as_secs_f64();
             let rate = (done - previous.0) as f64 / (seconds - previous.1).max(1e-9);
             previous = (done, seconds);
             let line = metrics_line(
@@ -381,8 +390,10 @@ fn train(trainer: &mut Trainer, dir: &Path, progress: Progress) -> Result<Traine
             if let Some(b) = &bar {
                 b.set_message(format!("evaluating at step {done}"));
             }
+            let t = Instant::now();
             let line = periodic::evaluate(trainer, dir, progress)?;
             writeln!(metrics, "{line}").map_err(|e| RunError::io(&metrics_path, e))?;
+            paused += t.elapsed();
         }
         if let Some(b) = &bar {
             b.set_position(done);
@@ -423,15 +434,22 @@ fn train(trainer: &mut Trainer, dir: &Path, progress: Progress) -> Result<Traine
         b.finish();
     }
     if snapshot_due(trainer.step()) {
+        let t = Instant::now();
         pictures::cloud_snapshot(trainer, trainer.step() / per_epoch, dir, root)?;
+        paused += t.elapsed();
     }
-    Ok(Trained { last, first_loss })
+    Ok(Trained {
+        last,
+        first_loss,
+        paused,
+    })
 }
 
-/// What the training loop hands back: the last step's metrics and this invocation's first loss.
+/// The loop's last step metrics, this invocation's first loss, and its time spent not training.
 struct Trained {
     last: Option<StepMetrics>,
     first_loss: Option<f64>,
+    paused: std::time::Duration,
 }
 
 /// Image runs: the sample grid (`samples.png`, 8 x 8), the interpolation picture and, with

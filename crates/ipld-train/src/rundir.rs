@@ -171,9 +171,11 @@ pub fn open_run(dir: &Path, overrides: &[String]) -> Result<Trainer, RunError> {
 /// Wall-clock fields of a metrics line.
 #[derive(Debug, Clone, Copy)]
 pub struct LineClock {
-    /// Seconds since this invocation's training loop began.
+    /// Seconds since this invocation's training loop began, less the time its evaluations during
+    /// training and cloud pictures took.
     pub seconds: f64,
-    /// Training seconds summed over every invocation of the run (resumes add to it).
+    /// Training seconds (as `seconds`) summed over every invocation of the run (resumes add to
+    /// it).
     pub train_seconds_total: f64,
     /// Steps per second since the previous line.
     pub steps_per_second: f64,

@@ -100,6 +100,41 @@ fn kept_checkpoints_roll_back_and_the_run_continues_exactly() {
     );
 }
 
+/// The training clocks (each line's `train_seconds_total`, the summary's `train_seconds`) leave
+/// out the evaluations during training, so runs that evaluate often compare with runs that do not
+/// at equal training time. The evaluations here (4,000 samples each, after every logged line)
+/// take far longer than the 20 small steps: counted in, the clocks plus the evaluations' own
+/// seconds would exceed the wall time around the run by about three evaluations.
+#[test]
+fn training_clocks_leave_out_evaluations_during_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("r");
+    let cfg = with(tiny(20), &["eval.every=5", "eval.every_samples=4000"]);
+    let start = std::time::Instant::now();
+    ipld_train::run(plan(cfg, &dir, false)).unwrap();
+    let wall = start.elapsed().as_secs_f64();
+    let lines = json_lines(&dir.join("metrics.jsonl"));
+    let evals: f64 = lines
+        .iter()
+        .filter(|l| l["phase"] == "eval")
+        .map(|l| l["seconds"].as_f64().unwrap())
+        .sum();
+    let last = lines.iter().rfind(|l| l["phase"] == "joint").unwrap();
+    let logged = last["train_seconds_total"].as_f64().unwrap();
+    assert_eq!(last["seconds"].as_f64().unwrap(), logged, "one invocation");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let train = summary["train_seconds"].as_f64().unwrap();
+    assert!(
+        evals > 0.0 && logged > 0.0 && logged <= train,
+        "{logged} {train}"
+    );
+    assert!(
+        train + evals <= wall,
+        "train_seconds {train} + evaluations {evals} > wall {wall}: evaluations counted as training"
+    );
+}
+
 #[test]
 fn evaluation_during_training_is_logged_drawn_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();

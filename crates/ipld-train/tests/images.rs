@@ -242,6 +242,49 @@ fn diffusion_vae_uses_the_convolutional_encoder() {
     assert!(m.1.iter().any(|&b| b != 0));
 }
 
+/// The convolutional prior (`model.prior.type = "conv"`) in a full image run: it trains (its
+/// zero-initialised output layer and every block move), resumes bit for bit, and a latent that
+/// does not match `data.latent_dim` is named.
+#[test]
+fn convolutional_prior_trains_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("bars.csv");
+    write_csv(&csv);
+    let prior = "model.prior={type=\"conv\", channels=2, size=2, width=4, blocks=2, groups=2, \
+                 frequency_dim=8}";
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let s = run(plan(config(&csv, 12, &[prior]), &a, false)).unwrap();
+    assert!(s.mmd.is_finite());
+    run(plan(config(&csv, 7, &[prior]), &b, false)).unwrap();
+    run(plan(config(&csv, 12, &[prior]), &b, true)).unwrap();
+    let (ca, cb) = (checkpoint(&a), checkpoint(&b));
+    for name in [
+        "conv_out.weight",
+        "blocks.0.conv2.weight",
+        "blocks.1.conv2.weight",
+    ] {
+        let (_, bytes) = ca
+            .iter()
+            .find(|(n, _)| n.starts_with("theta/eps.") && n.ends_with(name))
+            .unwrap_or_else(|| panic!("{name} is checkpointed"));
+        assert!(bytes.iter().any(|&x| x != 0), "{name} left its zero start");
+    }
+    assert_eq!(ca.len(), cb.len());
+    for ((na, da), (nb, db)) in ca.iter().zip(&cb) {
+        assert_eq!(na, nb);
+        assert!(da == db, "tensor {na} differs after resume");
+    }
+    let sets = vec!["model.prior.size=3".to_string()];
+    let e = config(&csv, 4, &[prior])
+        .with_overrides(&sets, "t")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("convolutional prior") && e.contains("data.latent_dim"),
+        "{e}"
+    );
+}
+
 #[test]
 fn image_configs_name_what_does_not_fit() {
     let tmp = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use ipld_data::SyntheticKind;
 use ipld_diffusion::{EmaConfig, GuidanceConfig, SamplerConfig};
 use ipld_eval::MmdConfig;
-use ipld_models::{ConvDecoderConfig, DitConfig, LinearDecoderConfig, MlpEpsConfig};
+use ipld_models::{ConvDecoderConfig, ConvEpsConfig, DitConfig, LinearDecoderConfig, MlpEpsConfig};
 use ipld_particles::{KlAnnealing, NoiseGenerator, NoiseScale, StepSizeSchedule, UpdateConfig};
 use serde::{Deserialize, Serialize};
 
@@ -163,8 +163,9 @@ impl DataConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// The epsilon-network of the latent prior: `{ type = "mlp", ... }` (Appendix B.1) or
-    /// `{ type = "dit", ... }` (B.2; its latent C x H x W must equal `data.latent_dim`).
+    /// The epsilon-network of the latent prior: `{ type = "mlp", ... }` (Appendix B.1),
+    /// `{ type = "dit", ... }` (B.2) or `{ type = "conv", ... }` (residual convolutions); the
+    /// last two take a latent C x H x W that must equal `data.latent_dim`.
     pub prior: PriorConfig,
     /// The Gaussian decoder p_phi(x | z) = N(g_phi(z), sigma² I): `{ type = "linear", ... }`
     /// (B.1) or `{ type = "conv", ... }` (the LDM decoder of Table 2, image data only).
@@ -180,6 +181,9 @@ pub enum PriorConfig {
     Mlp(MlpEpsConfig),
     /// DiT with adaLN-Zero (B.2, Table 2: DiT-S).
     Dit(DitConfig),
+    /// Residual convolutions at the latent's resolution with scale-shift timestep modulation
+    /// (the DDPM / ADM U-Net's blocks; image latents only).
+    Conv(ConvEpsConfig),
 }
 
 /// The decoder g_phi (`model.decoder`).

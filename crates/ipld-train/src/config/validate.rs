@@ -416,6 +416,23 @@ impl RunConfig {
             PriorConfig::Mlp(mlp) => mlp
                 .validate()
                 .map_err(|e| invalid(e.under("model.prior").to_string()))?,
+            PriorConfig::Conv(c) => {
+                c.validate()
+                    .map_err(|e| invalid(e.under("model.prior").to_string()))?;
+                if c.latent_dim() != dz {
+                    return Err(key(
+                        "model.prior",
+                        format!(
+                            "the convolutional prior's latent {} x {} x {} = {} values, but \
+                             data.latent_dim = {dz}",
+                            c.channels,
+                            c.size,
+                            c.size,
+                            c.latent_dim(),
+                        ),
+                    ));
+                }
+            }
             PriorConfig::Dit(dit) => {
                 dit.validate()
                     .map_err(|e| invalid(e.under("model.prior").to_string()))?;
