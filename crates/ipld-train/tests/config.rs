@@ -145,9 +145,15 @@ fn old_layout_files_read_as_todays_presets() {
             // They predate `train.minibatches` too: they drew from the whole data.
             "train.minibatches=whole-data".into(),
         ];
-        // mnist5k's evaluation moved from DDIM eta 0 to eta 1 (2026-12-07).
+        // mnist5k's evaluation moved from DDIM eta 0 to eta 1 (2026-12-07), and its prior from
+        // the DiT to the convolutional eps-network (2026-12-07).
         if name == "mnist5k" {
             sets.push("eval.sampler.eta=0".into());
+            sets.push(
+                "model.prior={type=\"dit\", channels=4, size=7, patch=1, hidden=128, depth=4, \
+                 heads=4, mlp_ratio=4, frequency_dim=256}"
+                    .into(),
+            );
         }
         if name == "gmm" {
             sets.extend([
