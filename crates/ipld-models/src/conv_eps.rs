@@ -14,13 +14,14 @@
 //! Every op has an exact backward in candle 0.11 (GroupNorm is composed from primitives; the
 //! convolutions are [`crate::conv2d`]).
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use candle_nn::{GroupNorm, Linear, Module, VarBuilder, VarMap};
 use ipld_diffusion::EpsModel;
 use serde::{Deserialize, Serialize};
 
 use crate::conv_decoder::Conv;
-use crate::{InitRule, ModelError, seeded_init_with, sinusoidal_embedding, sinusoidal_frequencies};
+use crate::embedding::{embed_like, embed_one_like};
+use crate::{InitRule, ModelError, seeded_init_with, sinusoidal_frequencies};
 
 /// Shape of the convolutional epsilon-network. The latent is [channels, size, size]; particles
 /// store it flattened (CHW).
@@ -181,14 +182,11 @@ impl ConvEps {
 
 impl EpsModel for ConvEps {
     fn predict_eps(&self, z_k: &Tensor, k: &Tensor) -> candle_core::Result<Tensor> {
-        let emb = sinusoidal_embedding(k, &self.freqs, DType::F32)?.to_dtype(z_k.dtype())?;
-        self.forward_with_embedding(z_k, &emb)
+        self.forward_with_embedding(z_k, &embed_like(k, &self.freqs, z_k)?)
     }
 
     fn predict_eps_uniform(&self, z_k: &Tensor, k: usize) -> candle_core::Result<Tensor> {
         // One embedding row for the whole batch, broadcast over it inside each block.
-        let one = Tensor::new(&[k as u32], z_k.device())?;
-        let emb = sinusoidal_embedding(&one, &self.freqs, DType::F32)?.to_dtype(z_k.dtype())?;
-        self.forward_with_embedding(z_k, &emb)
+        self.forward_with_embedding(z_k, &embed_one_like(k, &self.freqs, z_k)?)
     }
 }

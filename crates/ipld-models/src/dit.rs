@@ -7,12 +7,13 @@
 //! (DiT's norms have no affine parameters), attention uses `ops::softmax(_, D::Minus1)`, not
 //! the fused kernels that record no gradient, and GELU is composed so its gradient is exact.
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{D, Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder, VarMap};
 use ipld_diffusion::EpsModel;
 use serde::{Deserialize, Serialize};
 
-use crate::{InitRule, ModelError, seeded_init_with, sinusoidal_embedding, sinusoidal_frequencies};
+use crate::embedding::{embed_like, embed_one_like};
+use crate::{InitRule, ModelError, seeded_init_with, sinusoidal_frequencies};
 
 /// DiT shape. The latent is [channels, size, size]; particles store it flattened (CHW).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -288,13 +289,10 @@ impl Dit {
 
 impl EpsModel for Dit {
     fn predict_eps(&self, z_k: &Tensor, k: &Tensor) -> candle_core::Result<Tensor> {
-        let emb = sinusoidal_embedding(k, &self.freqs, DType::F32)?.to_dtype(z_k.dtype())?;
-        self.forward_with_embedding(z_k, &emb)
+        self.forward_with_embedding(z_k, &embed_like(k, &self.freqs, z_k)?)
     }
 
     fn predict_eps_uniform(&self, z_k: &Tensor, k: usize) -> candle_core::Result<Tensor> {
-        let one = Tensor::new(&[k as u32], z_k.device())?;
-        let emb = sinusoidal_embedding(&one, &self.freqs, DType::F32)?.to_dtype(z_k.dtype())?;
-        self.forward_with_embedding(z_k, &emb)
+        self.forward_with_embedding(z_k, &embed_one_like(k, &self.freqs, z_k)?)
     }
 }

@@ -22,6 +22,20 @@ pub fn sinusoidal_embedding(
     Tensor::cat(&[args.sin()?, args.cos()?], 1)?.to_dtype(dtype)
 }
 
+/// The embedding of the timesteps `k` \[B\] in `like`'s dtype, as an eps-network conditions on it.
+pub(crate) fn embed_like(k: &Tensor, freqs: &Tensor, like: &Tensor) -> candle_core::Result<Tensor> {
+    sinusoidal_embedding(k, freqs, DType::F32)?.to_dtype(like.dtype())
+}
+
+/// One row [1, dim] for a timestep `k` shared by a whole batch (broadcast by the network).
+pub(crate) fn embed_one_like(
+    k: usize,
+    freqs: &Tensor,
+    like: &Tensor,
+) -> candle_core::Result<Tensor> {
+    embed_like(&Tensor::new(&[k as u32], like.device())?, freqs, like)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

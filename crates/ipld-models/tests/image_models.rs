@@ -46,6 +46,35 @@ fn seq(n: usize, scale: f64, dev: &Device) -> Tensor {
     Tensor::from_vec(v, n, dev).unwrap()
 }
 
+/// An eps-network's regression loss on 3 latents at k = 1, 40, 999: every tensor in `vars` and
+/// the input get a finite, non-zero gradient that matches finite differences (at most `entries`
+/// per tensor); returns (tensors in `vars`, entries checked). `vars` must hold a dense point:
+/// zero-initialised layers would give exactly-zero gradients to everything behind them.
+fn eps_gradients<M: EpsModel>(net: &M, vars: &VarMap, d: usize, entries: usize) -> (usize, usize) {
+    let dev = Device::Cpu;
+    let z = Var::from_tensor(&seq(3 * d, 1.0, &dev).reshape((3, d)).unwrap()).unwrap();
+    let target = seq(3 * d, 0.5, &dev).reshape((3, d)).unwrap();
+    let k = Tensor::new(&[1u32, 40, 999], &dev).unwrap();
+    let mut all = named(vars);
+    let n = all.len();
+    all.push(("z".into(), z));
+    let f = |v: &[Tensor]| -> candle_core::Result<Tensor> {
+        (net.predict_eps(&v[n], &k)? - &target)?.sqr()?.mean_all()
+    };
+    let refs: Vec<(&str, Var)> = all.iter().map(|(s, v)| (s.as_str(), v.clone())).collect();
+    assert_gradients_flow(&f, &refs).unwrap();
+    let report = check_finite_differences(
+        &f,
+        &refs,
+        &FdConfig {
+            max_entries_per_var: entries,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (n, report.checked)
+}
+
 #[test]
 fn dit_gradients_flow_and_match_finite_differences() {
     let dev = Device::Cpu;
@@ -54,34 +83,13 @@ fn dit_gradients_flow_and_match_finite_differences() {
         let vb = VarBuilder::from_varmap(&vars, DType::F64, &dev);
         let cfg = tiny_dit(patch);
         let net = Dit::new(&cfg, vb).unwrap();
-        // adaLN-Zero would give exactly-zero gradients to everything behind the zero gates, so
-        // the gradient test starts from a dense random point.
+        // adaLN-Zero's zero gates: start from a dense random point.
         seeded_init_with(&vars, 5, |_, _| InitRule::Normal(0.4)).unwrap();
-        let d = cfg.latent_dim();
-        let z = Var::from_tensor(&seq(3 * d, 1.0, &dev).reshape((3, d)).unwrap()).unwrap();
-        let target = seq(3 * d, 0.5, &dev).reshape((3, d)).unwrap();
-        let k = Tensor::new(&[1u32, 40, 999], &dev).unwrap();
-        let mut all = named(&vars);
-        let n = all.len();
-        all.push(("z".into(), z));
-        let f = |v: &[Tensor]| -> candle_core::Result<Tensor> {
-            (net.predict_eps(&v[n], &k)? - &target)?.sqr()?.mean_all()
-        };
-        let refs: Vec<(&str, Var)> = all.iter().map(|(s, v)| (s.as_str(), v.clone())).collect();
+        let (n, checked) = eps_gradients(&net, &vars, cfg.latent_dim(), 6);
         // 2 blocks x 5 linears + x_embed, 2 timestep linears, final adaLN and linear, each
         // with a bias.
         assert_eq!(n, 2 * (2 * 5 + 1 + 2 + 2));
-        assert_gradients_flow(&f, &refs).unwrap();
-        let report = check_finite_differences(
-            &f,
-            &refs,
-            &FdConfig {
-                max_entries_per_var: 6,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert!(report.checked > 150, "{}", report.checked);
+        assert!(checked > 150, "{checked}");
     }
 }
 
@@ -419,34 +427,13 @@ fn conv_eps_gradients_flow_and_match_finite_differences() {
     let vb = VarBuilder::from_varmap(&vars, DType::F64, &dev);
     let cfg = tiny_conv_eps();
     let net = ConvEps::new(&cfg, vb).unwrap();
-    // The zero-initialised convolutions would give exactly-zero gradients to everything behind
-    // them, so the gradient test starts from a dense random point.
+    // The zero-initialised convolutions: start from a dense random point.
     seeded_init_with(&vars, 3, |_, _| InitRule::Normal(0.5)).unwrap();
-    let d = cfg.latent_dim();
-    let z = Var::from_tensor(&seq(3 * d, 1.0, &dev).reshape((3, d)).unwrap()).unwrap();
-    let target = seq(3 * d, 0.5, &dev).reshape((3, d)).unwrap();
-    let k = Tensor::new(&[1u32, 40, 999], &dev).unwrap();
-    let mut all = named(&vars);
-    let n = all.len();
-    all.push(("z".into(), z));
-    let f = |v: &[Tensor]| -> candle_core::Result<Tensor> {
-        (net.predict_eps(&v[n], &k)? - &target)?.sqr()?.mean_all()
-    };
-    let refs: Vec<(&str, Var)> = all.iter().map(|(s, v)| (s.as_str(), v.clone())).collect();
+    let (n, checked) = eps_gradients(&net, &vars, cfg.latent_dim(), 8);
     // Per block: 2 norms, 2 convs and the modulation linear (weight and bias each); plus the
     // 2 timestep linears, conv_in, norm_out and conv_out.
     assert_eq!(n, 2 * (2 * 5 + 5));
-    assert_gradients_flow(&f, &refs).unwrap();
-    let report = check_finite_differences(
-        &f,
-        &refs,
-        &FdConfig {
-            max_entries_per_var: 8,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert!(report.checked > 170, "{}", report.checked);
+    assert!(checked > 170, "{checked}");
 }
 
 #[test]

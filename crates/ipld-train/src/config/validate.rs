@@ -412,43 +412,36 @@ impl RunConfig {
         key: &dyn Fn(&str, String) -> ConfigError,
     ) -> Result<(), ConfigError> {
         let dz = self.data.latent_dim;
-        match &self.model.prior {
-            PriorConfig::Mlp(mlp) => mlp
-                .validate()
-                .map_err(|e| invalid(e.under("model.prior").to_string()))?,
+        // The DiT and the convolutional prior take a C x H x W latent: (name, C, H, C H W).
+        let spatial = match &self.model.prior {
+            PriorConfig::Mlp(mlp) => {
+                mlp.validate()
+                    .map_err(|e| invalid(e.under("model.prior").to_string()))?;
+                None
+            }
             PriorConfig::Conv(c) => {
                 c.validate()
                     .map_err(|e| invalid(e.under("model.prior").to_string()))?;
-                if c.latent_dim() != dz {
-                    return Err(key(
-                        "model.prior",
-                        format!(
-                            "the convolutional prior's latent {} x {} x {} = {} values, but \
-                             data.latent_dim = {dz}",
-                            c.channels,
-                            c.size,
-                            c.size,
-                            c.latent_dim(),
-                        ),
-                    ));
-                }
+                Some((
+                    "the convolutional prior's",
+                    c.channels,
+                    c.size,
+                    c.latent_dim(),
+                ))
             }
             PriorConfig::Dit(dit) => {
                 dit.validate()
                     .map_err(|e| invalid(e.under("model.prior").to_string()))?;
-                if dit.latent_dim() != dz {
-                    return Err(key(
-                        "model.prior",
-                        format!(
-                            "the DiT's latent {} x {} x {} = {} values, but data.latent_dim = {dz}",
-                            dit.channels,
-                            dit.size,
-                            dit.size,
-                            dit.latent_dim(),
-                        ),
-                    ));
-                }
+                Some(("the DiT's", dit.channels, dit.size, dit.latent_dim()))
             }
+        };
+        if let Some((net, c, h, d)) = spatial
+            && d != dz
+        {
+            return Err(key(
+                "model.prior",
+                format!("{net} latent {c} x {h} x {h} = {d} values, but data.latent_dim = {dz}"),
+            ));
         }
         match &self.model.decoder {
             DecoderConfig::Linear(lin) => lin
