@@ -12,6 +12,7 @@ use candle_nn::{Linear, Module, VarBuilder, VarMap};
 use ipld_diffusion::EpsModel;
 use serde::{Deserialize, Serialize};
 
+use crate::attention::MultiHeadAttention;
 use crate::embedding::{embed_like, embed_one_like};
 use crate::{InitRule, ModelError, seeded_init_with, sinusoidal_frequencies};
 
@@ -147,47 +148,28 @@ fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> candle_core::Result<T
 
 #[derive(Debug, Clone)]
 struct Block {
-    qkv: Linear,
-    proj: Linear,
+    attn: MultiHeadAttention,
     fc1: Linear,
     fc2: Linear,
     ada: Linear,
-    heads: usize,
 }
 
 impl Block {
     fn new(cfg: &DitConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let h = cfg.hidden;
         Ok(Self {
-            qkv: candle_nn::linear(h, 3 * h, vb.pp("attn.qkv"))?,
-            proj: candle_nn::linear(h, h, vb.pp("attn.proj"))?,
+            attn: MultiHeadAttention::new(h, cfg.heads, vb.pp("attn"))?,
             fc1: candle_nn::linear(h, cfg.mlp_ratio * h, vb.pp("mlp.fc1"))?,
             fc2: candle_nn::linear(cfg.mlp_ratio * h, h, vb.pp("mlp.fc2"))?,
             ada: candle_nn::linear(h, 6 * h, vb.pp("adaln"))?,
-            heads: cfg.heads,
         })
-    }
-
-    fn attention(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t, h) = x.dims3()?;
-        let hd = h / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, t, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let logits = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
-        let attn = candle_nn::ops::softmax(&logits, D::Minus1)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
-        self.proj.forward(&out)
     }
 
     fn forward(&self, x: &Tensor, c: &Tensor) -> candle_core::Result<Tensor> {
         let m = self.ada.forward(&c.silu()?)?.chunk(6, 1)?;
-        let a = self.attention(&modulate(&layer_norm(x)?, &m[0], &m[1])?)?;
+        let a = self
+            .attn
+            .forward(&modulate(&layer_norm(x)?, &m[0], &m[1])?)?;
         let x = (x + a.broadcast_mul(&m[2].unsqueeze(1)?)?)?;
         let y = modulate(&layer_norm(&x)?, &m[3], &m[4])?;
         let y = self.fc2.forward(&gelu_tanh(&self.fc1.forward(&y)?)?)?;

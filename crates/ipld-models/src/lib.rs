@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod attention;
 mod conv;
 mod conv_decoder;
 mod conv_eps;

@@ -417,6 +417,7 @@ fn tiny_conv_eps() -> ConvEpsConfig {
         blocks: 2,
         groups: 2,
         frequency_dim: 6,
+        attention_heads: 0,
     }
 }
 
@@ -473,4 +474,67 @@ fn conv_eps_starts_at_zero_keeps_shapes_and_shares_one_timestep() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("groups"), "{e}");
+    let bad = ConvEpsConfig {
+        attention_heads: 3,
+        ..cfg
+    };
+    let e = ConvEps::new(
+        &bad,
+        VarBuilder::from_varmap(&VarMap::new(), DType::F32, &dev),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("attention_heads"), "{e}");
+}
+
+#[test]
+fn conv_eps_attention_gradients_flow_and_match_finite_differences() {
+    let dev = Device::Cpu;
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F64, &dev);
+    let cfg = ConvEpsConfig {
+        attention_heads: 2,
+        ..tiny_conv_eps()
+    };
+    let net = ConvEps::new(&cfg, vb).unwrap();
+    seeded_init_with(&vars, 5, |_, _| InitRule::Normal(0.5)).unwrap();
+    let (n, checked) = eps_gradients(&net, &vars, cfg.latent_dim(), 8);
+    // The convolutional network's 30 tensors plus, per block, the attention's norm, qkv and
+    // output projection (weight and bias each).
+    assert_eq!(n, 30 + 2 * 6);
+    assert!(checked > 200, "{checked}");
+}
+
+#[test]
+fn conv_eps_attention_starts_as_the_identity() {
+    // With every attention's output projection at zero (its initialisation), the network with
+    // attention computes exactly what the same weights compute without it.
+    let dev = Device::Cpu;
+    let plain_vars = VarMap::new();
+    let cfg = tiny_conv_eps();
+    let plain = ConvEps::new(&cfg, VarBuilder::from_varmap(&plain_vars, DType::F64, &dev)).unwrap();
+    seeded_init_with(&plain_vars, 7, |_, _| InitRule::Normal(0.4)).unwrap();
+    let attn_vars = VarMap::new();
+    let with = ConvEpsConfig {
+        attention_heads: 2,
+        ..cfg
+    };
+    let attn = ConvEps::new(&with, VarBuilder::from_varmap(&attn_vars, DType::F64, &dev)).unwrap();
+    ConvEps::init(&attn_vars, 0).unwrap();
+    let plain_data = plain_vars.data().lock().unwrap();
+    for (name, var) in attn_vars.data().lock().unwrap().iter() {
+        if let Some(p) = plain_data.get(name) {
+            var.set(p.as_tensor()).unwrap();
+        } else {
+            assert!(name.starts_with("attention."), "{name}");
+            if name.contains(".proj.") {
+                assert_eq!(max_abs(var.as_tensor()), 0.0, "{name}");
+            }
+        }
+    }
+    let z = seq(3 * 18, 0.7, &dev).reshape((3, 18)).unwrap();
+    let k = Tensor::new(&[1u32, 400, 999], &dev).unwrap();
+    let a = attn.predict_eps(&z, &k).unwrap();
+    let b = plain.predict_eps(&z, &k).unwrap();
+    assert_eq!(max_abs(&(&a - &b).unwrap()), 0.0);
+    assert!(max_abs(&b) > 1e-3);
 }

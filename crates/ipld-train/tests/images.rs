@@ -251,37 +251,66 @@ fn convolutional_prior_trains_and_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let csv = tmp.path().join("bars.csv");
     write_csv(&csv);
-    let prior = "model.prior={type=\"conv\", channels=2, size=2, width=4, blocks=2, groups=2, \
-                 frequency_dim=8}";
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let s = run(plan(config(&csv, 12, &[prior]), &a, false)).unwrap();
-    assert!(s.mmd.is_finite());
-    run(plan(config(&csv, 7, &[prior]), &b, false)).unwrap();
-    run(plan(config(&csv, 12, &[prior]), &b, true)).unwrap();
-    let (ca, cb) = (checkpoint(&a), checkpoint(&b));
-    for name in [
-        "conv_out.weight",
-        "blocks.0.conv2.weight",
-        "blocks.1.conv2.weight",
-    ] {
-        let (_, bytes) = ca
+    let base = "model.prior={type=\"conv\", channels=2, size=2, width=4, blocks=2, groups=2, \
+                frequency_dim=8";
+    // Without and with the self-attention layers (whose output projections start at zero too).
+    for (tag, heads) in [("plain", 0), ("attention", 2)] {
+        let prior = format!("{base}, attention_heads={heads}}}");
+        let (a, b) = (
+            tmp.path().join(format!("{tag}-a")),
+            tmp.path().join(format!("{tag}-b")),
+        );
+        let s = run(plan(config(&csv, 12, &[&prior]), &a, false)).unwrap();
+        assert!(s.mmd.is_finite());
+        run(plan(config(&csv, 7, &[&prior]), &b, false)).unwrap();
+        run(plan(config(&csv, 12, &[&prior]), &b, true)).unwrap();
+        let (ca, cb) = (checkpoint(&a), checkpoint(&b));
+        let mut zero_started = vec![
+            "conv_out.weight",
+            "blocks.0.conv2.weight",
+            "blocks.1.conv2.weight",
+        ];
+        if heads > 0 {
+            zero_started.extend(["attention.0.proj.weight", "attention.1.proj.weight"]);
+        }
+        for name in zero_started {
+            let (_, bytes) = ca
+                .iter()
+                .find(|(n, _)| n.starts_with("theta/eps.") && n.ends_with(name))
+                .unwrap_or_else(|| panic!("{tag}: {name} is checkpointed"));
+            assert!(
+                bytes.iter().any(|&x| x != 0),
+                "{tag}: {name} left its zero start"
+            );
+        }
+        let attention = ca
             .iter()
-            .find(|(n, _)| n.starts_with("theta/eps.") && n.ends_with(name))
-            .unwrap_or_else(|| panic!("{name} is checkpointed"));
-        assert!(bytes.iter().any(|&x| x != 0), "{name} left its zero start");
+            .filter(|(n, _)| n.starts_with("theta/eps.attention."))
+            .count();
+        assert_eq!(attention, if heads > 0 { 2 * 6 } else { 0 }, "{tag}");
+        assert_eq!(ca.len(), cb.len());
+        for ((na, da), (nb, db)) in ca.iter().zip(&cb) {
+            assert_eq!(na, nb);
+            assert!(da == db, "{tag}: tensor {na} differs after resume");
+        }
     }
-    assert_eq!(ca.len(), cb.len());
-    for ((na, da), (nb, db)) in ca.iter().zip(&cb) {
-        assert_eq!(na, nb);
-        assert!(da == db, "tensor {na} differs after resume");
-    }
+    let prior = format!("{base}}}");
     let sets = vec!["model.prior.size=3".to_string()];
-    let e = config(&csv, 4, &[prior])
+    let e = config(&csv, 4, &[&prior])
         .with_overrides(&sets, "t")
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("convolutional prior") && e.contains("data.latent_dim"),
+        "{e}"
+    );
+    let sets = vec!["model.prior.attention_heads=3".to_string()];
+    let e = config(&csv, 4, &[&prior])
+        .with_overrides(&sets, "t")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.prior") && e.contains("attention_heads"),
         "{e}"
     );
 }
