@@ -295,20 +295,18 @@ fn convolutional_prior_trains_and_resumes_exactly() {
         }
     }
     let prior = format!("{base}}}");
-    let sets = vec!["model.prior.size=3".to_string()];
-    let e = config(&csv, 4, &[&prior])
-        .with_overrides(&sets, "t")
-        .unwrap_err()
-        .to_string();
+    let refused = |set: &str| {
+        config(&csv, 4, &[&prior])
+            .with_overrides(&[set.to_string()], "t")
+            .unwrap_err()
+            .to_string()
+    };
+    let e = refused("model.prior.size=3");
     assert!(
         e.contains("convolutional prior") && e.contains("data.latent_dim"),
         "{e}"
     );
-    let sets = vec!["model.prior.attention_heads=3".to_string()];
-    let e = config(&csv, 4, &[&prior])
-        .with_overrides(&sets, "t")
-        .unwrap_err()
-        .to_string();
+    let e = refused("model.prior.attention_heads=3");
     assert!(
         e.contains("model.prior") && e.contains("attention_heads"),
         "{e}"
